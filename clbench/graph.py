@@ -1,0 +1,143 @@
+"""The in-memory graph every method trains on.
+
+A :class:`Graph` wraps a PyG ``Data`` object after the protocol's preprocessing:
+self-loops removed, duplicate edges merged, and the adjacency matrices the
+backbones need built once, as ``torch.sparse_csr`` tensors (PyG's message-passing
+layers accept them directly and aggregate with one sparse-dense matmul, far
+cheaper than scattering over ``edge_index``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import (
+    coalesce,
+    is_undirected,
+    remove_self_loops,
+    subgraph,
+    to_torch_csr_tensor,
+    to_undirected,
+)
+
+from clbench.errors import DataError
+
+
+@dataclass(eq=False)
+class Graph:
+    """A node-classification graph, preprocessed for the Task-IL protocol.
+
+    ``edge_index`` holds directed pairs ``(source, target)`` without self-loops.
+    Adjacency matrices are *transposed* in PyG's convention (row ``i`` lists the
+    sources that send to ``i``), so ``adj_t @ x`` aggregates incoming messages.
+    """
+
+    x: Tensor
+    y: Tensor
+    edge_index: Tensor
+    train_mask: Tensor
+    val_mask: Tensor
+    test_mask: Tensor
+    name: str = "graph"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.y.numel())
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edge_index.size(1))
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x.size(1))
+
+    @cached_property
+    def num_classes(self) -> int:
+        return int(self.y.max().item()) + 1 if self.y.numel() else 0
+
+    @cached_property
+    def adj_gcn(self) -> Tensor:
+        """GCN's normalised adjacency D^-1/2 (A + I) D^-1/2, transposed, as CSR."""
+        ei, w = gcn_norm(self.edge_index, None, self.num_nodes, add_self_loops=True)
+        return to_torch_csr_tensor(ei.flip(0), w, size=(self.num_nodes, self.num_nodes))
+
+    @cached_property
+    def adj_t(self) -> Tensor:
+        """Binary adjacency (no self-loops), transposed, as CSR (for mean aggregation)."""
+        return to_torch_csr_tensor(self.edge_index.flip(0), size=(self.num_nodes, self.num_nodes))
+
+    def to(self, device: torch.device | str) -> Graph:
+        moved = Graph(
+            **{
+                k: getattr(self, k).to(device)
+                for k in ("x", "y", "edge_index", "train_mask", "val_mask", "test_mask")
+            },
+            name=self.name,
+            meta=self.meta,
+        )
+        return moved
+
+    def induced(self, node_mask: Tensor) -> Graph:
+        """The same node set, keeping only edges whose two ends are in ``node_mask``.
+
+        Node indices stay global, so a task's nodes keep their ids; nodes outside
+        the mask become isolated (their own features only).
+        """
+        ei, _ = subgraph(node_mask, self.edge_index, num_nodes=self.num_nodes)
+        return Graph(
+            self.x, self.y, ei, self.train_mask, self.val_mask, self.test_mask,
+            name=self.name, meta=self.meta,
+        )
+
+
+def _check_field(data: Data, key: str, source: str) -> Tensor:
+    value = getattr(data, key, None)
+    if value is None:
+        raise DataError(f"{source}: missing field {key!r}")
+    if not isinstance(value, Tensor):
+        raise DataError(f"{source}: field {key!r} must be a tensor, got {type(value).__name__}")
+    return value
+
+
+def prepare_graph(data: Data, name: str = "graph", *, undirected: bool = True) -> Graph:
+    """Validate a PyG ``Data`` object and apply the protocol's preprocessing.
+
+    Requires ``x`` [N, F], ``edge_index`` [2, E], ``y`` [N] (integer classes,
+    ``-1`` for unlabelled) and boolean ``train_mask``/``val_mask``/``test_mask``.
+    """
+    x = _check_field(data, "x", name)
+    y = _check_field(data, "y", name)
+    edge_index = _check_field(data, "edge_index", name)
+    if x.dim() != 2:
+        raise DataError(f"{name}: x must be 2-D [num_nodes, num_features], got {tuple(x.shape)}")
+    y = y.view(-1) if y.dim() == 2 and y.size(1) == 1 else y
+    if y.dim() != 1 or y.numel() != x.size(0):
+        raise DataError(f"{name}: y must have shape [{x.size(0)}], got {tuple(y.shape)}")
+    if y.is_floating_point():
+        raise DataError(f"{name}: y must hold integer class ids, got {y.dtype}")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise DataError(f"{name}: edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
+    n = x.size(0)
+    edge_index = edge_index.long()
+    if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= n):
+        raise DataError(f"{name}: edge_index refers to nodes outside 0..{n - 1}")
+    masks = {}
+    for key in ("train_mask", "val_mask", "test_mask"):
+        m = _check_field(data, key, name)
+        if m.dtype != torch.bool or m.shape != (n,):
+            raise DataError(f"{name}: {key} must be a bool tensor of shape [{n}]")
+        masks[key] = m
+    edge_index, _ = remove_self_loops(edge_index)
+    if undirected and not is_undirected(edge_index, num_nodes=n):
+        edge_index = to_undirected(edge_index, num_nodes=n)
+    else:
+        edge_index = coalesce(edge_index, num_nodes=n)
+    x = x.to_dense() if x.is_sparse else x
+    return Graph(x.float(), y.long(), edge_index, name=name, **masks)
