@@ -20,8 +20,8 @@ from clbench.datasets.base import DatasetCard, register_dataset, stratified_spli
 NUM_CLASSES = 10
 NODES_PER_CLASS = 120
 NUM_FEATURES = 32
-P_IN, P_OUT = 0.04, 0.004
-FEATURE_NOISE = 1.6
+P_IN, P_OUT = 0.03, 0.005
+FEATURE_NOISE = 4.0
 
 
 def make_synthetic(seed: int = 0) -> Data:

@@ -1,0 +1,127 @@
+"""Backbones: BeGin's node-classification GNNs, built from PyG layers.
+
+Each backbone is ``num_layers`` graph convolutions, each followed by BatchNorm,
+ReLU and dropout, then a linear classifier over all classes (the Task-IL
+restriction to a task's classes is applied by the trainer, not here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import GATConv, GCNConv, SAGEConv
+
+from clbench.graph import Graph
+from clbench.registry import Registry
+
+ConvFactory = Callable[[int, int], nn.Module]
+
+
+class NodeClassifier(nn.Module):
+    """Stack of ``convs`` (+ ``norms``) and a ``classifier`` head.
+
+    Parameter names follow BeGin (``convs``, ``norms``, ``classifier``) so that
+    methods can tell backbone weights from the head by name.
+    """
+
+    def __init__(
+        self,
+        conv: ConvFactory,
+        in_dim: int,
+        hidden: int,
+        num_classes: int,
+        num_layers: int = 3,
+        dropout: float = 0.0,
+        batch_norm: bool = True,
+        graph_input: Callable[[Graph], Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden] * num_layers
+        self.convs = nn.ModuleList(conv(dims[i], dims[i + 1]) for i in range(num_layers))
+        self.norms = nn.ModuleList(
+            nn.BatchNorm1d(hidden) if batch_norm else nn.Identity() for _ in range(num_layers)
+        )
+        self.classifier = nn.Linear(hidden, num_classes)
+        self.dropout = dropout
+        self.n_hidden = hidden
+        self._graph_input = graph_input or (lambda g: g.adj_gcn)
+
+    def encode(self, x: Tensor, graph: Graph) -> Tensor:
+        """Node embeddings before the classifier (BeGin's ``forward_without_classifier``)."""
+        adj = self._graph_input(graph)
+        h = x
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = F.relu(norm(conv(h, adj)))
+            h = F.dropout(h, self.dropout, self.training)
+        return h
+
+    def forward(self, x: Tensor, graph: Graph) -> Tensor:
+        return self.classifier(self.encode(x, graph))
+
+    def backbone_weight_names(self) -> list[str]:
+        """Names of the GNN layers' weight matrices (what Piggyback and PackNet mask)."""
+        return [n for n, p in self.convs.named_parameters(prefix="convs") if p.dim() == 2]
+
+
+MODELS: Registry[Callable[..., NodeClassifier]] = Registry("model")
+
+
+@MODELS.register("gcn")
+def gcn(in_dim: int, hidden: int, num_classes: int, **kw) -> NodeClassifier:
+    """GCN (Kipf & Welling) on the precomputed normalised CSR adjacency."""
+    return NodeClassifier(
+        lambda i, o: GCNConv(i, o, normalize=False, add_self_loops=False),
+        in_dim, hidden, num_classes, graph_input=lambda g: g.adj_gcn, **kw,
+    )
+
+
+@MODELS.register("sage", aliases=("graphsage",))
+def sage(in_dim: int, hidden: int, num_classes: int, **kw) -> NodeClassifier:
+    """GraphSAGE with mean aggregation on the binary CSR adjacency."""
+    return NodeClassifier(
+        lambda i, o: SAGEConv(i, o, aggr="mean"),
+        in_dim, hidden, num_classes, graph_input=lambda g: g.adj_t, **kw,
+    )
+
+
+GAT_HEADS = 4
+
+
+@MODELS.register("gat")
+def gat(in_dim: int, hidden: int, num_classes: int, **kw) -> NodeClassifier:
+    """GAT with 4 concatenated heads of ``hidden // 4`` channels."""
+    if hidden % GAT_HEADS:
+        hidden += GAT_HEADS - hidden % GAT_HEADS
+    return NodeClassifier(
+        lambda i, o: GATConv(i, o // GAT_HEADS, heads=GAT_HEADS),
+        in_dim, hidden, num_classes, graph_input=lambda g: g.edge_index, **kw,
+    )
+
+
+def build_model(
+    name: str, in_dim: int, num_classes: int, *, hidden: int = 256, layers: int = 3,
+    dropout: float = 0.0, batch_norm: bool = True,
+) -> NodeClassifier:
+    return MODELS.get(name)(
+        in_dim, hidden, num_classes, num_layers=layers, dropout=dropout, batch_norm=batch_norm
+    )
+
+
+def batchnorm_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put BatchNorm in eval mode (running statistics frozen) and stop its affine grads."""
+    for bn in batchnorm_modules(model):
+        bn.eval()
+        for p in bn.parameters():
+            p.requires_grad_(False)
+
+
+@torch.no_grad()
+def snapshot(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in tensors.items()}

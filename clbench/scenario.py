@@ -1,0 +1,270 @@
+"""The Task-IL node-classification scenario (BeGin's ``NCScenarioLoader``).
+
+The classes of a graph are permuted (by the run's seed, or in a given order) and
+cut into ``num_tasks`` consecutive groups of ``classes_per_task`` classes; the
+remaining classes are dropped (and reported). Each node belongs to the task of
+its class. In the default ``graph="full"`` setting the whole graph is visible in
+every task and only the labels of the current task are used for training (as in
+BeGin); ``graph="task"`` is CGLB's variant where each task trains and is
+evaluated on the subgraph induced by its own nodes.
+
+Task-IL: a node is always classified among its own task's classes only. This is
+encoded once, here, in :class:`NodeBatch` (``candidates`` = the classes a node's
+logits are restricted to), so every method shares the same restriction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torch import Tensor
+
+from clbench.errors import ClbenchError
+from clbench.graph import Graph
+
+SPLITS = ("train", "val", "test")
+METRICS = ("accuracy", "balanced_accuracy")
+GRAPH_MODES = ("full", "task")
+
+
+@dataclass(eq=False)
+class NodeBatch:
+    """A set of labelled nodes, with the graph they are classified on.
+
+    Attributes:
+        graph: the graph the forward pass runs on.
+        nodes: global node ids.
+        labels: global class ids.
+        task_ids: the task each node belongs to.
+        candidates: ``[n, classes_per_task]`` class ids each node is classified among.
+        local_labels: position of ``labels`` within ``candidates``.
+    """
+
+    graph: Graph
+    nodes: Tensor
+    labels: Tensor
+    task_ids: Tensor
+    candidates: Tensor
+    local_labels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.nodes.numel())
+
+    def restrict(self, logits: Tensor) -> Tensor:
+        """Task-IL restriction: this batch's rows of ``logits``, only at candidate classes."""
+        return logits[self.nodes].gather(1, self.candidates)
+
+    def to_global(self, local_pred: Tensor) -> Tensor:
+        """Map positions within ``candidates`` back to global class ids."""
+        return self.candidates.gather(1, local_pred.view(-1, 1)).view(-1)
+
+
+@dataclass(eq=False)
+class TaskDataset:
+    """What a trainer sees for one task (BeGin's ``curr_dataset``)."""
+
+    task_id: int
+    tasks: tuple[int, ...]  # the tasks whose labels are used (one, or several for joint)
+    graph: Graph
+    train: NodeBatch
+    val: NodeBatch
+    test: NodeBatch
+
+
+class NCScenarioLoader:
+    """Splits a graph's classes into a sequence of Task-IL tasks.
+
+    Args:
+        graph: the preprocessed graph.
+        num_tasks: number of tasks; default ``num_classes // classes_per_task``.
+        classes_per_task: classes per task; default ``num_classes // num_tasks``.
+        class_order: explicit class sequence (a permutation of a subset of the classes);
+            default: a permutation of all classes drawn from ``seed``.
+        seed: seed of the class-order permutation.
+        graph_mode: ``"full"`` (BeGin) or ``"task"`` (CGLB, no inter-task edges).
+        metric: per-task accuracy, ``"accuracy"`` or ``"balanced_accuracy"``.
+    """
+
+    incr_type = "task"
+
+    def __init__(
+        self,
+        graph: Graph,
+        num_tasks: int | None = None,
+        classes_per_task: int | None = None,
+        *,
+        class_order: Sequence[int] | None = None,
+        seed: int = 0,
+        graph_mode: str = "full",
+        metric: str = "accuracy",
+    ) -> None:
+        if graph_mode not in GRAPH_MODES:
+            raise ClbenchError(f"unknown graph mode {graph_mode!r}; choose one of {GRAPH_MODES}")
+        if metric not in METRICS:
+            raise ClbenchError(f"unknown metric {metric!r}; choose one of {METRICS}")
+        self.graph = graph
+        self.graph_mode = graph_mode
+        self.metric = metric
+        C = graph.num_classes
+        self.num_classes = C
+        T, K = _task_shape(C, num_tasks, classes_per_task, graph.name)
+        self.num_tasks, self.classes_per_task = T, K
+        if class_order is None:
+            order = np.random.default_rng(seed).permutation(C).tolist()
+        else:
+            order = [int(c) for c in class_order]
+            bad = [c for c in order if not 0 <= c < C]
+            if bad or len(set(order)) != len(order):
+                raise ClbenchError(
+                    f"class order must list distinct classes in 0..{C - 1}; got {order}"
+                )
+            if len(order) < T * K:
+                raise ClbenchError(
+                    f"class order lists {len(order)} classes but {T} tasks x {K} classes "
+                    f"need {T * K}"
+                )
+        self.class_order: list[int] = order
+        used = order[: T * K]
+        self.dropped_classes: list[int] = sorted(set(range(C)) - set(used))
+        # Classes of a task are kept sorted, so ties in argmax resolve like a masked full softmax.
+        self.task_classes = torch.tensor(
+            [sorted(used[t * K : (t + 1) * K]) for t in range(T)], dtype=torch.long
+        )
+        self.class_to_task = torch.full((C,), -1, dtype=torch.long)
+        for t in range(T):
+            self.class_to_task[self.task_classes[t]] = t
+        labelled = graph.y >= 0
+        self.node_task = torch.full_like(graph.y, -1)
+        self.node_task[labelled] = self.class_to_task[graph.y[labelled]]
+        self._check_tasks()
+
+    # ------------------------------------------------------------------ structure
+    def _check_tasks(self) -> None:
+        for split in SPLITS:
+            mask = getattr(self.graph, f"{split}_mask")
+            counts = torch.bincount(self.node_task[mask & (self.node_task >= 0)],
+                                    minlength=self.num_tasks)
+            empty = (counts == 0).nonzero().view(-1).tolist()
+            if empty:
+                t = empty[0]
+                raise ClbenchError(
+                    f"impossible task split on {self.graph.name}: task {t} (classes "
+                    f"{self.task_classes[t].tolist()}) has no {split} nodes"
+                )
+
+    @cached_property
+    def _task_graphs(self) -> list[Graph]:
+        return [self.graph.induced(self.node_task == t) for t in range(self.num_tasks)]
+
+    def graph_for(self, tasks: Sequence[int]) -> Graph:
+        """The graph a forward pass over ``tasks`` runs on."""
+        if self.graph_mode == "full":
+            return self.graph
+        if len(tasks) == 1:
+            return self._task_graphs[tasks[0]]
+        return self.graph.induced(torch.isin(self.node_task, torch.as_tensor(list(tasks))))
+
+    def batch(self, tasks: Sequence[int], split: str, graph: Graph | None = None) -> NodeBatch:
+        """The labelled ``split`` nodes of ``tasks``, as one batch."""
+        mask = getattr(self.graph, f"{split}_mask") & torch.isin(
+            self.node_task, torch.as_tensor(list(tasks), device=self.node_task.device)
+        )
+        nodes = mask.nonzero().view(-1)
+        labels = self.graph.y[nodes]
+        task_ids = self.node_task[nodes]
+        candidates = self.task_classes[task_ids]
+        local = (candidates == labels.view(-1, 1)).long().argmax(1)
+        return NodeBatch(graph or self.graph_for(tasks), nodes, labels, task_ids,
+                         candidates, local)
+
+    def get_task(self, task_id: int) -> TaskDataset:
+        """The dataset of task ``task_id`` alone."""
+        return self._dataset(task_id, (task_id,))
+
+    def get_accumulated(self, task_id: int) -> TaskDataset:
+        """Tasks ``0..task_id`` together (what joint training learns at step ``task_id``)."""
+        return self._dataset(task_id, tuple(range(task_id + 1)))
+
+    def _dataset(self, task_id: int, tasks: tuple[int, ...]) -> TaskDataset:
+        if not 0 <= task_id < self.num_tasks:
+            raise IndexError(f"task {task_id} out of range 0..{self.num_tasks - 1}")
+        g = self.graph_for(tasks)
+        return TaskDataset(task_id, tasks, g, *(self.batch(tasks, s, g) for s in SPLITS))
+
+    def eval_batches(self, split: str) -> list[NodeBatch]:
+        """Batches covering every task's ``split`` nodes: one batch on the full graph,
+        or one per task when each task has its own subgraph."""
+        if self.graph_mode == "full":
+            return [self.batch(range(self.num_tasks), split)]
+        return [self.batch((t,), split) for t in range(self.num_tasks)]
+
+    def to(self, device: torch.device | str) -> NCScenarioLoader:
+        self.graph = self.graph.to(device)
+        self.task_classes = self.task_classes.to(device)
+        self.class_to_task = self.class_to_task.to(device)
+        self.node_task = self.node_task.to(device)
+        self.__dict__.pop("_task_graphs", None)
+        return self
+
+    # ------------------------------------------------------------------ scoring
+    def per_task_scores(self, preds: Tensor, labels: Tensor, task_ids: Tensor) -> Tensor:
+        """Accuracy (or balanced accuracy) of ``preds`` on each task; ``[num_tasks]``."""
+        T = self.num_tasks
+        preds, labels, task_ids = preds.cpu(), labels.cpu(), task_ids.cpu()
+        if self.metric == "accuracy":
+            correct = torch.bincount(task_ids, weights=(preds == labels).double(), minlength=T)
+            total = torch.bincount(task_ids, minlength=T).double()
+            return correct / total.clamp_min(1)
+        out = torch.zeros(T, dtype=torch.float64)
+        for t in range(T):
+            sel = task_ids == t
+            if sel.any():
+                out[t] = balanced_accuracy_score(labels[sel].numpy(), preds[sel].numpy())
+        return out
+
+    def describe(self) -> dict:
+        return {
+            "num_tasks": self.num_tasks,
+            "classes_per_task": self.classes_per_task,
+            "class_order": self.class_order,
+            "task_classes": self.task_classes.tolist(),
+            "dropped_classes": self.dropped_classes,
+            "graph_mode": self.graph_mode,
+            "metric": self.metric,
+        }
+
+
+def _task_shape(
+    num_classes: int, num_tasks: int | None, classes_per_task: int | None, name: str
+) -> tuple[int, int]:
+    if num_tasks is not None and num_tasks < 1:
+        raise ClbenchError(f"the number of tasks must be at least 1, got {num_tasks}")
+    if classes_per_task is not None and classes_per_task < 1:
+        raise ClbenchError(f"classes per task must be at least 1, got {classes_per_task}")
+    if num_tasks is None and classes_per_task is None:
+        raise ClbenchError("give the number of tasks or the classes per task")
+    if classes_per_task is None:
+        classes_per_task = num_classes // num_tasks
+        if classes_per_task < 1:
+            raise ClbenchError(
+                f"impossible task split: {num_tasks} tasks need at least one class each, but "
+                f"{name} has only {num_classes} classes"
+            )
+    if num_tasks is None:
+        num_tasks = num_classes // classes_per_task
+        if num_tasks < 1:
+            raise ClbenchError(
+                f"impossible task split: {classes_per_task} classes per task, but {name} has "
+                f"only {num_classes} classes"
+            )
+    if num_tasks * classes_per_task > num_classes:
+        raise ClbenchError(
+            f"impossible task split: {num_tasks} tasks x {classes_per_task} classes need "
+            f"{num_tasks * classes_per_task} classes, but {name} has only {num_classes}"
+        )
+    return num_tasks, classes_per_task

@@ -1,0 +1,333 @@
+"""The one Task-IL training loop, with BeGin's event functions.
+
+:class:`NCTrainer` owns the loop; a continual-learning method is a subclass that
+overrides event functions (never the loop). The events, their arguments and
+their meanings follow BeGin's ``NCTrainer`` so that BeGin trainers port over:
+
+``initTrainingStates`` → per task: ``processBeforeTraining`` → per epoch:
+[``processTrainIteration`` = ``beforeInference`` → ``inference`` →
+``afterInference``] → validation with ``processEvalIteration`` →
+``processTrainingLogs`` → ``processAfterEachIteration`` (returns False to stop)
+→ ``processAfterTraining`` → evaluation of every task with ``processEvalIteration``.
+
+Differences from BeGin, on purpose: no temporary files (initial weights are kept
+in memory), no model copies at evaluation, and only Task-IL (the restriction of
+logits to a node's task lives in :class:`~clbench.scenario.NodeBatch`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
+
+OptimizerFn = Callable[[Iterable[nn.Parameter]], Optimizer]
+
+
+class TrainerCallback:
+    """Observer of a run (progress bars, loggers). Every hook is optional."""
+
+    def on_run_start(self, trainer: NCTrainer) -> None: ...
+    def on_task_start(self, trainer: NCTrainer, task_id: int) -> None: ...
+    def on_epoch_end(self, trainer: NCTrainer, task_id: int, epoch: int, results: dict) -> None: ...
+    def on_task_end(self, trainer: NCTrainer, task_id: int, test_row: np.ndarray) -> None: ...
+
+
+def plateau_scheduler(patience: int = 20, min_lr_ratio: float = 0.002) -> Callable:
+    """BeGin's scheduler: ``ReduceLROnPlateau`` on val loss, floor = initial lr x ratio."""
+
+    def make(optimizer: Optimizer) -> ReduceLROnPlateau:
+        lr = optimizer.param_groups[0]["lr"]
+        return ReduceLROnPlateau(optimizer, mode="min", patience=patience,
+                                 min_lr=lr * min_lr_ratio)
+
+    return make
+
+
+@dataclass
+class TrainerResult:
+    """What :meth:`NCTrainer.run` returns. ``R_*[i, j]``: score on task j after task i."""
+
+    R_test: np.ndarray
+    R_val: np.ndarray
+    init_test: np.ndarray
+    init_val: np.ndarray
+    task_train_seconds: list[float] = field(default_factory=list)
+    task_eval_seconds: list[float] = field(default_factory=list)
+    task_epochs: list[int] = field(default_factory=list)
+    extra_storage_bytes: int = 0
+
+
+class NCTrainer:
+    """Base trainer for Task-IL node classification (full-batch).
+
+    Args:
+        model: the backbone, e.g. from :func:`clbench.models.build_model`.
+        scenario: the task sequence.
+        optimizer_fn: ``params -> Optimizer`` (the optimizer is created once and reset
+            at the start of every task, as in BeGin).
+        loss_fn: loss over restricted logits and task-local labels (default cross-entropy).
+        device: torch device.
+        **kwargs: ``scheduler_fn`` (``optimizer -> scheduler``; default
+            :func:`plateau_scheduler`), ``callbacks`` (list of :class:`TrainerCallback`),
+            and the method's hyperparameters (defaults come from its card).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scenario: NCScenarioLoader,
+        optimizer_fn: OptimizerFn,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        device: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> None:
+        from clbench.config import card_defaults  # late: config imports the method registry
+
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.scenario = scenario.to(self.device)
+        self.optimizer_fn = optimizer_fn
+        self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+        self.scheduler_fn = kwargs.pop("scheduler_fn", None) or plateau_scheduler()
+        self.callbacks: list[TrainerCallback] = list(kwargs.pop("callbacks", []) or [])
+        self.hparams: dict[str, Any] = {**card_defaults(type(self)), **kwargs}
+        self.num_tasks = scenario.num_tasks
+        self.optimizer = optimizer_fn(self.model.parameters())
+        self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self._initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._frozen: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.curr_task = -1
+
+    # ================================================================== the loop
+    def run(self, epoch_per_task: int = 1) -> TrainerResult:
+        """Learn every task in order; after each, evaluate on every task."""
+        if epoch_per_task < 1:
+            raise ValueError(f"epoch_per_task must be >= 1, got {epoch_per_task}")
+        T = self.num_tasks
+        model, optimizer = self.model, self.optimizer
+        for cb in self.callbacks:
+            cb.on_run_start(self)
+        states = self.initTrainingStates(self.scenario, model, optimizer)
+        init_val, init_test = (self._evaluate(split, NCTrainer.processEvalIteration)
+                               for split in ("val", "test"))
+        out = TrainerResult(np.zeros((T, T)), np.zeros((T, T)), init_test, init_val)
+        for task_id in range(T):
+            self.curr_task = task_id
+            for cb in self.callbacks:
+                cb.on_task_start(self, task_id)
+            start = time.perf_counter()
+            curr_dataset = self.getTrainingDataset(task_id)
+            train_loader, val_loader, _ = self.prepareLoader(curr_dataset, states)
+            self.processBeforeTraining(task_id, curr_dataset, model, optimizer, states)
+            epochs = 0
+            for epoch in range(epoch_per_task):
+                epochs = epoch + 1
+                model.train()
+                train_stats = _mean_stats(
+                    self.processTrainIteration(model, optimizer, batch, states)
+                    for batch in train_loader
+                )
+                model.eval()
+                val_metric, val_stats = self._score_loader(val_loader)
+                self.processTrainingLogs(task_id, epoch, val_metric, train_stats, val_stats)
+                iter_results = {"val_metric": val_metric, "train_stats": train_stats,
+                                "val_stats": val_stats}
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, task_id, epoch, iter_results)
+                if not self.processAfterEachIteration(model, optimizer, states, iter_results):
+                    break
+            model.eval()
+            self.processAfterTraining(task_id, curr_dataset, model, optimizer, states)
+            out.task_train_seconds.append(time.perf_counter() - start)
+            out.task_epochs.append(epochs)
+            start = time.perf_counter()
+            out.R_val[task_id] = self._evaluate("val")
+            out.R_test[task_id] = self._evaluate("test")
+            out.task_eval_seconds.append(time.perf_counter() - start)
+            for cb in self.callbacks:
+                cb.on_task_end(self, task_id, out.R_test[task_id])
+        out.extra_storage_bytes = int(self.extraStorageBytes(states))
+        return out
+
+    @torch.no_grad()
+    def _evaluate(self, split: str, eval_fn: Callable | None = None) -> np.ndarray:
+        """Per-task scores of the current model on every task's ``split`` nodes."""
+        self.model.eval()
+        eval_fn = eval_fn or type(self).processEvalIteration
+        preds, labels, tasks = [], [], []
+        for batch in self.scenario.eval_batches(split):
+            p, _ = eval_fn(self, self.model, batch)
+            preds.append(p)
+            labels.append(batch.labels)
+            tasks.append(batch.task_ids)
+        scores = self.scenario.per_task_scores(torch.cat(preds), torch.cat(labels),
+                                               torch.cat(tasks))
+        return scores.numpy()
+
+    @torch.no_grad()
+    def _score_loader(self, loader: Sequence[NodeBatch]) -> tuple[float, dict]:
+        """Accuracy and mean stats of :meth:`processEvalIteration` over ``loader``."""
+        correct = total = 0
+        stats = []
+        for batch in loader:
+            preds, s = self.processEvalIteration(self.model, batch)
+            correct += int((preds == batch.labels).sum())
+            total += len(batch)
+            stats.append(s)
+        return correct / max(total, 1), _mean_stats(stats)
+
+    # ================================================================== helpers
+    def getTrainingDataset(self, task_id: int) -> TaskDataset:
+        """The data learned at step ``task_id`` (joint training overrides this)."""
+        return self.scenario.get_task(task_id)
+
+    def prepareLoader(
+        self, curr_dataset: TaskDataset, curr_training_states: dict
+    ) -> tuple[list[NodeBatch], list[NodeBatch], list[NodeBatch]]:
+        """Train, validation and test loaders; full-batch: one batch each."""
+        return [curr_dataset.train], [curr_dataset.val], [curr_dataset.test]
+
+    def reset_optimizer(self, optimizer: Optimizer) -> None:
+        """Forget the optimizer's state and restore its initial learning rates."""
+        optimizer.state.clear()
+        for group, lr in zip(optimizer.param_groups, self._initial_lrs, strict=False):
+            group["lr"] = lr
+
+    def reset_model(self, model: nn.Module) -> None:
+        """Load the model's initial (untrained) weights, kept in memory."""
+        model.load_state_dict(self._initial_state)
+
+    def freeze_(self, param: Tensor, mask: Tensor | None = None) -> None:
+        """Keep ``param`` (or the entries where ``mask`` is True) bit-identical from now on.
+
+        Gradients and weight decay may still reach frozen entries inside the
+        optimizer; :meth:`restore_frozen` puts their values back after each step,
+        which is exact whatever the optimizer does.
+        """
+        mask = torch.ones_like(param, dtype=torch.bool) if mask is None else mask.bool()
+        self._frozen.append((param, mask, param.detach().clone()))
+
+    def unfreeze_all(self) -> None:
+        self._frozen.clear()
+
+    @torch.no_grad()
+    def restore_frozen(self) -> None:
+        for param, mask, value in self._frozen:
+            torch.where(mask, value, param, out=param.data)
+
+    def saveCheckpoint(self, model: nn.Module, training_states: dict) -> dict:
+        """Copy of what the best-validation restore brings back (the model's state)."""
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def loadCheckpoint(self, model: nn.Module, training_states: dict, checkpoint: dict) -> None:
+        model.load_state_dict(checkpoint)
+
+    def extraStorageBytes(self, training_states: dict) -> int:
+        """Bytes the method keeps for past tasks beyond the model (masks, Fisher, ...)."""
+        return 0
+
+    # ================================================================== events
+    def initTrainingStates(self, scenario: NCScenarioLoader, model: nn.Module,
+                           optimizer: Optimizer) -> dict:
+        """Initialise the dictionary of training states (intermediate results)."""
+        return {}
+
+    def processBeforeTraining(self, task_id: int, curr_dataset: TaskDataset,
+                              curr_model: nn.Module, curr_optimizer: Optimizer,
+                              curr_training_states: dict) -> None:
+        """Before a task: fresh scheduler, optimizer reset, best-val tracking."""
+        self.reset_optimizer(curr_optimizer)
+        curr_training_states["scheduler"] = self.scheduler_fn(curr_optimizer)
+        curr_training_states["best_val_loss"] = math.inf
+        curr_training_states.pop("best_weights", None)
+
+    def beforeInference(self, model: nn.Module, optimizer: Optimizer, _curr_batch: NodeBatch,
+                        training_states: dict) -> Any:
+        """Right before the training forward pass; its return value reaches
+        ``afterInference`` as ``results['_before_inference']``."""
+        return None
+
+    def forward(self, model: nn.Module, batch: NodeBatch) -> Tensor:
+        """Full-graph forward pass (all nodes' logits over all classes)."""
+        return model(batch.graph.x, batch.graph)
+
+    def inference(self, model: nn.Module, _curr_batch: NodeBatch,
+                  training_states: dict | None) -> dict:
+        """Task-IL forward and loss: each node's logits are restricted to its task's classes.
+
+        Returns ``{'preds': restricted logits [n, classes_per_task], 'loss': loss}``.
+        """
+        logits = _curr_batch.restrict(self.forward(model, _curr_batch))
+        return {"preds": logits, "loss": self.loss_fn(logits, _curr_batch.local_labels)}
+
+    def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
+                       _curr_batch: NodeBatch, training_states: dict) -> dict:
+        """Back-propagate and step; frozen entries are put back afterwards."""
+        results["loss"].backward()
+        optimizer.step()
+        self.restore_frozen()
+        return self._train_stats(results, _curr_batch)
+
+    @staticmethod
+    def _train_stats(results: dict, batch: NodeBatch) -> dict:
+        acc = (results["preds"].argmax(-1) == batch.local_labels).float().mean()
+        return {"loss": results["loss"].item(), "acc": acc.item()}
+
+    def processTrainIteration(self, model: nn.Module, optimizer: Optimizer,
+                              _curr_batch: NodeBatch, training_states: dict) -> dict:
+        """One optimisation step: ``beforeInference`` → ``inference`` → ``afterInference``."""
+        optimizer.zero_grad(set_to_none=True)
+        before = self.beforeInference(model, optimizer, _curr_batch, training_states)
+        results = self.inference(model, _curr_batch, training_states)
+        results["_before_inference"] = before
+        return self.afterInference(results, model, optimizer, _curr_batch, training_states)
+
+    def processEvalIteration(self, model: nn.Module, _curr_batch: NodeBatch
+                             ) -> tuple[Tensor, dict]:
+        """Evaluate a batch: predicted (global) class per node, and stats (``loss``)."""
+        results = self.inference(model, _curr_batch, None)
+        preds = _curr_batch.to_global(results["preds"].argmax(-1))
+        return preds, {"loss": results["loss"].item()}
+
+    def processTrainingLogs(self, task_id: int, epoch_cnt: int, val_metric_result: float,
+                            train_stats: dict, val_stats: dict) -> None:
+        """Per-epoch logging hook (progress is reported through callbacks)."""
+
+    def processAfterEachIteration(self, curr_model: nn.Module, curr_optimizer: Optimizer,
+                                  curr_training_states: dict, curr_iter_results: dict) -> bool:
+        """Keep the best-validation weights, step the scheduler; False stops the task."""
+        val_loss = curr_iter_results["val_stats"]["loss"]
+        if val_loss < curr_training_states["best_val_loss"]:
+            curr_training_states["best_val_loss"] = val_loss
+            curr_training_states["best_weights"] = self.saveCheckpoint(
+                curr_model, curr_training_states)
+        scheduler = curr_training_states["scheduler"]
+        scheduler.step(val_loss)
+        floor = scheduler.min_lrs[0]
+        return curr_optimizer.param_groups[0]["lr"] > floor * (1 + 1e-6) + 1e-12
+
+    def processAfterTraining(self, task_id: int, curr_dataset: TaskDataset,
+                             curr_model: nn.Module, curr_optimizer: Optimizer,
+                             curr_training_states: dict) -> None:
+        """After a task: restore the best-validation weights."""
+        best = curr_training_states.pop("best_weights", None)
+        if best is not None:
+            self.loadCheckpoint(curr_model, curr_training_states, best)
+
+
+def _mean_stats(stats: Iterable[dict]) -> dict:
+    stats = list(stats)
+    if not stats:
+        return {}
+    return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
