@@ -115,6 +115,7 @@ class NCTrainer:
         if epoch_per_task < 1:
             raise ValueError(f"epoch_per_task must be >= 1, got {epoch_per_task}")
         T = self.num_tasks
+        self.epoch_per_task = epoch_per_task
         model, optimizer = self.model, self.optimizer
         for cb in self.callbacks:
             cb.on_run_start(self)
