@@ -86,7 +86,8 @@ def stratified_split(
     )
     rest_lab = labels[rest]
     rest_counts = np.bincount(rest_lab)
-    rest_strat = rest_lab if stratify is not None and rest_counts[rest_counts > 0].min() >= 2 else None
+    can_stratify = stratify is not None and rest_counts[rest_counts > 0].min() >= 2
+    rest_strat = rest_lab if can_stratify else None
     val_share = fractions[1] / (fractions[1] + fractions[2])
     val_idx, test_idx = train_test_split(
         rest, train_size=val_share, random_state=seed, stratify=rest_strat
