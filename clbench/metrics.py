@@ -49,7 +49,7 @@ def average_forgetting(R: ArrayLike) -> float:
 
 def backward_transfer(R: ArrayLike) -> float:
     """BWT = -AF."""
-    return -average_forgetting(R)
+    return 0.0 - average_forgetting(R)  # 0.0, not -0.0, when nothing is forgotten
 
 
 def forward_transfer(R: ArrayLike, initial: ArrayLike) -> float:

@@ -59,6 +59,12 @@ class NodeBatch:
         """Task-IL restriction: this batch's rows of ``logits``, only at candidate classes."""
         return logits[self.nodes].gather(1, self.candidates)
 
+    def subset(self, select: Tensor) -> NodeBatch:
+        """The nodes where ``select`` (bool or index tensor) holds, on the same graph."""
+        return NodeBatch(self.graph, self.nodes[select], self.labels[select],
+                         self.task_ids[select], self.candidates[select],
+                         self.local_labels[select])
+
     def to_global(self, local_pred: Tensor) -> Tensor:
         """Map positions within ``candidates`` back to global class ids."""
         return self.candidates.gather(1, local_pred.view(-1, 1)).view(-1)

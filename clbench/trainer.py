@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -120,6 +121,7 @@ class NCTrainer:
         for cb in self.callbacks:
             cb.on_run_start(self)
         states = self.initTrainingStates(self.scenario, model, optimizer)
+        self.training_states = states  # for events without a states argument (evaluation)
         init_val, init_test = (self._evaluate(split, NCTrainer.processEvalIteration)
                                for split in ("val", "test"))
         out = TrainerResult(np.zeros((T, T)), np.zeros((T, T)), init_test, init_val)
@@ -259,17 +261,27 @@ class NCTrainer:
         ``afterInference`` as ``results['_before_inference']``."""
         return None
 
-    def forward(self, model: nn.Module, batch: NodeBatch) -> Tensor:
-        """Full-graph forward pass (all nodes' logits over all classes)."""
+    def forward(self, model: nn.Module, batch: NodeBatch,
+                weights: dict[str, Tensor] | None = None) -> Tensor:
+        """Full-graph forward pass (all nodes' logits over all classes).
+
+        ``weights`` substitutes named parameters for this call only (e.g. masked
+        weights), without copying or modifying the model.
+        """
+        if weights:
+            return functional_call(model, weights, (batch.graph.x, batch.graph), strict=False)
         return model(batch.graph.x, batch.graph)
 
     def inference(self, model: nn.Module, _curr_batch: NodeBatch,
                   training_states: dict | None) -> dict:
         """Task-IL forward and loss: each node's logits are restricted to its task's classes.
 
+        Parameters named in ``training_states["forward_weights"]`` (if set, e.g. by
+        ``beforeInference``) replace the model's for this forward pass.
         Returns ``{'preds': restricted logits [n, classes_per_task], 'loss': loss}``.
         """
-        logits = _curr_batch.restrict(self.forward(model, _curr_batch))
+        weights = training_states.get("forward_weights") if training_states else None
+        logits = _curr_batch.restrict(self.forward(model, _curr_batch, weights))
         return {"preds": logits, "loss": self.loss_fn(logits, _curr_batch.local_labels)}
 
     def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
