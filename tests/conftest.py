@@ -1,0 +1,29 @@
+"""Shared fixtures: the real data beside the repo, and small fast settings."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+#: Short runs for tests: enough epochs to learn the synthetic tasks.
+FAST = {"epochs": 40, "hidden": 64}
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real test data not found at {SHARED_DATA} (../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def cora_root(tmp_path: Path, shared_data: Path) -> Path:
+    """A temporary PyG data root holding a copy of the real Cora raw files."""
+    raw = tmp_path / "Cora" / "raw"
+    shutil.copytree(shared_data / "cora" / "raw", raw)
+    return tmp_path

@@ -1,0 +1,80 @@
+"""The command line: a real run, --json, list, and every bad input exiting 2 with one line."""
+
+import json
+import sys
+
+import pytest
+from conftest import REPO
+
+from clbench import cli
+
+
+def invoke(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["clbench", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_run_prints_matrix_and_writes_json(monkeypatch, capsys, tmp_path):
+    out_file = tmp_path / "r.json"
+    code, out, _ = invoke(monkeypatch, capsys, "run", "--method", "bare", "--epochs", "20",
+                          "-p", "hidden=32", "--tasks", "3x2", "--json", str(out_file), "-q")
+    assert code == 0
+    assert "AP" in out and "AF" in out and "after task" in out
+    data = json.loads(out_file.read_text())
+    assert data["method"] == "finetune" and len(data["R_test"]) == 3
+    assert data["config"]["hidden"] == 32 and data["scenario"]["classes_per_task"] == 2
+
+
+def test_list_shows_methods_params_and_datasets(monkeypatch, capsys):
+    code, out, _ = invoke(monkeypatch, capsys, "list")
+    assert code == 0
+    for word in ("finetune", "joint", "piggyback", "threshold", "synthetic", "gcn"):
+        assert word in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--method", "nope"], "unknown method 'nope'"),
+        (["run", "--dataset", "nope"], "Valid datasets:"),
+        (["run", "--model", "mlp"], "Valid models: gat, gcn, sage"),
+        (["run", "--tasks", "0"], "at least 1"),
+        (["run", "--tasks", "11"], "only 10 classes"),
+        (["run", "--tasks", "3x5"], "need 15 classes"),
+        (["run", "--tasks", "abc"], "--tasks expects"),
+        (["run", "--epochs", "0"], "--epochs must be at least 1"),
+        (["run", "-p", "nokey=1"], "Valid keys:"),
+        (["run", "-p", "lr=fast"], "expects float"),
+        (["run", "-p", "lr"], "key=value"),
+        (["run", "--method", "piggyback", "-p", "mask_type=quaternary"], "must be one of"),
+        (["run", "-p", "dropout=1.5"], "dropout"),
+        (["run", "--graph", "partial"], "graph mode"),
+        (["run", "--metric", "f1"], "unknown metric"),
+        (["run", "--plugin", "missing_file.py"], "plugin file not found"),
+        (["list", "things"], "unknown list"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(monkeypatch, capsys, args, message):
+    code, _, err = invoke(monkeypatch, capsys, *args)
+    assert code == 2
+    assert message in " ".join(err.split())
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) <= 3
+
+
+def test_unknown_method_lists_the_valid_ones(monkeypatch, capsys):
+    _, _, err = invoke(monkeypatch, capsys, "run", "--method", "pigyback")
+    err = " ".join(err.split())
+    assert "Did you mean 'piggyback'?" in err
+    assert "finetune, joint, piggyback" in err
+
+
+def test_plugin_example_via_cli(monkeypatch, capsys):
+    code, out, _ = invoke(monkeypatch, capsys, "run", "--plugin",
+                          str(REPO / "examples" / "my_method.py"), "--method", "lwf-lite",
+                          "--epochs", "10", "-p", "alpha=0.5", "-p", "hidden=32", "-q")
+    assert code == 0 and "lwf-lite on synthetic" in " ".join(out.split())
