@@ -1,6 +1,6 @@
 """Datasets: cards in a registry, loaded by name or from a user's file."""
 
-from clbench.datasets import synthetic  # noqa: F401  (registers the built-in datasets)
+from clbench.datasets import ogb, pyg, synthetic  # noqa: F401  (registers the built-in datasets)
 from clbench.datasets.base import (
     DATASETS,
     DatasetCard,

@@ -1,0 +1,184 @@
+"""Datasets read by PyG's own loaders: Planetoid, CoraFull, Amazon, Coauthor, CitationFull.
+
+Folders below the data root follow PyG's defaults, so an existing PyG data
+folder can be used as ``--data-dir`` directly: ``Cora/raw/ind.cora.*``,
+``Computers/raw/amazon_electronics_computers.npz``, ``CS/raw/ms_academic_cs.npz``
+and so on. The CitationFull graphs (including CoraFull) live one level down, in
+``CitationFull/<name>/``, because PyG's default ``cora/`` and ``citeseer/``
+folders would collide with Planetoid's ``Cora/`` and ``CiteSeer/`` on
+case-insensitive file systems.
+
+Planetoid datasets keep their public split; every other dataset here has no
+official split and gets the stratified 60/20/20 split drawn from the split seed.
+Default Task-IL splits use two classes per task (BeGin's for Cora and CiteSeer;
+CoraFull's 35 x 2 as in BeGin and CGLB), dropping the last class when the
+number of classes is odd. See ``datasets/README.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch_geometric.data import Data
+
+from clbench.datasets.base import DatasetCard, register_dataset
+from clbench.datasets.loading import FileSource
+
+PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data"
+SHCHUR_URL = "https://github.com/shchur/gnn-benchmark/raw/master/data/npz/"
+G2G_URL = "https://github.com/abojchevski/graph2gauss/raw/master/data/"
+CITATION_FULL_DIR = "CitationFull"
+
+STRATIFIED = ("stratified random 60/20/20 (scikit-learn, stratified by class) drawn from "
+              "the split seed; the dataset has no official split")
+
+
+def _plain(data: Data, masks: bool) -> Data:
+    """Keep only the fields the protocol uses (PyG returns a fresh copy already)."""
+    out = Data(x=data.x, edge_index=data.edge_index, y=data.y.view(-1))
+    if masks:
+        out.train_mask, out.val_mask, out.test_mask = data.train_mask, data.val_mask, data.test_mask
+    return out
+
+
+def _register(
+    *, name: str, read, folder: str, files: tuple[str, ...], url: str, official: bool,
+    tasks: tuple[int, int], stats: dict[str, int], description: str, source: str,
+    license: str, split: str,
+) -> DatasetCard:
+    loader = FileSource(name=name, read=read, folder=folder, files=files, url=url,
+                        official_split=official)
+    return register_dataset(
+        DatasetCard(
+            name=name, load=loader, num_tasks=tasks[0], classes_per_task=tasks[1],
+            description=description, source=source, license=license, split=split,
+            stats=stats, files=loader.card_files(), undirected=True,
+        )
+    )
+
+
+# -- Planetoid (public split) ---------------------------------------------------------
+def _planetoid_reader(pyg_name: str):
+    def read(root: Path) -> Data:
+        from torch_geometric.datasets import Planetoid
+
+        return _plain(Planetoid(str(root), pyg_name, split="public")[0], masks=True)
+
+    return read
+
+
+_PLANETOID_LICENSE = ("planetoid repository: MIT; the underlying LINQS citation data carries no "
+                      "explicit license and is distributed for research use")
+
+for _name, _pyg, _stats, _tasks, _desc in [
+    ("cora", "Cora",
+     {"nodes": 2708, "edges": 10556, "features": 1433, "classes": 7,
+      "train": 140, "val": 500, "test": 1000}, (3, 2),
+     "Citation network, bag-of-words features (Sen et al. 2008; Planetoid version)"),
+    ("citeseer", "CiteSeer",
+     {"nodes": 3327, "edges": 9104, "features": 3703, "classes": 6,
+      "train": 120, "val": 500, "test": 1000}, (3, 2),
+     "Citation network, bag-of-words features (Sen et al. 2008; Planetoid version)"),
+    ("pubmed", "PubMed",
+     {"nodes": 19717, "edges": 88648, "features": 500, "classes": 3,
+      "train": 60, "val": 500, "test": 1000}, (1, 3),
+     "Diabetes citation network, TF-IDF features (Namata et al. 2012; Planetoid version)"),
+]:
+    _register(
+        name=_name, read=_planetoid_reader(_pyg), folder=_pyg,
+        files=tuple(f"raw/ind.{_pyg.lower()}.{part}"
+                    for part in ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")),
+        url=PLANETOID_URL, official=True, tasks=_tasks, stats=_stats, description=_desc,
+        source=f"torch_geometric.datasets.Planetoid(root, {_pyg!r}, split='public'), "
+               f"files from {PLANETOID_URL}",
+        license=_PLANETOID_LICENSE,
+        split=f"Planetoid public split: 20 training nodes per class, {_stats['val']} "
+              f"validation and {_stats['test']} test nodes (Yang et al. 2016)",
+    )
+
+
+# -- Amazon and Coauthor (shchur/gnn-benchmark npz files) ----------------------------
+def _npz_reader(kind: str, pyg_name: str):
+    def read(root: Path) -> Data:
+        from torch_geometric.datasets import Amazon, Coauthor
+
+        cls = Amazon if kind == "amazon" else Coauthor
+        return _plain(cls(str(root), pyg_name)[0], masks=False)
+
+    return read
+
+
+for _name, _kind, _pyg, _file, _stats, _tasks, _desc, _lic in [
+    ("amazon-computers", "amazon", "Computers", "amazon_electronics_computers.npz",
+     {"nodes": 13752, "edges": 491722, "features": 767, "classes": 10}, (5, 2),
+     "Amazon co-purchase graph of computer products, bag-of-words review features "
+     "(McAuley et al. 2015; Shchur et al. 2018)",
+     "gnn-benchmark repository: MIT; product data from McAuley et al.'s Amazon crawl, "
+     "research use"),
+    ("amazon-photo", "amazon", "Photo", "amazon_electronics_photo.npz",
+     {"nodes": 7650, "edges": 238162, "features": 745, "classes": 8}, (4, 2),
+     "Amazon co-purchase graph of photo products, bag-of-words review features "
+     "(McAuley et al. 2015; Shchur et al. 2018)",
+     "gnn-benchmark repository: MIT; product data from McAuley et al.'s Amazon crawl, "
+     "research use"),
+    ("coauthor-cs", "coauthor", "CS", "ms_academic_cs.npz",
+     {"nodes": 18333, "edges": 163788, "features": 6805, "classes": 15}, (7, 2),
+     "Co-authorship graph of computer-science authors, paper-keyword features "
+     "(Microsoft Academic Graph, KDD Cup 2016; Shchur et al. 2018)",
+     "gnn-benchmark repository: MIT; Microsoft Academic Graph data: ODC-BY"),
+    ("coauthor-physics", "coauthor", "Physics", "ms_academic_phy.npz",
+     {"nodes": 34493, "edges": 495924, "features": 8415, "classes": 5}, (2, 2),
+     "Co-authorship graph of physics authors, paper-keyword features "
+     "(Microsoft Academic Graph, KDD Cup 2016; Shchur et al. 2018)",
+     "gnn-benchmark repository: MIT; Microsoft Academic Graph data: ODC-BY"),
+]:
+    _cls = "Amazon" if _kind == "amazon" else "Coauthor"
+    _register(
+        name=_name, read=_npz_reader(_kind, _pyg), folder=_pyg, files=(f"raw/{_file}",),
+        url=SHCHUR_URL + _file, official=False, tasks=_tasks, stats=_stats, description=_desc,
+        source=f"torch_geometric.datasets.{_cls}(root, {_pyg!r}), file from {SHCHUR_URL}",
+        license=_lic, split=STRATIFIED,
+    )
+
+
+# -- CitationFull and CoraFull (graph2gauss npz files) -------------------------------
+def _citation_full_reader(pyg_name: str):
+    def read(root: Path) -> Data:
+        from torch_geometric.datasets import CitationFull, CoraFull
+
+        base = str(root / CITATION_FULL_DIR)
+        dataset = CoraFull(base) if pyg_name == "cora" else CitationFull(base, pyg_name)
+        return _plain(dataset[0], masks=False)
+
+    return read
+
+
+_G2G_LICENSE = ("graph2gauss repository: MIT; the underlying citation data (Cora, CiteSeer, "
+                "DBLP collections) is distributed for research use")
+
+for _name, _pyg, _stats, _tasks, _desc, _cls in [
+    ("corafull", "cora",
+     {"nodes": 19793, "edges": 126842, "features": 8710, "classes": 70}, (35, 2),
+     "Full Cora citation network with 70 topic classes (Bojchevski & Guennemann 2018)",
+     "CoraFull(root)"),
+    ("cora-ml", "cora_ml",
+     {"nodes": 2995, "edges": 16316, "features": 2879, "classes": 7}, (3, 2),
+     "Machine-learning subset of the full Cora network (Bojchevski & Guennemann 2018)",
+     "CitationFull(root, 'cora_ml')"),
+    ("citeseer-full", "citeseer",
+     {"nodes": 4230, "edges": 10674, "features": 602, "classes": 6}, (3, 2),
+     "Full CiteSeer citation network (Bojchevski & Guennemann 2018)",
+     "CitationFull(root, 'citeseer')"),
+    ("dblp", "dblp",
+     {"nodes": 17716, "edges": 105734, "features": 1639, "classes": 4}, (2, 2),
+     "DBLP citation network (Bojchevski & Guennemann 2018)",
+     "CitationFull(root, 'dblp')"),
+]:
+    _register(
+        name=_name, read=_citation_full_reader(_pyg), folder=f"{CITATION_FULL_DIR}/{_pyg}",
+        files=(f"raw/{_pyg}.npz",), url=f"{G2G_URL}{_pyg}.npz", official=False, tasks=_tasks,
+        stats=_stats, description=_desc,
+        source=f"torch_geometric.datasets.{_cls} with root <data root>/{CITATION_FULL_DIR}, "
+               f"file from {G2G_URL}",
+        license=_G2G_LICENSE, split=STRATIFIED,
+    )
