@@ -62,6 +62,20 @@ class Graph:
     def num_classes(self) -> int:
         return int(self.y.max().item()) + 1 if self.y.numel() else 0
 
+    #: Feature matrices at most this dense are multiplied as sparse CSR in the first layer.
+    SPARSE_FEATURE_DENSITY = 0.1
+
+    @cached_property
+    def sparse_features(self) -> bool:
+        """True for bag-of-words-like features (e.g. Cora: 1.3% non-zero)."""
+        n = self.x.numel()
+        return n > 0 and int(torch.count_nonzero(self.x)) <= self.SPARSE_FEATURE_DENSITY * n
+
+    @cached_property
+    def x_csr(self) -> Tensor:
+        """``x`` as a ``torch.sparse_csr`` matrix (same values)."""
+        return self.x.to_sparse_csr()
+
     @cached_property
     def adj_gcn(self) -> Tensor:
         """GCN's normalised adjacency D^-1/2 (A + I) D^-1/2, transposed, as CSR."""

@@ -37,6 +37,7 @@ class NodeClassifier(nn.Module):
         dropout: float = 0.0,
         batch_norm: bool = True,
         graph_input: Callable[[Graph], Tensor] | None = None,
+        sparse_input: bool = False,
     ) -> None:
         super().__init__()
         dims = [in_dim] + [hidden] * num_layers
@@ -48,6 +49,14 @@ class NodeClassifier(nn.Module):
         self.dropout = dropout
         self.n_hidden = hidden
         self._graph_input = graph_input or (lambda g: g.adj_gcn)
+        self.sparse_input = sparse_input
+
+    def inputs(self, graph: Graph) -> Tensor:
+        """The node features in the layout the first layer multiplies fastest: sparse CSR
+        for sparse (bag-of-words) features when the first layer is a plain linear map."""
+        if self.sparse_input and graph.sparse_features:
+            return graph.x_csr
+        return graph.x
 
     def encode(self, x: Tensor, graph: Graph) -> Tensor:
         """Node embeddings before the classifier (BeGin's ``forward_without_classifier``)."""
@@ -74,7 +83,7 @@ def gcn(in_dim: int, hidden: int, num_classes: int, **kw) -> NodeClassifier:
     """GCN (Kipf & Welling) on the precomputed normalised CSR adjacency."""
     return NodeClassifier(
         lambda i, o: GCNConv(i, o, normalize=False, add_self_loops=False),
-        in_dim, hidden, num_classes, graph_input=lambda g: g.adj_gcn, **kw,
+        in_dim, hidden, num_classes, graph_input=lambda g: g.adj_gcn, sparse_input=True, **kw,
     )
 
 

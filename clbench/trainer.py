@@ -268,9 +268,11 @@ class NCTrainer:
         ``weights`` substitutes named parameters for this call only (e.g. masked
         weights), without copying or modifying the model.
         """
+        graph = batch.graph
+        x = model.inputs(graph) if hasattr(model, "inputs") else graph.x
         if weights:
-            return functional_call(model, weights, (batch.graph.x, batch.graph), strict=False)
-        return model(batch.graph.x, batch.graph)
+            return functional_call(model, weights, (x, graph), strict=False)
+        return model(x, graph)
 
     def inference(self, model: nn.Module, _curr_batch: NodeBatch,
                   training_states: dict | None) -> dict:

@@ -46,7 +46,11 @@ class _Encoder(nn.Module):
 
 
 def _corrupt(x: Tensor) -> tuple[Tensor]:
-    return (x[torch.randperm(x.size(0), device=x.device)],)
+    """DGI's corruption: shuffle the rows of the feature matrix (dense or CSR)."""
+    perm = torch.randperm(x.size(0), device=x.device)
+    if x.layout == torch.sparse_csr:
+        return (x.to_sparse_coo().index_select(0, perm).to_sparse_csr(),)
+    return (x[perm],)
 
 
 def _summary(z: Tensor, *args) -> Tensor:
@@ -111,7 +115,7 @@ class NCTaskILPiggybackTrainer(NCTrainer):
         model.train()
         for _ in range(int(self.hparams["dgi_epochs"])):
             optimizer.zero_grad(set_to_none=True)
-            loss = dgi.loss(*dgi(graph.x))
+            loss = dgi.loss(*dgi(model.inputs(graph)))
             loss.backward()
             optimizer.step()
             value = loss.item()
