@@ -73,8 +73,15 @@ class Graph:
 
     @cached_property
     def x_csr(self) -> Tensor:
-        """``x`` as a ``torch.sparse_csr`` matrix (same values)."""
-        return self.x.to_sparse_csr()
+        """``x`` as a ``torch.sparse_csr`` matrix (same values).
+
+        It carries its transpose (also CSR) as the attribute ``clbench_transpose``,
+        so that a first layer can compute its weight gradient as a sparse product
+        (see :class:`clbench.models.SparseInputLinear`).
+        """
+        csr = self.x.to_sparse_csr()
+        csr.clbench_transpose = self.x.t().to_sparse_csr()
+        return csr
 
     @cached_property
     def adj_gcn(self) -> Tensor:

@@ -25,9 +25,10 @@ SHARED_LAYOUT = {
 
 
 def shared_or_skip(sub: str) -> Path:
+    """The shared folder ``sub``; a missing one fails the test (real data is required)."""
     path = SHARED_DATA / sub
     if not path.is_dir():
-        pytest.skip(f"shared test data not found at {path}")
+        pytest.fail(f"shared test data not found at {path} (../shared/data beside the repo)")
     return path
 
 
