@@ -19,7 +19,7 @@ import torch
 
 import clbench
 from clbench import metrics
-from clbench.config import resolve_params
+from clbench.config import method_param_keys, resolve_params
 from clbench.datasets import DATASETS, load_graph
 from clbench.methods import METHODS
 from clbench.models import build_model
@@ -117,7 +117,7 @@ def run_experiment(
     model = build_model(params["model"], scenario.graph.num_features, scenario.num_classes,
                         hidden=params["hidden"], layers=params["layers"],
                         dropout=params["dropout"], batch_norm=params["batch_norm"])
-    method_params = {k: params[k] for k in trainer_cls_params(method)}
+    method_params = {k: params[k] for k in method_param_keys(method)}
     trainer = trainer_cls(
         model, scenario, make_optimizer_fn(params), None, spec.device,
         scheduler_fn=plateau_scheduler(params["patience"], params["min_lr_ratio"]),
@@ -151,12 +151,6 @@ def run_experiment(
         "versions": versions(),
     }
     return result
-
-
-def trainer_cls_params(method: str) -> list[str]:
-    from clbench.config import method_param_keys
-
-    return method_param_keys(method)
 
 
 def peak_rss_mb() -> float:
