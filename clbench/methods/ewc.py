@@ -1,0 +1,155 @@
+"""``ewc``: Elastic Weight Consolidation (Kirkpatrick et al., 2017), as in BeGin.
+
+After each task, at the restored best-validation weights, the diagonal Fisher
+information ``F`` of the task's training loss is computed and kept with the
+weights ``theta*``. Later tasks minimise::
+
+    task loss + lamb * sum_k sum_i F_k[i] * (theta[i] - theta*_k[i])^2
+
+``fisher="batch"`` (BeGin, default) takes ``F`` as the squared gradient of the
+full-batch task loss; ``fisher="empirical"`` as the mean over the task's training
+nodes of the squared per-node loss gradients. With ``online=true`` a single
+running pair is kept (``F <- gamma * F + F_t``, ``theta* <- theta_t``; Schwarz
+et al., 2018) instead of one pair per past task.
+
+All parameters of the model that require gradients are regularised (as BeGin
+does); they are handled as one flat vector, and the per-task pairs as ``[K, P]``
+matrices, so the penalty is a few tensor operations whatever the depth of the
+model. The penalty is added in ``afterInference`` (as BeGin does), so validation
+losses (which drive the scheduler and the best-weights restore) are task losses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from clbench.errors import ClbenchError
+from clbench.methods.base import register_method
+from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
+from clbench.trainer import NCTrainer
+
+FISHER_KINDS = ("batch", "empirical")
+
+
+@register_method("ewc")
+class NCTaskILEWCTrainer(NCTrainer):
+    """EWC for Task-IL node classification.
+
+    Hyperparameters (see ``methods/ewc.toml``): ``lamb`` (BeGin: 10000), ``fisher``
+    (batch | empirical), ``online`` and ``gamma`` (decay of the online Fisher).
+
+    Training states: ``fishers`` and ``params``, each ``[K, P]`` (one row per past
+    task, or a single row when online), empty ``[0, P]`` before the first task ends.
+    """
+
+    def __init__(self, model, scenario, optimizer_fn, loss_fn=None, device="cpu",
+                 **kwargs: Any) -> None:
+        super().__init__(model, scenario, optimizer_fn, loss_fn, device, **kwargs)
+        self.lamb = float(self.hparams.get("lamb", 10000.0))
+        self.fisher_kind = str(self.hparams.get("fisher", "batch"))
+        self.online = bool(self.hparams.get("online", False))
+        self.gamma = float(self.hparams.get("gamma", 1.0))
+        if self.lamb < 0:
+            raise ClbenchError(f"parameter 'lamb' must be >= 0; got {self.lamb!r}")
+        if self.fisher_kind not in FISHER_KINDS:
+            raise ClbenchError(f"parameter 'fisher' must be one of {', '.join(FISHER_KINDS)}; "
+                               f"got {self.fisher_kind!r}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ClbenchError(f"parameter 'gamma' must be in [0, 1]; got {self.gamma!r}")
+
+    # ------------------------------------------------------------------ helpers
+    def _reg_params(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def flat_params(self) -> Tensor:
+        """The regularised parameters as one vector (differentiable)."""
+        return torch.cat([p.reshape(-1) for p in self._reg_params()])
+
+    def penalty(self, training_states: dict) -> Tensor | None:
+        """``sum_k sum_i F_k[i] (theta[i] - theta*_k[i])^2`` (None before any task ends)."""
+        fishers, stars = training_states["fishers"], training_states["params"]
+        if fishers.size(0) == 0:
+            return None
+        diff = self.flat_params().unsqueeze(0) - stars
+        return (fishers * diff * diff).sum()
+
+    def _task_loss(self, model: nn.Module, batch: NodeBatch) -> Tensor:
+        return self.inference(model, batch, None)["loss"]
+
+    def fisher_diagonal(self, model: nn.Module, batch: NodeBatch) -> Tensor:
+        """Diagonal Fisher of the task loss on ``batch``, flat, at the current weights.
+
+        ``batch``: the squared gradient of the full-batch loss (BeGin).
+        ``empirical``: the mean over nodes of squared per-node gradients. The forward
+        pass is shared; each node needs its own backward pass (per-sample gradients
+        with ``torch.func.vmap`` are not available through PyG's sparse CSR
+        aggregation), so this costs one backward pass per training node.
+        """
+        params = self._reg_params()
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                if self.fisher_kind == "batch":
+                    grads = torch.autograd.grad(self._task_loss(model, batch), params)
+                    flat = torch.cat([g.reshape(-1) for g in grads])
+                    return flat * flat
+                logits = batch.restrict(self.forward(model, batch))
+                labels = batch.local_labels
+                acc = torch.zeros(sum(p.numel() for p in params), device=self.device)
+                n = logits.size(0)
+                for i in range(n):
+                    loss_i = self.loss_fn(logits[i:i + 1], labels[i:i + 1])
+                    grads = torch.autograd.grad(loss_i, params, retain_graph=i < n - 1)
+                    flat = torch.cat([g.reshape(-1) for g in grads])
+                    acc.addcmul_(flat, flat)
+                return acc / max(n, 1)
+        finally:
+            model.train(was_training)
+
+    # ------------------------------------------------------------------ events
+    def initTrainingStates(self, scenario: NCScenarioLoader, model: nn.Module,
+                           optimizer: Optimizer) -> dict:
+        P = sum(p.numel() for p in self._reg_params())
+        empty = torch.zeros(0, P, device=self.device)
+        states = {"fishers": empty, "params": empty.clone()}
+        self.training_states = states
+        return states
+
+    def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
+                       _curr_batch: NodeBatch, training_states: dict) -> dict:
+        """Add ``lamb`` x the EWC penalty to the task loss, then back-propagate and step."""
+        reg = self.penalty(training_states)
+        if reg is not None:
+            results["task_loss"] = results["loss"]
+            results["loss"] = results["loss"] + self.lamb * reg
+        stats = super().afterInference(results, model, optimizer, _curr_batch,
+                                       training_states)
+        stats["penalty"] = 0.0 if reg is None else reg.item()
+        return stats
+
+    def processAfterTraining(self, task_id: int, curr_dataset: TaskDataset,
+                             curr_model: nn.Module, curr_optimizer: Optimizer,
+                             curr_training_states: dict) -> None:
+        """Restore the best weights, then store (or accumulate) their Fisher and values."""
+        super().processAfterTraining(task_id, curr_dataset, curr_model, curr_optimizer,
+                                     curr_training_states)
+        fisher = self.fisher_diagonal(curr_model, curr_dataset.train).detach()
+        with torch.no_grad():
+            theta = self.flat_params().detach().clone()
+        states = curr_training_states
+        if self.online and states["fishers"].size(0) > 0:
+            fisher = self.gamma * states["fishers"][0] + fisher
+            states["fishers"], states["params"] = fisher[None], theta[None]
+        else:
+            states["fishers"] = torch.cat([states["fishers"], fisher[None]])
+            states["params"] = torch.cat([states["params"], theta[None]])
+
+    def extraStorageBytes(self, training_states: dict) -> int:
+        """The stored Fisher diagonals and weight copies."""
+        return sum(t.numel() * t.element_size()
+                   for t in (training_states["fishers"], training_states["params"]))
