@@ -14,6 +14,7 @@ from typing import Annotated
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -86,8 +87,9 @@ def render_result(result: dict) -> None:
     R = np.asarray(result["R_test"])
     T = R.shape[0]
     sc = result["scenario"]
-    table = Table(title=f"{result['method']} on {result['dataset']} (seed {result['seed']}): "
-                  f"test {sc['metric']}, R[i][j] = task j after training task i")
+    table = Table(title=escape(f"{result['method']} on {result['dataset']} (seed "
+                               f"{result['seed']}): test {sc['metric']}, R[i][j] = task j "
+                               f"after training task i"))
     table.add_column("after task", justify="right")
     for j in range(T):
         table.add_column(f"T{j} {sc['task_classes'][j]}", justify="right")
@@ -107,18 +109,118 @@ def render_result(result: dict) -> None:
     )
 
 
+# --------------------------------------------------------------------------- orchestration
+class RichReporter:
+    """One bar over jobs (stderr) and a line per finished job with its AP/AF (stdout)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=err_console, disable=quiet)
+        self.bar = None
+
+    def start(self, total: int, skipped, recovered) -> None:
+        if skipped:
+            console.print(f"skipping {len(skipped)} job(s) that already have a FINISHED run "
+                          f"(--force reruns them)", highlight=False)
+        if total:
+            self.progress.start()
+            self.bar = self.progress.add_task("jobs", total=total)
+
+    def _line(self, text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+        if self.bar is not None:
+            self.progress.advance(self.bar)
+
+    def job_finished(self, job, result: dict, recovered: bool = False) -> None:
+        m = result["metrics"]
+        t = result.get("timing", {}).get("total_seconds", float("nan"))
+        how = "  (recovered from results/runs)" if recovered else f"  {t:.1f}s"
+        self._line(f"[green]done[/]   {job.label}  AP {m['AP']:.4f}  AF {m['AF']:+.4f}{how}")
+
+    def job_failed(self, job, error: str) -> None:
+        self._line(f"[red]FAILED[/] {job.label}  {error}")
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _render_aggregates(summary, title: str) -> None:
+    table = Table(title=title)
+    for col in ("method", "dataset", "seeds", "AP", "AF", "INT"):
+        table.add_column(col, justify="left" if col in ("method", "dataset") else "right")
+    for (method, dataset, _), agg in sorted(summary.aggregates.items()):
+        def cell(name: str, agg=agg) -> str:
+            v = agg.get(name)
+            return "-" if v is None else f"{v['mean']:.4f} ± {v['std']:.4f}"
+        n = agg.get("AP", {}).get("n", 0)
+        table.add_row(method, dataset, str(n), cell("AP"), cell("AF"), cell("INT"))
+    console.print(table)
+
+
+def _open_tracking(tracking_uri: str | None, experiment: str):
+    """Resolve the store and fail fast (exit 2) if it is unusable."""
+    from clbench.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    return uri, lambda: Tracker(uri, experiment)
+
+
+def _finish(summaries: list, results_dir: Path, experiment: str, uri: str) -> None:
+    """Print where things are; exit 130 when interrupted, 1 when a job failed."""
+    from clbench.orchestrate import slug
+
+    console.print(f"MLflow experiment {experiment!r} at {uri} (browse: clbench ui); "
+                  f"results: {results_dir / 'runs' / slug(experiment)}", highlight=False,
+                  soft_wrap=True)
+    failed = [line for s in summaries for line in s.failure_lines()]
+    if any(s.interrupted for s in summaries):
+        killed = sum(len(s.killed) for s in summaries)
+        kept = sum(len(s.finished) for s in summaries)
+        err_console.print(f"interrupted: {kept} finished job(s) kept, {killed} run(s) marked "
+                          f"KILLED", highlight=False)
+        raise typer.Exit(130)
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} job(s) failed:[/]", highlight=False)
+        for line in failed:
+            err_console.print(f"  {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+JobsOpt = Annotated[int | None, typer.Option(
+    "--jobs", "-j", help="Parallel jobs on this machine (loky workers; -1 = all cores).")]
+BackendOpt = Annotated[str | None, typer.Option(
+    help="loky (local processes, default) or dask (an existing dask.distributed cluster).")]
+SchedulerOpt = Annotated[str | None, typer.Option(
+    help="Dask scheduler address for --backend dask, e.g. tcp://10.0.0.5:8786.")]
+TrackingOpt = Annotated[str | None, typer.Option(
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+         "in the working directory).")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Rerun jobs that already have a FINISHED run.")]
+ResultsOpt = Annotated[Path, typer.Option(
+    help="Where each finished job's result JSON is saved (under runs/).")]
+
+
 @app.command()
 def run(
-    method: Annotated[str | None, typer.Option("--method", "-m", help="Method name.")] = None,
+    method: Annotated[str | None, typer.Option(
+        "--method", "-m", help="Method name, or several comma-separated.")] = None,
     dataset: Annotated[str, typer.Option("--dataset", "-d",
-                       help="Dataset name, or a .pt/.npz graph file.")] = "synthetic",
-    seed: Annotated[int, typer.Option(help="Training seed (also draws the class order).")] = 0,
+                       help="Dataset name or .pt/.npz graph file; several comma-separated.")]
+        = "synthetic",
+    seed: Annotated[int | None, typer.Option(
+        help="Training seed (also draws the class order). Default 0.")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Several seeds, e.g. 0-9 or 0,2,5-7 (runs through the orchestrator).")] = None,
     tasks: Annotated[str | None, typer.Option(
         help="Number of tasks, or TASKSxCLASSES (e.g. 3x2). Default: the dataset card.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs per task.")] = None,
     model: Annotated[str | None, typer.Option(help="Backbone: gcn, sage or gat.")] = None,
     param: Annotated[list[str] | None, typer.Option(
-        "--param", "-p", help="Hyperparameter override key=value (repeatable).")] = None,
+        "--param", "-p", help="Hyperparameter override key=value, or method.key=value for one "
+                              "method only (repeatable).")] = None,
     class_order: Annotated[str | None, typer.Option(
         help="Explicit class order, comma-separated (default: permutation from --seed).")] = None,
     graph: Annotated[str, typer.Option(
@@ -134,13 +236,31 @@ def run(
     plugin: Annotated[list[str] | None, typer.Option(
         help="Python file or module that registers methods/datasets (repeatable).")] = None,
     json_out: Annotated[Path | None, typer.Option(
-        "--json", help="Write the full result (R matrices, metrics, config, timings) here.")]
-        = None,
+        "--json", help="Write the full result (R matrices, metrics, config, timings) here "
+                       "(a list of results for several jobs).")] = None,
+    jobs: JobsOpt = None,
+    backend: BackendOpt = None,
+    scheduler: SchedulerOpt = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: Annotated[str | None, typer.Option(
+        help="MLflow experiment name (default: clbench).")] = None,
+    force: ForceOpt = False,
+    track: Annotated[bool, typer.Option(
+        "--track", help="Log a single run to MLflow too (implied by the options above).")]
+        = False,
+    results_dir: ResultsOpt = Path("results"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Run one Task-IL experiment and print its accuracy matrix and metrics."""
+    """Run Task-IL experiments: one, or a grid of methods x datasets x seeds.
+
+    A single run (one method, dataset and --seed, no tracking option) prints its
+    accuracy matrix and metrics. Several methods, datasets or --seeds, or any of
+    --jobs/--backend/--tracking-uri/--experiment/--force/--track, go through the
+    orchestrator: parallel jobs, MLflow runs, resume, result JSONs under results/runs/.
+    """
     from clbench.config import parse_assignments
     from clbench.experiment import ExperimentSpec, default_method, run_experiment
+    from clbench.orchestrate import parse_names, parse_seeds
     from clbench.plugins import load_plugin
 
     for p in plugin or []:
@@ -153,9 +273,28 @@ def run(
         params["epochs"] = epochs
     if model is not None:
         params["model"] = model
+    methods = parse_names(method) or [default_method()]
+    datasets = parse_names(dataset)
+    if not datasets:
+        raise ClbenchError("--dataset names no dataset")
+    if seed is not None and seeds is not None:
+        raise ClbenchError("give either --seed or --seeds, not both")
+    seed_list = parse_seeds(seeds) if seeds is not None else [seed or 0]
+    orchestrated = (len(methods) * len(datasets) * len(seed_list) > 1 or seeds is not None
+                    or track or force or any(v is not None for v in (
+                        jobs, backend, scheduler, tracking_uri, experiment)))
+    order = parse_int_list(class_order, "--class-order")
+    if orchestrated:
+        _run_grid(methods, datasets, seed_list, params=params, num_tasks=num_tasks,
+                  per_task=per_task, class_order=order, graph=graph, metric=metric,
+                  data_dir=data_dir, split_seed=split_seed, device=device,
+                  plugins=list(plugin or []), json_out=json_out, jobs=jobs, backend=backend,
+                  scheduler=scheduler, tracking_uri=tracking_uri,
+                  experiment=experiment, force=force, results_dir=results_dir, quiet=quiet)
+        return
     spec = ExperimentSpec(
-        method=method or default_method(), dataset=dataset, seed=seed, num_tasks=num_tasks,
-        classes_per_task=per_task, class_order=parse_int_list(class_order, "--class-order"),
+        method=methods[0], dataset=datasets[0], seed=seed_list[0], num_tasks=num_tasks,
+        classes_per_task=per_task, class_order=order,
         params=params, data_dir=data_dir, split_seed=split_seed, graph=graph, metric=metric,
         device=device,
     )
@@ -168,6 +307,200 @@ def run(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
         console.print(f"wrote {json_out}")
+
+
+def _plugin_paths(plugins: list[str]) -> list[str]:
+    """Plugin files as absolute paths (workers may not share the working directory)."""
+    return [str(Path(p).resolve()) if p.endswith(".py") or Path(p).is_file() else p
+            for p in plugins]
+
+
+def _run_grid(methods, datasets, seeds, *, params, num_tasks, per_task, class_order, graph,
+              metric, data_dir, split_seed, device, plugins, json_out, jobs, backend,
+              scheduler, tracking_uri, experiment, force, results_dir, quiet) -> None:
+    from clbench.orchestrate import (
+        LocalBackend,
+        check_backend_options,
+        expand_jobs,
+        make_backend,
+        prepare_datasets,
+        run_jobs,
+    )
+    from clbench.tracking import DEFAULT_EXPERIMENT
+
+    check_backend_options(backend, jobs, scheduler)
+    job_list = expand_jobs(
+        methods, datasets, seeds, params=params, num_tasks=num_tasks,
+        classes_per_task=per_task, class_order=class_order, split_seed=split_seed,
+        graph=graph, metric=metric, data_dir=data_dir, device=device,
+        plugins=_plugin_paths(plugins),
+    )
+    experiment = experiment or DEFAULT_EXPERIMENT
+    uri, open_tracker = _open_tracking(tracking_uri, experiment)
+    runner = make_backend(backend, jobs, scheduler)
+    try:
+        if isinstance(runner, LocalBackend):
+            prepare_datasets(job_list)
+        tracker = open_tracker()
+        console.print(f"{len(job_list)} job(s): {len(methods)} method(s) x {len(datasets)} "
+                      f"dataset(s) x {len(seeds)} seed(s); {runner.describe()}",
+                      highlight=False, soft_wrap=True)
+        summary = run_jobs(job_list, tracker, runner, results_dir=results_dir, force=force,
+                           reporter=RichReporter(quiet))
+    finally:
+        runner.close()
+    if len(job_list) == 1 and summary.finished:
+        render_result(summary.finished[0][1])
+    elif summary.aggregates:
+        _render_aggregates(summary, f"{experiment}: mean ± std over seeds")
+    if json_out is not None and summary.finished:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        payload = [r for _, r in summary.finished]
+        json_out.write_text(json.dumps(payload[0] if len(job_list) == 1 else payload, indent=2))
+        console.print(f"wrote {json_out}")
+    _finish([summary], results_dir, experiment, uri)
+
+
+@app.command()
+def sweep(
+    file: Annotated[Path, typer.Argument(help="Sweep TOML file (see sweeps/example.toml).")],
+    jobs: JobsOpt = None,
+    backend: BackendOpt = None,
+    scheduler: SchedulerOpt = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: Annotated[str | None, typer.Option(
+        help="MLflow experiment (default: the file's `experiment`, else sweep-<file stem>).")]
+        = None,
+    force: ForceOpt = False,
+    results_dir: ResultsOpt = Path("results"),
+    plugin: Annotated[list[str] | None, typer.Option(
+        help="Python file or module that registers methods/datasets (repeatable).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Grid-search hyperparameters on a few seeds, select by mean validation AP, then run
+    the selected configuration on the final seeds (marked in MLflow)."""
+    from clbench.orchestrate import (
+        LocalBackend,
+        check_backend_options,
+        make_backend,
+        prepare_datasets,
+    )
+    from clbench.plugins import load_plugin
+    from clbench.sweep import grid_jobs, load_sweep, run_sweep
+
+    check_backend_options(backend, jobs, scheduler)
+    spec = load_sweep(file)
+    spec.plugins = _plugin_paths([*spec.plugins, *(plugin or [])])
+    for p in spec.plugins:
+        load_plugin(p)
+    if experiment:
+        spec.experiment = experiment
+    first, _, _ = grid_jobs(spec)  # validates every name and grid value before anything runs
+    uri, open_tracker = _open_tracking(tracking_uri, spec.experiment)
+    runner = make_backend(backend, jobs, scheduler)
+
+    def stage(name: str, n: int) -> None:
+        what = ("grid: every configuration on the grid seeds" if name == "grid" else
+                "final: the selected configurations on the final seeds")
+        console.print(f"[bold]{what}[/] ({n} job(s))", highlight=False)
+
+    try:
+        if isinstance(runner, LocalBackend):
+            prepare_datasets(first)
+        tracker = open_tracker()
+        console.print(f"sweep {file} -> MLflow experiment {spec.experiment!r}; "
+                      f"{runner.describe()}", highlight=False, soft_wrap=True)
+        result = run_sweep(spec, tracker, runner, results_dir=results_dir, force=force,
+                           reporter=RichReporter(quiet), on_stage=stage)
+    finally:
+        runner.close()
+    if result.selections:
+        table = Table(title=f"{spec.experiment}: selected configurations")
+        for col in ("method", "dataset", "config", "grid val AP", "final AP", "final AF", "n"):
+            table.add_column(col)
+        finals = result.final.aggregates if result.final else {}
+        for s in result.selections:
+            agg = finals.get((s.method, s.dataset, s.config_hash), {})
+
+            def cell(name: str, agg=agg) -> str:
+                v = agg.get(name)
+                return "-" if v is None else f"{v['mean']:.4f} ± {v['std']:.4f}"
+
+            table.add_row(s.method, s.dataset, s.label or s.config_hash,
+                          f"{s.mean_val_ap:.4f}", cell("AP"), cell("AF"),
+                          str(agg.get("AP", {}).get("n", 0)))
+        console.print(table)
+    summaries = [result.grid] + ([result.final] if result.final else [])
+    _finish(summaries, results_dir, spec.experiment, uri)
+
+
+@app.command()
+def compare(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment to read.")] = "clbench",
+    tracking_uri: TrackingOpt = None,
+    out: Annotated[Path, typer.Option(help="Directory for the .md, .csv and .png.")]
+        = Path("results"),
+    all_configs: Annotated[bool, typer.Option(
+        "--all-configs", help="In a sweep, show every configuration, not only the selected.")]
+        = False,
+) -> None:
+    """Table of AP and AF (mean ± std, seed count) per method x dataset, from MLflow;
+    written as Markdown, CSV and a grouped bar chart PNG."""
+    from clbench.compare import compare as do_compare
+    from clbench.tracking import Tracker
+
+    uri, _ = _open_tracking(tracking_uri, experiment)
+    report = do_compare(Tracker(uri, experiment, create=False), out, all_configs)
+    if not report.rows:
+        raise ClbenchError(f"experiment {experiment!r} at {uri} has no finished runs to compare")
+    datasets = list(dict.fromkeys(r.dataset for r in report.rows))
+    table = Table(title=f"{experiment}: AP / AF in % (mean ± std, n seeds)")
+    table.add_column("method")
+    for d in datasets:
+        table.add_column(d, justify="right")
+    cells = {(r.label, r.dataset): r for r in report.rows}
+    for label in dict.fromkeys(r.label for r in report.rows):
+        row = []
+        for d in datasets:
+            r = cells.get((label, d))
+            row.append("-" if r is None else
+                       f"AP {r.cell('AP')}\nAF {r.cell('AF')} (n={len(r.seeds)})")
+        table.add_row(label, *row)
+    console.print(table)
+    for path in (report.markdown, report.csv, report.figure):
+        console.print(f"wrote {path}", highlight=False)
+
+
+def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The ``mlflow ui`` command line serving the store at ``uri``."""
+    import shutil
+
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    if exe is None:
+        raise ClbenchError("the mlflow command is not installed (pip install mlflow)")
+    return [exe, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+
+
+@app.command()
+def ui(
+    tracking_uri: TrackingOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")]
+        = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
+) -> None:
+    """Start the MLflow UI on the store clbench logs to (Ctrl-C stops it)."""
+    import subprocess
+
+    from clbench.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        console.print(f"{uri} is an MLflow server already: open it in a browser.")
+        return
+    cmd = ui_command(uri, host, port)
+    console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)",
+                  highlight=False, soft_wrap=True)
+    raise typer.Exit(subprocess.call(cmd))
 
 
 @app.command("list")
@@ -226,7 +559,7 @@ def list_(
 def main() -> None:
     """Console entry point: user errors exit 2 with one line."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code in this mode
     except ClbenchError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -242,6 +575,8 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,810 @@
+"""Run a grid of (method, dataset, seed) jobs in parallel, log them, resume, survive crashes.
+
+* :func:`expand_jobs` turns methods x datasets x seeds (and the shared settings)
+  into :class:`Job` s, resolving and validating every hyperparameter up front.
+* A backend runs them: :class:`LocalBackend` through joblib's loky process pool
+  (each worker gets ``cores // jobs`` torch threads), :class:`DaskBackend`
+  through joblib's Dask backend on an existing ``dask.distributed`` scheduler.
+* :func:`run_jobs` is the loop in the parent process: it skips jobs that already
+  have a FINISHED MLflow run (same method, dataset, seed and config hash), writes
+  each finished job's result JSON atomically under ``results/runs/`` *before*
+  logging it, logs it to MLflow (only the parent writes to the store), records
+  jobs that raised or whose worker died as FAILED runs, and marks the running
+  ones KILLED on Ctrl-C.
+
+Worker deaths. With loky, a dead worker breaks the pool
+(``TerminatedWorkerError``) and takes the jobs running beside it along: the jobs
+that had started (each worker drops a marker file when it starts a job) are then
+re-run one at a time, so the one that kills its worker again is recorded as
+FAILED and the innocent ones finish. With Dask, joblib's backend waits forever for
+a task whose worker died, so every Dask job runs in a child process of its worker
+(``python -m clbench.orchestrate``) and a death becomes an ordinary failed result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clbench.errors import ClbenchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clbench.tracking import Tracker
+
+GRAPH_FILE_SUFFIXES = (".pt", ".pth", ".npz")
+
+
+# ============================================================================ parsing
+def parse_seeds(text: str) -> list[int]:
+    """``"0-9"`` -> 0..9; ``"0,3,5-7"`` -> [0, 3, 5, 6, 7] (order kept, duplicates dropped)."""
+    seeds: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
+        if m is None:
+            raise ClbenchError(f"--seeds expects e.g. 0-9 or 0,2,5-7; got {text!r}")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ClbenchError(f"--seeds range {part!r} is empty (end before start)")
+        seeds.extend(s for s in range(lo, hi + 1) if s not in seeds)
+    if not seeds:
+        raise ClbenchError(f"--seeds names no seed: {text!r}")
+    return seeds
+
+
+def parse_names(text: str | Sequence[str] | None) -> list[str]:
+    """``"piggyback,ewc"`` -> ``["piggyback", "ewc"]``."""
+    if text is None:
+        return []
+    parts = text.split(",") if isinstance(text, str) else [p for t in text for p in t.split(",")]
+    return [p.strip() for p in parts if p.strip()]
+
+
+def is_graph_file(dataset: str) -> bool:
+    return str(dataset).endswith(GRAPH_FILE_SUFFIXES)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "x"
+
+
+def stable_hash(payload: Any, n: int = 12) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+# ============================================================================ jobs
+@dataclass(frozen=True)
+class Job:
+    """One (method, dataset, seed) experiment with its fully resolved configuration.
+
+    ``config`` holds every resolved hyperparameter, ``protocol`` the task split and
+    evaluation settings. ``config_hash`` identifies (method, dataset, config,
+    protocol) without the seed; ``protocol_hash`` identifies the task sequence
+    (dataset and protocol) and is what a joint run must share for INT.
+    """
+
+    method: str
+    dataset: str
+    seed: int
+    config: dict[str, Any]
+    protocol: dict[str, Any]
+    config_hash: str
+    protocol_hash: str
+    data_dir: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    plugins: tuple[str, ...] = ()
+    note: str = ""  # shown next to the job (e.g. a sweep's grid point); not part of any hash
+
+    @property
+    def uid(self) -> str:
+        """A file-name-safe unique id: method, dataset, config hash, seed."""
+        data = Path(self.dataset).stem if is_graph_file(self.dataset) else self.dataset
+        return f"{slug(self.method)}__{slug(data)}__{self.config_hash}__seed{self.seed}"
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        return self.method, self.dataset, self.seed, self.config_hash
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """The parent run it belongs to."""
+        return self.method, self.dataset, self.config_hash
+
+    @property
+    def label(self) -> str:
+        note = f" [{self.note}]" if self.note else ""
+        return f"{self.method} · {self.dataset} · seed {self.seed}{note}"
+
+    def spec(self):
+        """The :class:`~clbench.experiment.ExperimentSpec` a worker runs."""
+        from clbench.experiment import ExperimentSpec
+
+        p = self.protocol
+        return ExperimentSpec(
+            method=self.method, dataset=self.dataset, seed=self.seed,
+            num_tasks=p.get("num_tasks"), classes_per_task=p.get("classes_per_task"),
+            class_order=p.get("class_order"), params=dict(self.config),
+            data_dir=self.data_dir, split_seed=p.get("split_seed", 0),
+            graph=p.get("graph", "full"), metric=p.get("metric", "accuracy"),
+            device=self.device, threads=self.threads,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["plugins"] = list(self.plugins)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Job:
+        return cls(**{**d, "plugins": tuple(d.get("plugins") or ())})
+
+
+def split_overrides(overrides: Mapping[str, Any], methods: Sequence[str]
+                    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``{"lr": 1, "ewc.lam": 5}`` -> shared ``{"lr": 1}``, per method ``{"ewc": {"lam": 5}}``.
+
+    A ``method.key`` override applies to that method only, so
+    ``--method ewc,finetune --param ewc.lam=100`` works.
+    """
+    from clbench.methods import METHODS
+
+    shared: dict[str, Any] = {}
+    per: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for key, value in overrides.items():
+        prefix, dot, rest = key.partition(".")
+        if dot and prefix in METHODS:
+            name = METHODS.canonical(prefix)
+            if name not in per:
+                raise ClbenchError(
+                    f"--param {key} names method {name!r}, which is not among the methods run "
+                    f"({', '.join(methods)})"
+                )
+            per[name][rest] = value
+        else:
+            shared[key] = value
+    return shared, per
+
+
+def expand_jobs(
+    methods: Sequence[str],
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    params: Mapping[str, Any] | None = None,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    num_tasks: int | None = None,
+    classes_per_task: int | None = None,
+    class_order: Sequence[int] | None = None,
+    split_seed: int = 0,
+    graph: str = "full",
+    metric: str = "accuracy",
+    data_dir: str | None = None,
+    device: str = "cpu",
+    plugins: Sequence[str] = (),
+) -> list[Job]:
+    """One job per (method, dataset, seed), every name and hyperparameter validated now.
+
+    ``params`` apply to every method (``method.key`` entries only to that method);
+    ``method_params[m]`` adds overrides for method ``m``. Raises
+    :class:`~clbench.errors.ClbenchError` on any bad input, before anything runs.
+    """
+    from clbench.config import resolve_params
+    from clbench.datasets import DATASETS
+    from clbench.methods import METHODS
+
+    if not methods or not datasets or not seeds:
+        raise ClbenchError("nothing to run: give at least one method, dataset and seed")
+    canon_methods = list(dict.fromkeys(METHODS.canonical(m) for m in methods))
+    canon_datasets: list[str] = []
+    for d in datasets:
+        if is_graph_file(d):
+            if not Path(d).is_file():
+                raise ClbenchError(f"dataset file not found: {d}")
+            canon_datasets.append(str(d))
+        else:
+            canon_datasets.append(DATASETS.canonical(d))
+    canon_datasets = list(dict.fromkeys(canon_datasets))
+    if graph not in ("full", "task"):
+        raise ClbenchError(f"--graph must be full or task, got {graph!r}")
+    if metric not in ("accuracy", "balanced_accuracy"):
+        raise ClbenchError(f"--metric must be accuracy or balanced_accuracy, got {metric!r}")
+    shared, per = split_overrides(params or {}, canon_methods)
+    for m, extra in (method_params or {}).items():
+        per.setdefault(METHODS.canonical(m), {}).update(extra)
+    jobs: list[Job] = []
+    for method in canon_methods:
+        for dataset in canon_datasets:
+            key = None if is_graph_file(dataset) else dataset
+            config = resolve_params(method, key, {**shared, **per.get(method, {})})
+            protocol = {
+                "dataset": dataset, "num_tasks": num_tasks, "classes_per_task": classes_per_task,
+                "class_order": list(class_order) if class_order else None,
+                "split_seed": split_seed, "graph": graph, "metric": metric,
+            }
+            protocol_hash = stable_hash(protocol)
+            config_hash = stable_hash({"method": method, "config": config, "protocol": protocol})
+            for seed in seeds:
+                jobs.append(Job(method, dataset, int(seed), config, protocol, config_hash,
+                                protocol_hash, data_dir=data_dir, device=device,
+                                plugins=tuple(plugins)))
+    return jobs
+
+
+# ============================================================================ workers
+@dataclass
+class Outcome:
+    """What a worker sends back for one job."""
+
+    uid: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: str = ""
+    traceback: str = ""
+    host: str = ""
+    pid: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def failure(cls, job: Job, error: str, tb: str = "") -> Outcome:
+        return cls(job.uid, False, error=error, traceback=tb, host=socket.gethostname())
+
+
+def _load_plugins(job: Job) -> None:
+    """Import the job's plugin files/modules in a worker, unless what it needs is there."""
+    from clbench.datasets import DATASETS
+    from clbench.methods import METHODS
+    from clbench.plugins import load_plugin
+
+    if job.method in METHODS and (is_graph_file(job.dataset) or job.dataset in DATASETS):
+        return
+    for plugin in job.plugins:
+        load_plugin(plugin)
+
+
+def _reset_peak_rss() -> None:
+    """Reset this process's peak-RSS counter (Linux), so a reused worker reports the
+    peak memory of the current job rather than of every job it ran before."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def execute_job(job: Job, marker_dir: str | None = None, worker: bool = True) -> Outcome:
+    """Run one job in a worker; exceptions become a failed :class:`Outcome`.
+
+    In a worker process (``worker``) Ctrl-C is left to the orchestrating parent, which
+    stops the pool and records what was running as KILLED.
+    """
+    started = time.perf_counter()
+    if worker and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if marker_dir:
+        with open(os.path.join(marker_dir, job.uid), "w") as fh:
+            fh.write(str(os.getpid()))
+    host, pid = socket.gethostname(), os.getpid()
+    try:
+        _load_plugins(job)
+        from clbench.experiment import run_experiment
+
+        _reset_peak_rss()
+        result = run_experiment(job.spec())
+        result["clbench"] = {"config_hash": job.config_hash, "protocol_hash": job.protocol_hash,
+                             "host": host, "pid": pid, "threads": job.threads}
+        return Outcome(job.uid, True, result=result, host=host, pid=pid,
+                       seconds=time.perf_counter() - started)
+    except Exception as exc:
+        return Outcome(job.uid, False, error=f"{type(exc).__name__}: {exc}",
+                       traceback=traceback.format_exc(), host=host, pid=pid,
+                       seconds=time.perf_counter() - started)
+
+
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"worker process died (killed by {name})"
+    return f"worker process died (exit code {code})"
+
+
+def execute_job_isolated(job: Job, threads_by_host: Mapping[str, int] | None = None) -> Outcome:
+    """Run one job in a fresh child process (used on Dask workers).
+
+    A job that kills its process (segfault, OOM killer, ``os._exit``) then comes back
+    as a failed :class:`Outcome` instead of taking the Dask worker down with it.
+    """
+    threads = job.threads
+    if threads is None:
+        threads = _dask_threads(threads_by_host or {})
+    job = replace(job, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="clbench-job-") as tmp:
+        inp, out, err = (os.path.join(tmp, n) for n in ("job.json", "outcome.json", "stderr"))
+        with open(inp, "w") as fh:
+            json.dump(job.to_dict(), fh)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        with open(err, "w") as err_fh:
+            proc = subprocess.Popen([sys.executable, "-m", "clbench.orchestrate", inp, out],
+                                    stdout=subprocess.DEVNULL, stderr=err_fh, env=env)
+            with _CHILDREN_LOCK:
+                _CHILDREN.add(proc)
+            try:
+                code = proc.wait()
+            finally:
+                with _CHILDREN_LOCK:
+                    _CHILDREN.discard(proc)
+        if code == 0 and os.path.exists(out):
+            with open(out) as fh:
+                return Outcome(**json.load(fh))
+        with open(err, errors="replace") as fh:
+            tail = fh.read()[-3000:]
+        return Outcome.failure(job, _describe_exit(code), tail)
+
+
+def terminate_isolated_jobs() -> int:
+    """Kill the job processes this worker started (run on Dask workers on Ctrl-C)."""
+    with _CHILDREN_LOCK:
+        procs = list(_CHILDREN)
+    for p in procs:
+        p.kill()
+    return len(procs)
+
+
+def _dask_threads(threads_by_host: Mapping[str, int]) -> int:
+    import joblib
+
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        host = worker.address.rsplit(":", 1)[0].split("://")[-1]
+        if host in threads_by_host:
+            return threads_by_host[host]
+        return max(1, joblib.cpu_count() // max(1, worker.state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return max(1, joblib.cpu_count())
+
+
+def _job_process_main(argv: Sequence[str]) -> int:
+    """Entry point of ``python -m clbench.orchestrate JOB.json OUTCOME.json``."""
+    inp, out = argv
+    with open(inp) as fh:
+        job = Job.from_dict(json.load(fh))
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
+    outcome = execute_job(job)
+    write_json_atomic(Path(out), asdict(outcome))
+    return 0
+
+
+# ============================================================================ backends
+class Backend:
+    """Runs jobs and yields an :class:`Outcome` per job, in completion order."""
+
+    name = "backend"
+
+    def prepare(self, jobs: Sequence[Job]) -> list[Job]:
+        return list(jobs)
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:  # pragma: no cover
+        raise NotImplementedError
+
+    def interrupt(self) -> None:
+        """Stop what is still running (after Ctrl-C)."""
+
+    def close(self) -> None:
+        """Release resources."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+_EXIT_CODES = re.compile(r"exit codes of the workers are (\{[^}]*\})")
+
+
+class LocalBackend(Backend):
+    """joblib's loky process pool on this machine: ``jobs`` workers, each with
+    ``cores // jobs`` torch threads (cores as joblib counts them, cgroup-aware)."""
+
+    name = "loky"
+
+    def __init__(self, jobs: int = 1) -> None:
+        import joblib
+
+        self.cores = joblib.cpu_count()
+        self.jobs = self.cores if jobs == -1 else max(1, int(jobs))
+        self.threads = max(1, self.cores // self.jobs)
+
+    def describe(self) -> str:
+        return (f"local loky pool: {self.jobs} worker(s) x {self.threads} torch thread(s) "
+                f"on {self.cores} core(s)")
+
+    def prepare(self, jobs: Sequence[Job]) -> list[Job]:
+        return [replace(j, threads=j.threads or self.threads) for j in jobs]
+
+    @staticmethod
+    def _parallel(jobs: Sequence[Job], n_jobs: int, marker_dir: str) -> Iterator[Outcome]:
+        from joblib import Parallel, delayed
+
+        # n_jobs >= 2 keeps every job in a worker process (n_jobs=1 would run in-process)
+        return Parallel(n_jobs=max(2, n_jobs), backend="loky", batch_size=1,
+                        return_as="generator_unordered")(
+            delayed(execute_job)(job, marker_dir) for job in jobs)
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
+        pending = list(jobs)
+        with tempfile.TemporaryDirectory(prefix="clbench-started-") as marker_dir:
+            while pending:
+                done: set[str] = set()
+                try:
+                    if self.jobs == 1:
+                        for job in pending:
+                            for out in self._parallel([job], 1, marker_dir):
+                                done.add(out.uid)
+                                yield out
+                    else:
+                        for out in self._parallel(pending, self.jobs, marker_dir):
+                            done.add(out.uid)
+                            yield out
+                    return
+                except BrokenProcessPool as exc:
+                    started = set(os.listdir(marker_dir))
+                    rest = [j for j in pending if j.uid not in done]
+                    suspects = [j for j in rest if j.uid in started]
+                    pending = [j for j in rest if j.uid not in started]
+                    reason = self._death_reason(exc)
+                    if len(suspects) == 1:  # the only job running when the pool broke
+                        yield Outcome.failure(suspects[0], reason, str(exc))
+                        suspects = []
+                    for job in suspects:  # one at a time: the culprit dies again, alone
+                        os.unlink(os.path.join(marker_dir, job.uid))
+                        try:
+                            yield from self._parallel([job], 1, marker_dir)
+                        except BrokenProcessPool as exc2:
+                            yield Outcome.failure(job, self._death_reason(exc2) or reason,
+                                                  str(exc2))
+
+    @staticmethod
+    def _death_reason(exc: BaseException) -> str:
+        m = _EXIT_CODES.search(str(exc))
+        codes = m.group(1).strip("{}") if m else "unknown exit code"
+        codes = re.sub(r"(SIG\w+)\(-?\d+\)", r"killed by \1", codes)
+        codes = re.sub(r"EXIT\((-?\d+)\)", r"exit code \1", codes)
+        return f"worker process died ({codes})"
+
+
+class DaskBackend(Backend):
+    """joblib's Dask backend on an existing ``dask.distributed`` scheduler.
+
+    Concurrency is the cluster's (its workers' threads); each job gets
+    ``cores of its host // threads of the Dask workers on that host`` torch threads and
+    runs in a child process of its worker (see the module docstring).
+    """
+
+    name = "dask"
+
+    def __init__(self, scheduler: str, timeout: float = 5.0) -> None:
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise ClbenchError(
+                "--backend dask needs dask.distributed: pip install 'clbench[dask]'"
+            ) from None
+        self.scheduler = scheduler
+        try:
+            self.client = Client(scheduler, timeout=f"{timeout}s", set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ClbenchError(
+                f"cannot connect to the Dask scheduler at {scheduler}: {exc}"
+            ) from None
+        self.threads_by_host = self._threads_by_host()
+
+    def _threads_by_host(self) -> dict[str, int]:
+        import joblib
+
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        if not workers:
+            return {}
+        cpus = self.client.run(joblib.cpu_count)
+        per_host: dict[str, list[tuple[int, int]]] = {}
+        for addr, info in workers.items():
+            host = info.get("host") or addr.rsplit(":", 1)[0].split("://")[-1]
+            per_host.setdefault(host, []).append((info.get("nthreads", 1), cpus.get(addr, 1)))
+        return {h: max(1, max(c for _, c in v) // max(1, sum(n for n, _ in v)))
+                for h, v in per_host.items()}
+
+    def describe(self) -> str:
+        n = sum(self.client.nthreads().values())
+        return f"dask scheduler {self.scheduler}: {n} worker thread(s)"
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
+        from joblib import Parallel, delayed, parallel_config
+
+        with parallel_config(backend="dask", client=self.client):
+            yield from Parallel(n_jobs=-1, batch_size=1, return_as="generator_unordered")(
+                delayed(execute_job_isolated)(job, self.threads_by_host) for job in jobs)
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(Exception):  # best effort: the cluster may be gone
+            self.client.run(terminate_isolated_jobs)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def check_backend_options(backend: str | None, jobs: int | None,
+                          scheduler: str | None) -> tuple[str, str | None]:
+    """Validate ``--backend/--jobs/--scheduler`` without connecting to anything."""
+    name = (backend or "loky").lower()
+    if name == "local":
+        name = "loky"
+    if name not in ("loky", "dask"):
+        raise ClbenchError(f"unknown --backend {backend!r}; choose loky or dask")
+    if jobs is not None and jobs < 1 and jobs != -1:
+        raise ClbenchError(f"--jobs must be at least 1 (or -1 for all cores), got {jobs}")
+    if name == "loky" and scheduler:
+        raise ClbenchError("--scheduler only applies to --backend dask")
+    if name == "dask":
+        scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+        if not scheduler:
+            raise ClbenchError("--backend dask needs --scheduler tcp://host:port "
+                               "(or $DASK_SCHEDULER_ADDRESS)")
+    return name, scheduler
+
+
+def make_backend(backend: str | None, jobs: int | None, scheduler: str | None) -> Backend:
+    """``loky`` (default) or ``dask`` (needs ``scheduler``); connects to the scheduler now."""
+    name, scheduler = check_backend_options(backend, jobs, scheduler)
+    if name == "loky":
+        return LocalBackend(jobs if jobs is not None else 1)
+    assert scheduler is not None
+    return DaskBackend(scheduler)
+
+
+# ============================================================================ results on disk
+def write_json_atomic(path: Path, payload: Any) -> Path:
+    """Write JSON next to ``path`` and ``os.replace`` it in: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def result_path(results_dir: str | Path, experiment: str, job: Job) -> Path:
+    """``<results_dir>/runs/<experiment>/<method>__<dataset>__<config hash>__seed<s>.json``."""
+    return Path(results_dir) / "runs" / slug(experiment) / f"{job.uid}.json"
+
+
+def read_saved_result(path: Path, job: Job) -> dict[str, Any] | None:
+    """A result saved by an earlier, interrupted command for exactly this job, if any."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    meta = data.get("clbench", {}) if isinstance(data, dict) else {}
+    if meta.get("config_hash") != job.config_hash or data.get("seed") != job.seed:
+        return None
+    return data
+
+
+def prepare_datasets(jobs: Sequence[Job]) -> None:
+    """Load every file-backed dataset once in the parent before the workers start, so
+    downloads and preprocessing caches are not raced by parallel workers, and a
+    missing or broken dataset is reported before any training."""
+    from clbench.datasets import DATASETS, load_graph
+
+    seen: set[tuple] = set()
+    for job in jobs:
+        k = (job.dataset, job.data_dir)
+        if k in seen:
+            continue
+        seen.add(k)
+        if not is_graph_file(job.dataset) and not getattr(DATASETS.get(job.dataset), "files", ()):
+            continue  # generated in memory (synthetic): nothing to fetch
+        load_graph(job.dataset, job.data_dir, job.protocol.get("split_seed", 0))
+
+
+# ============================================================================ the loop
+class Reporter:
+    """Progress hooks of :func:`run_jobs` (the CLI draws a rich bar; tests use this no-op)."""
+
+    def start(self, total: int, skipped: Sequence[Job], recovered: Sequence[Job]) -> None: ...
+    def job_finished(self, job: Job, result: dict[str, Any], recovered: bool = False) -> None: ...
+    def job_failed(self, job: Job, error: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Summary:
+    """What one :func:`run_jobs` call did."""
+
+    experiment: str
+    tracking_uri: str
+    finished: list[tuple[Job, dict[str, Any]]] = field(default_factory=list)
+    recovered: list[Job] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)
+    failed: list[tuple[Job, str]] = field(default_factory=list)
+    killed: list[Job] = field(default_factory=list)
+    interrupted: bool = False
+    parents: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    aggregates: dict[tuple[str, str, str], dict[str, dict[str, float]]] = field(
+        default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.interrupted
+
+    def failure_lines(self) -> list[str]:
+        return [f"{job.label}: {err}" for job, err in self.failed]
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    tracker: Tracker,
+    backend: Backend,
+    *,
+    results_dir: str | Path = "results",
+    force: bool = False,
+    reporter: Reporter | None = None,
+    report_seeds: Mapping[tuple[str, str, str], Iterable[int]] | None = None,
+    parent_labels: Mapping[tuple, str] | None = None,
+    on_result: Callable[[Job, dict[str, Any]], None] | None = None,
+) -> Summary:
+    """Run ``jobs`` on ``backend`` and log them through ``tracker`` (see module docs).
+
+    ``report_seeds[group]`` restricts a parent's aggregate to those seeds (a sweep's
+    final seeds). Never raises for a failing job; the :class:`Summary` lists them.
+    """
+    from clbench import tracking as tr
+
+    reporter = reporter or Reporter()
+    summary = Summary(tracker.experiment_name, tracker.uri)
+    jobs = backend.prepare(jobs)
+    uids = [j.uid for j in jobs]
+    if len(set(uids)) != len(uids):
+        jobs = list({j.uid: j for j in jobs}.values())
+
+    finished_keys = {rec.key for rec in tracker.children() if rec.finished}
+    to_run: list[Job] = []
+    to_recover: list[tuple[Job, dict[str, Any]]] = []
+    for job in jobs:
+        if not force and job.key in finished_keys:
+            summary.skipped.append(job)
+            continue
+        saved = None if force else read_saved_result(
+            result_path(results_dir, tracker.experiment_name, job), job)
+        if saved is not None:
+            to_recover.append((job, saved))
+        else:
+            to_run.append(job)
+
+    parents = tracker.ensure_parents(jobs, parent_labels)
+    summary.parents = parents
+    for group, seeds in (report_seeds or {}).items():
+        if group in parents:
+            tracker.set_tags(parents[group], {tr.TAG_REPORT_SEEDS: tr.seeds_text(seeds)})
+    active_groups = {j.group for j in to_run} | {j.group for j, _ in to_recover}
+    for g in active_groups:
+        tracker.mark_running(parents[g])
+
+    by_uid = {j.uid: j for j in to_run}
+    child_ids: dict[str, str] = {}
+    pending: set[str] = set()
+    known_R: dict[str, Any] = {}
+    failed_groups: set[tuple] = set()
+
+    def finish(job: Job, result: dict[str, Any], recovered: bool) -> None:
+        if not recovered:
+            write_json_atomic(result_path(results_dir, tracker.experiment_name, job), result)
+        tags = {"clbench.host": result.get("clbench", {}).get("host", "")}
+        if recovered:
+            tags["clbench.recovered_from"] = str(
+                result_path(results_dir, tracker.experiment_name, job))
+        tracker.log_result(child_ids[job.uid], result, extra_tags=tags)
+        known_R[child_ids[job.uid]] = result["R_test"]
+        pending.discard(job.uid)
+        if recovered:
+            summary.recovered.append(job)
+        summary.finished.append((job, result))
+        reporter.job_finished(job, result, recovered)
+        if on_result is not None:
+            on_result(job, result)
+
+    reporter.start(len(to_run) + len(to_recover), summary.skipped, [j for j, _ in to_recover])
+    in_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    outcomes = backend.run(to_run)
+    try:
+        for job in [j for j, _ in to_recover] + to_run:  # RUNNING children, params logged
+            child_ids[job.uid] = tracker.start_child(job, parents[job.group])
+            pending.add(job.uid)
+        for job, saved in to_recover:
+            finish(job, saved, recovered=True)
+        for outcome in outcomes:
+            job = by_uid[outcome.uid]
+            if outcome.ok and outcome.result is not None:
+                finish(job, outcome.result, recovered=False)
+            else:
+                tracker.fail_child(child_ids[job.uid], outcome.error, outcome.traceback)
+                pending.discard(job.uid)
+                failed_groups.add(job.group)
+                summary.failed.append((job, outcome.error))
+                reporter.job_failed(job, outcome.error)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        backend.interrupt()
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            raise
+        backend.interrupt()
+        saved_dir = Path(results_dir) / "runs" / slug(tracker.experiment_name)
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), "")[:200]
+        raise ClbenchError(
+            f"MLflow failed while logging ({first}); finished results are saved under "
+            f"{saved_dir} and the next run of the same command logs them without retraining"
+        ) from None
+    finally:
+        outcomes.close()
+        if in_main:
+            signal.signal(signal.SIGTERM, old_term)
+        reporter.stop()
+
+    if summary.interrupted:
+        for uid in sorted(pending):
+            job = next(j for j in [*to_run, *(j for j, _ in to_recover)] if j.uid == uid)
+            tracker.kill_child(child_ids[uid])
+            summary.killed.append(job)
+    killed_groups = {j.group for j in summary.killed}
+
+    children = tracker.children()
+    tracker.backfill_intransigence(children, known_R)
+    for group, parent_id in parents.items():
+        status = ("KILLED" if group in killed_groups else
+                  "FAILED" if group in failed_groups else "FINISHED")
+        summary.aggregates[group] = tracker.finish_parent(parent_id, children, status)
+    return summary
+
+
+if __name__ == "__main__":  # a job process started by execute_job_isolated
+    sys.exit(_job_process_main(sys.argv[1:]))

@@ -1,0 +1,133 @@
+"""Figures for tracking and reports, drawn with Matplotlib's object API (Agg, no pyplot).
+
+Every function writes one PNG and returns its path; none touches global
+Matplotlib state, so they are safe to call from any thread or process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def heatmap(R: Sequence[Sequence[float]], path: str | Path, title: str = "",
+            metric: str = "accuracy") -> Path:
+    """``R[i][j]`` as a heatmap: rows = after training task i, columns = task j."""
+    R = np.asarray(R, dtype=float)
+    T = R.shape[0]
+    fig = Figure(figsize=(1.6 + 0.62 * T, 1.2 + 0.55 * T), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis")
+    for i in range(T):
+        for j in range(T):
+            ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if R[i, j] < 0.6 else "black")
+    ax.set_xticks(range(T))
+    ax.set_yticks(range(T))
+    ax.set_xlabel("evaluated on task j")
+    ax.set_ylabel("after training task i")
+    ax.set_title(title or f"R_test ({metric})", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path)
+
+
+def ap_curve(curve: Sequence[float], path: str | Path, title: str = "",
+             val_curve: Sequence[float] | None = None) -> Path:
+    """AP so far (mean score over tasks 0..i after task i) against the task index."""
+    fig = Figure(figsize=(4.5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(curve))
+    ax.plot(x, curve, marker="o", label="test")
+    if val_curve is not None:
+        ax.plot(x, val_curve, marker="s", linestyle="--", label="val")
+        ax.legend(fontsize=8)
+    ax.set_xticks(x)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("after training task")
+    ax.set_ylabel("AP so far")
+    ax.set_title(title or "AP over tasks", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def seed_spread(per_seed: Mapping[str, Mapping[int, float]], path: str | Path,
+                title: str = "") -> Path:
+    """One panel per metric: each seed's value as a dot, the mean and ± std as a bar."""
+    names = [m for m, values in per_seed.items() if values]
+    fig = Figure(figsize=(2.2 * max(len(names), 1) + 0.6, 3.4), layout="constrained")
+    if not names:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no finished seeds", ha="center", va="center")
+        ax.set_axis_off()
+        return _save(fig, path)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=True):
+        seeds = sorted(per_seed[name])
+        vals = np.array([per_seed[name][s] for s in seeds], dtype=float)
+        jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.zeros(1)
+        ax.scatter(jitter, vals, s=18, alpha=0.8, zorder=3)
+        for x, v, s in zip(jitter, vals, seeds, strict=True):
+            ax.annotate(str(s), (x, v), textcoords="offset points", xytext=(4, 0),
+                        fontsize=6, alpha=0.7)
+        ax.errorbar([0.35], [vals.mean()], yerr=[vals.std()], fmt="D", color="black",
+                    capsize=4, zorder=4)
+        ax.set_xlim(-0.4, 0.6)
+        ax.set_xticks([])
+        ax.set_title(f"{name}\n{vals.mean():.3f} ± {vals.std():.3f} (n={len(vals)})",
+                     fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def grouped_bars(
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    values: Mapping[str, Mapping[tuple[str, str], tuple[float, float, int]]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Grouped bar chart: one panel per metric, datasets on x, one bar per method.
+
+    ``values[metric][(method, dataset)] = (mean, std, n)``; missing cells are left out.
+    """
+    metrics = list(values)
+    fig = Figure(figsize=(max(4.0, 1.2 + 1.1 * len(datasets) * max(len(methods), 1) * 0.45)
+                          * len(metrics), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(datasets))
+    for ax, metric in zip(axes, metrics, strict=True):
+        for k, method in enumerate(methods):
+            means, stds, xs = [], [], []
+            for d, dataset in enumerate(datasets):
+                cell = values[metric].get((method, dataset))
+                if cell is None or not np.isfinite(cell[0]):
+                    continue
+                xs.append(x[d] - 0.4 + width * (k + 0.5))
+                means.append(cell[0])
+                stds.append(cell[1] if np.isfinite(cell[1]) else 0.0)
+            if xs:
+                ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3, label=method)
+        ax.set_xticks(x)
+        ax.set_xticklabels(datasets, rotation=20 if len(datasets) > 3 else 0)
+        ax.set_title(f"{metric} (mean ± std over seeds)", fontsize=9)
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

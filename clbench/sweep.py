@@ -1,0 +1,341 @@
+"""``clbench sweep FILE.toml``: grid search on a few seeds, then the selected config on the rest.
+
+1. every configuration of the grid runs on ``grid_seeds``;
+2. for each (method, dataset) the configuration with the best mean *validation*
+   AP over those seeds is selected (complete configurations first; ties keep the
+   first in grid order);
+3. the selected configuration runs on ``final_seeds`` (seeds it already ran are
+   resumed, not re-run);
+4. MLflow marks it: its parent run gets ``clbench.selected = true``, the selection
+   in ``clbench.selection`` and ``clbench.report_seeds = <final seeds>`` (its
+   aggregate metrics are over the final seeds); the others get ``false``.
+
+A sweep file::
+
+    experiment = "begin-grid"          # MLflow experiment (default: sweep-<file stem>)
+    methods = ["finetune", "ewc"]
+    datasets = ["cora"]
+    grid_seeds = "0-2"                 # "0-2", "0,1,2" or [0, 1, 2]
+    final_seeds = "0-9"
+    plugins = []                       # optional --plugin files/modules
+
+    [protocol]                         # optional: tasks = "3x2", graph, metric,
+    split_seed = 0                     #   split_seed, class_order, data_dir, device
+
+    [params]                           # fixed for every method and grid point
+    epochs = 1000
+
+    [grid]                             # crossed for every method
+    lr = [1e-3, 5e-3, 1e-2]
+    dropout = [0.0, 0.25, 0.5]
+    weight_decay = [0.0, 5e-4]
+
+    [method.ewc.grid]                  # a method's own grid (and [method.ewc.params])
+    lam = [100.0, 1000.0]
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from clbench.errors import ClbenchError
+from clbench.orchestrate import (
+    Backend,
+    Job,
+    Reporter,
+    Summary,
+    expand_jobs,
+    parse_seeds,
+    run_jobs,
+    slug,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_TOP_KEYS = {"experiment", "methods", "datasets", "grid_seeds", "final_seeds", "plugins",
+             "protocol", "params", "grid", "method"}
+_PROTOCOL_KEYS = {"tasks", "graph", "metric", "split_seed", "class_order", "data_dir", "device"}
+
+
+@dataclass
+class SweepSpec:
+    """A parsed sweep file."""
+
+    path: Path
+    experiment: str
+    methods: list[str]
+    datasets: list[str]
+    grid_seeds: list[int]
+    final_seeds: list[int]
+    plugins: list[str] = field(default_factory=list)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+
+    def method_tables(self, method: str) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        """A method's own (params, grid) tables, found under its name or its canonical name."""
+        from clbench.methods import METHODS
+        from clbench.registry import normalize_name
+
+        canon = normalize_name(METHODS.canonical(method))
+        params: dict[str, Any] = {}
+        grid: dict[str, list[Any]] = {}
+        for name in set(self.method_params) | set(self.method_grid):
+            if name in METHODS and normalize_name(METHODS.canonical(name)) == canon:
+                params.update(self.method_params.get(name, {}))
+                grid.update(self.method_grid.get(name, {}))
+        return params, grid
+
+    def grid_points(self, method: str) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every combination of the shared and the method's grid (with the fixed params),
+        and the keys that vary."""
+        mparams, mgrid = self.method_tables(method)
+        grid = {**self.grid, **mgrid}
+        keys = list(grid)
+        fixed = {**self.params, **mparams}
+        points = [{**fixed, **dict(zip(keys, combo, strict=True))}
+                  for combo in itertools.product(*(grid[k] for k in keys))]
+        return points, [k for k in keys if len(grid[k]) > 1]
+
+
+def _seeds(raw: Any, key: str) -> list[int]:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return [raw]
+    if isinstance(raw, str):
+        return parse_seeds(raw)
+    if isinstance(raw, list) and raw and all(isinstance(s, int) for s in raw):
+        return list(dict.fromkeys(raw))
+    raise ClbenchError(f"sweep: {key} must be like \"0-4\" or a list of integers, got {raw!r}")
+
+
+def _names(raw: Any, key: str) -> list[str]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw or not all(isinstance(x, str) for x in raw):
+        raise ClbenchError(f"sweep: {key} must be a non-empty list of names, got {raw!r}")
+    return raw
+
+
+def _grid(raw: Any, where: str) -> dict[str, list[Any]]:
+    if not isinstance(raw, dict):
+        raise ClbenchError(f"sweep: [{where}] must be a table of key = [values]")
+    out = {}
+    for k, v in raw.items():
+        values = v if isinstance(v, list) else [v]
+        if not values:
+            raise ClbenchError(f"sweep: [{where}] {k} has no values")
+        out[k] = values
+    return out
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file (names and parameters are checked at expansion)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClbenchError(f"sweep file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ClbenchError(f"sweep file {path} is not valid TOML: {exc}") from None
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ClbenchError(f"sweep: unknown key(s) {', '.join(sorted(unknown))}; "
+                           f"valid: {', '.join(sorted(_TOP_KEYS))}")
+    for key in ("methods", "datasets", "grid_seeds", "final_seeds"):
+        if key not in raw:
+            raise ClbenchError(f"sweep file {path} needs {key!r}")
+    protocol = dict(raw.get("protocol", {}))
+    bad = set(protocol) - _PROTOCOL_KEYS
+    if bad:
+        raise ClbenchError(f"sweep: unknown [protocol] key(s) {', '.join(sorted(bad))}; "
+                           f"valid: {', '.join(sorted(_PROTOCOL_KEYS))}")
+    method_params: dict[str, dict[str, Any]] = {}
+    method_grid: dict[str, dict[str, list[Any]]] = {}
+    for name, table in raw.get("method", {}).items():
+        if not isinstance(table, dict) or set(table) - {"params", "grid"}:
+            raise ClbenchError(f"sweep: [method.{name}] may only hold params and grid tables")
+        method_params[name] = dict(table.get("params", {}))
+        method_grid[name] = _grid(table.get("grid", {}), f"method.{name}.grid")
+    plugins = raw.get("plugins", [])
+    plugins = [plugins] if isinstance(plugins, str) else list(plugins)
+    return SweepSpec(
+        path=path,
+        experiment=str(raw.get("experiment") or f"sweep-{path.stem}"),
+        methods=_names(raw["methods"], "methods"),
+        datasets=_names(raw["datasets"], "datasets"),
+        grid_seeds=_seeds(raw["grid_seeds"], "grid_seeds"),
+        final_seeds=_seeds(raw["final_seeds"], "final_seeds"),
+        plugins=[str((path.parent / p).resolve()) if p.endswith(".py") else p for p in plugins],
+        protocol=protocol,
+        params=dict(raw.get("params", {})),
+        grid=_grid(raw.get("grid", {}), "grid"),
+        method_params=method_params,
+        method_grid=method_grid,
+    )
+
+
+def _protocol_kwargs(spec: SweepSpec) -> dict[str, Any]:
+    from clbench.cli import parse_tasks
+
+    p = spec.protocol
+    num_tasks, per_task = parse_tasks(str(p["tasks"])) if "tasks" in p else (None, None)
+    return {
+        "num_tasks": num_tasks, "classes_per_task": per_task,
+        "class_order": p.get("class_order"), "split_seed": int(p.get("split_seed", 0)),
+        "graph": p.get("graph", "full"), "metric": p.get("metric", "accuracy"),
+        "data_dir": p.get("data_dir"), "device": p.get("device", "cpu"),
+    }
+
+
+def _label(point: Mapping[str, Any], varying: Sequence[str]) -> str:
+    return " ".join(f"{k}={point[k]}" for k in varying if k in point)
+
+
+def grid_jobs(spec: SweepSpec) -> tuple[list[Job], dict[tuple, str], dict[tuple, int]]:
+    """All grid jobs; a label per parent group; each group's grid order (for ties)."""
+    from clbench.methods import METHODS
+
+    kwargs = _protocol_kwargs(spec)
+    jobs: list[Job] = []
+    labels: dict[tuple, str] = {}
+    order: dict[tuple, int] = {}
+    unknown = [m for m in set(spec.method_params) | set(spec.method_grid) if m not in METHODS]
+    if unknown:
+        raise ClbenchError(f"sweep: [method.{unknown[0]}] names an unknown method")
+    for method in spec.methods:
+        canon = METHODS.canonical(method)
+        points, varying = spec.grid_points(canon)
+        for i, point in enumerate(points):
+            new = [replace(j, note=_label(point, varying))
+                   for j in expand_jobs([canon], spec.datasets, spec.grid_seeds, params=point,
+                                        plugins=spec.plugins, **kwargs)]
+            for j in new:
+                labels.setdefault(j.group, _label(point, varying))
+                order.setdefault(j.group, i)
+            jobs.extend(new)
+    return jobs, labels, order
+
+
+@dataclass
+class Selection:
+    method: str
+    dataset: str
+    config_hash: str
+    label: str
+    mean_val_ap: float
+    n_seeds: int
+    parent_id: str
+    candidates: int
+
+
+@dataclass
+class SweepResult:
+    experiment: str
+    grid: Summary
+    selections: list[Selection]
+    final: Summary | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.grid.ok and (self.final is None or self.final.ok)
+
+
+def select(grid_summary: Summary, tracker: Any, labels: Mapping[tuple, str],
+           order: Mapping[tuple, int], grid_seeds: Sequence[int]) -> list[Selection]:
+    """Pick each (method, dataset)'s configuration by mean validation AP on the grid seeds."""
+    from clbench import tracking as tr
+
+    children = tracker.children()
+    seeds = set(grid_seeds)
+    by_pd: dict[tuple[str, str], list[tuple]] = {}
+    for group, parent_id in grid_summary.parents.items():
+        mine = [c for c in children if c.parent_id == parent_id]
+        chosen = tr.select_seed_runs(mine, seeds)
+        vals = [c.metrics["val_AP"] for c in chosen.values() if "val_AP" in c.metrics]
+        if not vals:
+            continue
+        mean = sum(vals) / len(vals)
+        complete = len(vals) == len(seeds)
+        by_pd.setdefault(group[:2], []).append(
+            ((complete, mean, -order.get(group, 0)), group, parent_id, mean, len(vals)))
+    out = []
+    for (method, dataset), cands in sorted(by_pd.items()):
+        _, group, parent_id, mean, n = max(cands, key=lambda c: c[0])
+        out.append(Selection(method, dataset, group[2], labels.get(group, ""), mean, n,
+                             parent_id, len(cands)))
+    return out
+
+
+def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
+              results_dir: str | Path = "results", force: bool = False,
+              reporter: Reporter | None = None,
+              on_stage: Any = None) -> SweepResult:
+    """Grid on the grid seeds, selection, final seeds, MLflow marks (see module docs)."""
+    from clbench import tracking as tr
+
+    jobs, labels, order = grid_jobs(spec)
+    if on_stage:
+        on_stage("grid", len(jobs))
+    tracker.client.set_experiment_tag(tracker.experiment_id, "clbench.sweep_file",
+                                      str(spec.path))
+    grid_groups = {j.group for j in jobs}
+    grid = run_jobs(jobs, tracker, backend, results_dir=results_dir, force=force,
+                    reporter=reporter, parent_labels=labels,
+                    report_seeds={g: spec.grid_seeds for g in grid_groups})
+    result = SweepResult(tracker.experiment_name, grid, [])
+    if grid.interrupted:
+        return result
+    result.selections = select(grid, tracker, labels, order, spec.grid_seeds)
+    selected = {(s.method, s.dataset, s.config_hash) for s in result.selections}
+    for group, parent_id in grid.parents.items():
+        tracker.set_tags(parent_id, {tr.TAG_SELECTED: "true" if group in selected else "false"})
+    for s in result.selections:
+        tracker.set_tags(s.parent_id, {tr.TAG_SELECTION: (
+            f"best mean val AP {s.mean_val_ap:.4f} over grid seeds "
+            f"{tr.seeds_text(spec.grid_seeds)} among {s.candidates} configuration(s)")})
+        tracker.client.set_experiment_tag(
+            tracker.experiment_id, f"clbench.selected.{s.method}.{slug(s.dataset)}",
+            f"{s.config_hash} ({s.label})" if s.label else s.config_hash)
+    final_jobs = [replace_seed(j, seed) for j in jobs
+                  if j.group in selected and j.seed == spec.grid_seeds[0]
+                  for seed in spec.final_seeds]
+    if on_stage:
+        on_stage("final", len(final_jobs))
+    if final_jobs:
+        result.final = run_jobs(final_jobs, tracker, backend, results_dir=results_dir,
+                                force=force, reporter=reporter, parent_labels=labels,
+                                report_seeds={g: spec.final_seeds for g in selected})
+    write_selection(result, Path(results_dir) / f"sweep-{slug(spec.experiment)}.csv")
+    return result
+
+
+def replace_seed(job: Job, seed: int) -> Job:
+    return replace(job, seed=seed)
+
+
+def write_selection(result: SweepResult, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aggregates = result.final.aggregates if result.final else {}
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", "dataset", "config_hash", "config", "grid_mean_val_AP",
+                    "grid_seeds_used", "candidates", "final_AP_mean", "final_AP_std",
+                    "final_AF_mean", "final_AF_std", "final_n", "parent_run_id"])
+        for s in result.selections:
+            agg = aggregates.get((s.method, s.dataset, s.config_hash), {})
+            ap, af = agg.get("AP", {}), agg.get("AF", {})
+            w.writerow([s.method, s.dataset, s.config_hash, s.label, s.mean_val_ap, s.n_seeds,
+                        s.candidates, ap.get("mean", ""), ap.get("std", ""), af.get("mean", ""),
+                        af.get("std", ""), ap.get("n", ""), s.parent_id])
+    return path

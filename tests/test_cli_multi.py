@@ -1,0 +1,156 @@
+"""The multi-job CLI: bad input, single runs left alone, ``sweep`` and ``ui``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from clbench.cli import ui_command
+
+try:
+    from mlflow_server import cli, free_port, parent_runs, shared_server, unique
+except ImportError:  # tests/ imported as a package
+    from tests.mlflow_server import cli, free_port, parent_runs, shared_server, unique
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--seeds", "5-1"), "--seeds range"),
+    (("--seeds", "x"), "--seeds expects"),
+    (("--seed", "0", "--seeds", "0-1"), "either --seed or --seeds"),
+    (("--method", "finetune,nope", "--seeds", "0-1"), "unknown method 'nope'"),
+    (("--dataset", "synthetic,nope", "--seeds", "0"), "unknown dataset 'nope'"),
+    (("--seeds", "0-1", "--param", "joint.lr=0.1"), "not among the methods"),
+    (("--seeds", "0-1", "--param", "lr=fast"), "expects float"),
+    (("--seeds", "0-1", "--backend", "spark"), "unknown --backend"),
+    (("--seeds", "0-1", "--backend", "dask"), "--backend dask needs --scheduler"),
+    (("--seeds", "0-1", "--scheduler", "tcp://x:1"), "--scheduler only applies"),
+    (("--seeds", "0-1", "--jobs", "0"), "--jobs must be at least 1"),
+])
+def test_bad_input_exits_2_with_one_line_before_anything(workdir, capsys, args, message):
+    assert cli("run", *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "results").exists()
+
+
+def test_single_run_is_unchanged(workdir, capsys):
+    assert cli("run", "--epochs", "1", "--tasks", "2", "--method", "finetune", "-q") == 0
+    out = capsys.readouterr().out
+    assert "R[i][j]" in out and "AP " in out
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "results").exists()
+
+
+SWEEP = """
+experiment = "{exp}"
+methods = ["finetune"]
+datasets = ["synthetic"]
+grid_seeds = [0]
+final_seeds = "0-1"
+
+[params]
+epochs = 3
+
+[grid]
+lr = [0.001, 0.01]
+"""
+
+
+def test_sweep_selects_by_val_ap_reruns_on_final_seeds_and_marks(workdir, capsys):
+    server = shared_server()
+    exp = unique("sweep")
+    (workdir / "s.toml").write_text(SWEEP.format(exp=exp))
+    assert cli("sweep", "s.toml", "--jobs", "2", "--tracking-uri", server.uri, "-q") == 0
+    out = capsys.readouterr().out
+    assert "selected configurations" in out and "skipping 1 job(s)" in out
+
+    client = MlflowClient(server.uri)
+    eid = client.get_experiment_by_name(exp).experiment_id
+    parents = parent_runs(client, eid)
+    assert len(parents) == 2  # one per grid configuration
+    selected = [p for p in parents if p.data.tags.get("clbench.selected") == "true"]
+    other = [p for p in parents if p.data.tags.get("clbench.selected") == "false"]
+    assert len(selected) == len(other) == 1
+    best, worse = selected[0], other[0]
+    assert best.data.tags["clbench.report_seeds"] == "0,1"
+    assert best.data.metrics["n_seeds"] == 2 and worse.data.metrics["n_seeds"] == 1
+    assert "mean val AP" in best.data.tags["clbench.selection"]
+
+    def val_ap(parent, seed):
+        runs = client.search_runs([eid], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
+                                         f"and tags.`clbench.seed` = '{seed}'")
+        return runs[0].data.metrics["val_AP"]
+
+    assert val_ap(best, 0) >= val_ap(worse, 0)  # selected by validation AP on the grid seed
+    assert (workdir / "results" / f"sweep-{exp}.csv").is_file()
+
+    assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri) == 0
+    md = (workdir / "results" / f"compare-{exp}.md").read_text()
+    assert "| finetune |" in md and "(n=2)" in md  # only the selected configuration
+
+
+def test_sweep_file_errors(workdir, capsys):
+    assert cli("sweep", "missing.toml") == 2
+    assert "sweep file not found" in capsys.readouterr().err
+    (workdir / "bad.toml").write_text('methods = ["finetune"]\ndatasets = ["synthetic"]\n'
+                                      'grid_seeds = [0]\nfinal_seeds = [0]\n[grid]\nnope = [1]\n')
+    assert cli("sweep", "bad.toml") == 2
+    assert "unknown parameter 'nope'" in capsys.readouterr().err
+    (workdir / "bad2.toml").write_text('methods = ["finetune"]\n')
+    assert cli("sweep", "bad2.toml") == 2
+    assert "needs 'datasets'" in capsys.readouterr().err
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_example_sweep_file_is_valid():
+    from clbench.sweep import grid_jobs, load_sweep
+
+    spec = load_sweep(Path(__file__).resolve().parent.parent / "sweeps" / "example.toml")
+    jobs, labels, _ = grid_jobs(spec)
+    assert len(jobs) == 2 * 3 * 3 * 2 * len(spec.grid_seeds)  # methods x BeGin's 18-point grid
+    assert len(set(labels.values())) == 18
+
+
+def test_ui_command_and_server_uri(workdir, capsys):
+    cmd = ui_command("sqlite:////tmp/x.db")
+    assert cmd[1:] == ["ui", "--backend-store-uri", "sqlite:////tmp/x.db", "--host",
+                       "127.0.0.1", "--port", "5000"]
+    assert cli("ui", "--tracking-uri", "http://127.0.0.1:1") == 0
+    assert "is an MLflow server already" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ui_serves_the_default_store(workdir):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clbench.cli", "ui", "--port", str(port)],
+                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        ok = False
+        while time.monotonic() < deadline and not ok:
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                ok = r.status == 200
+            time.sleep(0.5)
+        assert ok
+        assert (workdir / "mlflow.db").exists()  # the same default store `run` uses
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

@@ -1,0 +1,222 @@
+"""The orchestrator: job expansion, the default SQLite store, resume, failures, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from clbench.errors import ClbenchError
+from clbench.orchestrate import (
+    Job,
+    expand_jobs,
+    parse_names,
+    parse_seeds,
+    read_saved_result,
+    result_path,
+    write_json_atomic,
+)
+
+try:
+    from mlflow_server import (
+        CRASH_PLUGIN,
+        child_runs,
+        cli,
+        cli_process,
+        parent_runs,
+        shared_server,
+        unique,
+    )
+except ImportError:  # tests/ imported as a package
+    from tests.mlflow_server import (
+        CRASH_PLUGIN,
+        child_runs,
+        cli,
+        cli_process,
+        parent_runs,
+        shared_server,
+        unique,
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+# ----------------------------------------------------------------------------- units
+def test_parse_seeds_and_names():
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("0,5-6, 2,5") == [0, 5, 6, 2]
+    for bad in ("3-1", "a", "", "1-2-3"):
+        with pytest.raises(ClbenchError):
+            parse_seeds(bad)
+    assert parse_names("piggyback, ewc,") == ["piggyback", "ewc"]
+
+
+def test_expand_jobs_resolves_and_hashes():
+    jobs = expand_jobs(["finetune", "bare", "joint"], ["synthetic"], [0, 1],
+                       params={"epochs": 5, "lr": "0.01"})
+    assert [(j.method, j.seed) for j in jobs] == [("finetune", 0), ("finetune", 1),
+                                                  ("joint", 0), ("joint", 1)]  # alias merged
+    assert jobs[0].config["lr"] == 0.01 and jobs[0].config["epochs"] == 5
+    assert jobs[0].config_hash == jobs[1].config_hash  # the seed is not part of the config
+    assert jobs[0].config_hash != jobs[2].config_hash
+    assert jobs[0].protocol_hash == jobs[2].protocol_hash  # same task sequence: INT pairs
+    again = expand_jobs(["finetune"], ["synthetic"], [0], params={"epochs": 5, "lr": 0.01})
+    assert again[0].config_hash == jobs[0].config_hash  # stable across calls and spellings
+    other = expand_jobs(["finetune"], ["synthetic"], [0], params={"epochs": 6, "lr": 0.01})
+    assert other[0].config_hash != jobs[0].config_hash
+    assert Job.from_dict(json.loads(json.dumps(jobs[0].to_dict()))) == jobs[0]
+    spec = jobs[0].spec()
+    assert (spec.method, spec.dataset, spec.seed, spec.params["epochs"]) == (
+        "finetune", "synthetic", 0, 5)
+
+
+def test_expand_jobs_rejects_bad_input_before_running():
+    with pytest.raises(ClbenchError, match="unknown method"):
+        expand_jobs(["finetune", "nope"], ["synthetic"], [0])
+    with pytest.raises(ClbenchError, match="unknown dataset"):
+        expand_jobs(["finetune"], ["nope"], [0])
+    with pytest.raises(ClbenchError, match="unknown parameter"):
+        expand_jobs(["finetune"], ["synthetic"], [0], params={"nope": 1})
+    with pytest.raises(ClbenchError, match="not among the methods"):
+        expand_jobs(["finetune"], ["synthetic"], [0], params={"joint.lr": 0.1})
+    jobs = expand_jobs(["finetune", "joint"], ["synthetic"], [0], params={"joint.lr": 0.1})
+    assert jobs[0].config["lr"] == 1e-3 and jobs[1].config["lr"] == 0.1  # method-only override
+
+
+def test_atomic_result_write(tmp_path):
+    job = expand_jobs(["finetune"], ["synthetic"], [3])[0]
+    path = result_path(tmp_path, "my exp", job)
+    assert path.parent == tmp_path / "runs" / "my-exp"
+    write_json_atomic(path, {"seed": 3, "clbench": {"config_hash": job.config_hash}})
+    assert os.listdir(path.parent) == [path.name]  # no temporary file left behind
+    assert read_saved_result(path, job) is not None
+    write_json_atomic(path, {"seed": 3, "clbench": {"config_hash": "other"}})
+    assert read_saved_result(path, job) is None  # a different configuration is not reused
+
+
+# ----------------------------------------------------------------------------- default store
+def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
+    exp = "default-store"
+    args = ("run", "--method", "finetune,joint", "--seeds", "0-1", "--epochs", "5",
+            "--jobs", "2", "--experiment", exp, "-q")
+    assert cli(*args) == 0
+    capsys.readouterr()
+    db = workdir / "mlflow.db"
+    assert db.is_file()  # MLflow's default store, in the working directory
+    client = MlflowClient(f"sqlite:///{db}")
+    eid = client.get_experiment_by_name(exp).experiment_id
+    children = child_runs(client, eid)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert len(parent_runs(client, eid)) == 2
+    saved = sorted((workdir / "results" / "runs" / exp).glob("*.json"))
+    assert len(saved) == 4
+    for child in children:  # every result on disk is the one in MLflow
+        t = child.data.tags
+        data = json.loads((workdir / "results" / "runs" / exp /
+                           f"{t['clbench.method']}__synthetic__{t['clbench.config_hash']}__seed"
+                           f"{t['clbench.seed']}.json").read_text())
+        assert child.data.metrics["AP"] == pytest.approx(data["metrics"]["AP"])
+
+    # resume: nothing runs again
+    assert cli(*args) == 0
+    out = capsys.readouterr().out
+    assert "skipping 4 job(s)" in out and "done " not in out
+    assert len(child_runs(client, eid)) == 4
+
+    # --force reruns (one method, to stay quick)
+    assert cli("run", "--method", "finetune", "--seeds", "0-1", "--epochs", "5", "--jobs", "2",
+               "--experiment", exp, "--force", "-q") == 0
+    assert capsys.readouterr().out.count("done ") == 2
+    assert len(child_runs(client, eid)) == 6
+
+    # results saved on disk by an interrupted command are logged, not recomputed
+    exp2 = "recovered"
+    shutil.copytree(workdir / "results" / "runs" / exp, workdir / "results" / "runs" / exp2)
+    assert cli("run", "--method", "finetune,joint", "--seeds", "0-1", "--epochs", "5",
+               "--jobs", "2", "--experiment", exp2, "-q") == 0
+    assert capsys.readouterr().out.count("recovered from results/runs") == 4
+    eid2 = client.get_experiment_by_name(exp2).experiment_id
+    recovered = child_runs(client, eid2)
+    assert len(recovered) == 4 and all(r.info.status == "FINISHED" for r in recovered)
+    assert all("clbench.recovered_from" in r.data.tags for r in recovered)
+
+
+# ----------------------------------------------------------------------------- failures
+def test_crash_and_killed_worker_are_failed_runs_others_finish(workdir):
+    server = shared_server()
+    (workdir / "crashy.py").write_text(CRASH_PLUGIN)
+    exp = unique("crash")
+    proc = cli_process("run", "--plugin", "crashy.py", "--method", "raiser,killer",
+                       "--seeds", "0-1", "--epochs", "5", "--jobs", "2", "--tracking-uri",
+                       server.uri, "--experiment", exp, "-q", cwd=workdir)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "2 job(s) failed" in proc.stderr
+    assert "raiser · synthetic · seed 1: RuntimeError: boom on purpose" in proc.stderr
+    assert "killer · synthetic · seed 1: worker process died (killed by SIGKILL)" in proc.stderr
+
+    client = MlflowClient(server.uri)
+    eid = client.get_experiment_by_name(exp).experiment_id
+    runs = {(r.data.tags["clbench.method"], r.data.tags["clbench.seed"]): r
+            for r in child_runs(client, eid)}
+    assert len(runs) == 4
+    assert runs[("raiser", "0")].info.status == "FINISHED"
+    assert runs[("killer", "0")].info.status == "FINISHED"
+    assert runs[("raiser", "1")].info.status == "FAILED"
+    assert runs[("killer", "1")].info.status == "FAILED"
+    assert "boom on purpose" in runs[("raiser", "1")].data.tags["clbench.error"]
+    assert "SIGKILL" in runs[("killer", "1")].data.tags["clbench.error"]
+    err = client.download_artifacts(runs[("raiser", "1")].info.run_id, "error.txt",
+                                    str(workdir))
+    with open(err) as fh:
+        assert "Traceback" in fh.read()
+    statuses = {p.data.tags["clbench.method"]: p.info.status
+                for p in parent_runs(client, eid)}
+    assert statuses == {"raiser": "FAILED", "killer": "FAILED"}
+    saved = sorted(p.name for p in (workdir / "results" / "runs" / exp).iterdir())
+    assert len(saved) == 2 and all(n.endswith("__seed0.json") for n in saved)
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_running_killed_and_keeps_finished(workdir):
+    server = shared_server()
+    exp = unique("ctrl-c")
+    out_dir = workdir / "results" / "runs" / exp
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clbench.cli", "run", "--method", "finetune", "--seeds", "0-5",
+         "--epochs", "40", "--jobs", "2", "--tracking-uri", server.uri, "--experiment", exp,
+         "-q"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list(out_dir.glob("*.json")):
+        time.sleep(0.5)
+    time.sleep(3)  # let the parent log it
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err
+    client = MlflowClient(server.uri)
+    eid = client.get_experiment_by_name(exp).experiment_id
+    statuses = [r.info.status for r in child_runs(client, eid)]
+    assert "KILLED" in statuses and "RUNNING" not in statuses
+    saved = list(out_dir.glob("*.json"))
+    assert len(saved) >= statuses.count("FINISHED") >= 1  # nothing finished is lost
+    # the next run picks up what is there and finishes the rest
+    again = subprocess.run(proc.args, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    finished = {r.data.tags["clbench.seed"] for r in child_runs(client, eid)
+                if r.info.status == "FINISHED"}
+    assert finished == {str(s) for s in range(6)}
