@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from perf import fmt_s, interleaved, trainer_at_task
+from perf import fmt_s, interleaved, own_peak_rss_mb, trainer_at_task
 from perfkit.floor import FloorGCN, _CSRMatmul, csr_mm, csr_transpose
 from perfkit.workload import (
     arxiv_scenario,
@@ -172,7 +172,7 @@ def allocator_child(rounds: int) -> None:
                                        None)
     times = interleaved({"loop": loop_epoch}, rounds)["loop"]
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"median": statistics.median(times), "rss_mb": usage.ru_maxrss / 1024,
+    print(json.dumps({"median": statistics.median(times), "rss_mb": own_peak_rss_mb(),
                       "sys": usage.ru_stime, "user": usage.ru_utime}))
 
 
