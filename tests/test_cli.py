@@ -70,7 +70,7 @@ def test_unknown_method_lists_the_valid_ones(monkeypatch, capsys):
     _, _, err = invoke(monkeypatch, capsys, "run", "--method", "pigyback")
     err = " ".join(err.split())
     assert "Did you mean 'piggyback'?" in err
-    assert "finetune, joint, piggyback" in err
+    assert "Valid methods: ewc, finetune, joint, packnet, piggyback" in err
 
 
 def test_plugin_example_via_cli(monkeypatch, capsys):
