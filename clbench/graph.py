@@ -85,9 +85,22 @@ class Graph:
 
     @cached_property
     def adj_gcn(self) -> Tensor:
-        """GCN's normalised adjacency D^-1/2 (A + I) D^-1/2, transposed, as CSR."""
+        """GCN's normalised adjacency D^-1/2 (A + I) D^-1/2, transposed, as CSR.
+
+        It carries its own transpose as the attribute ``clbench_transpose`` (the
+        matrix itself when the graph is undirected: the symmetric normalisation of a
+        symmetric matrix is symmetric), so that the backward pass of the aggregation
+        is one sparse product instead of a transpose of the CSR matrix per layer and
+        step (see :class:`clbench.models.AdjGCNConv`).
+        """
+        size = (self.num_nodes, self.num_nodes)
         ei, w = gcn_norm(self.edge_index, None, self.num_nodes, add_self_loops=True)
-        return to_torch_csr_tensor(ei.flip(0), w, size=(self.num_nodes, self.num_nodes))
+        csr = to_torch_csr_tensor(ei.flip(0), w, size=size)
+        if is_undirected(self.edge_index, num_nodes=self.num_nodes):
+            csr.clbench_transpose = csr
+        else:
+            csr.clbench_transpose = to_torch_csr_tensor(ei, w, size=size)
+        return csr
 
     @cached_property
     def adj_t(self) -> Tensor:

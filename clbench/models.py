@@ -39,6 +39,33 @@ class _ConstSparseMatmul(torch.autograd.Function):
         return (ctx.x_t @ grad).t(), None, None
 
 
+class _ConstAdjMatmul(torch.autograd.Function):
+    """``adj @ x`` for a constant sparse CSR ``adj`` whose CSR transpose ``adj_t`` is
+    precomputed: the backward pass is ``adj_t @ grad``, where torch's own backward
+    would transpose ``adj`` (a sort of every edge) at every step."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, adj: Tensor, adj_t: Tensor) -> Tensor:
+        ctx.adj_t = adj_t
+        return adj @ x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        return ctx.adj_t @ grad, None, None
+
+
+class AdjGCNConv(GCNConv):
+    """PyG's ``GCNConv`` whose aggregation over a precomputed CSR adjacency carrying
+    ``clbench_transpose`` (``Graph.adj_gcn``) uses :class:`_ConstAdjMatmul`; other
+    inputs take PyG's own path."""
+
+    def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:
+        transpose = getattr(adj_t, "clbench_transpose", None)
+        if transpose is None or self.aggr != "add":
+            return super().message_and_aggregate(adj_t, x)
+        return _ConstAdjMatmul.apply(x, adj_t, transpose)
+
+
 class SparseInputLinear(Linear):
     """PyG's ``Linear`` that multiplies sparse CSR inputs (from ``Graph.x_csr``) with
     sparse kernels in both directions; dense inputs take the usual path."""
@@ -119,7 +146,7 @@ MODELS: Registry[Callable[..., NodeClassifier]] = Registry("model")
 def gcn(in_dim: int, hidden: int, num_classes: int, **kw) -> NodeClassifier:
     """GCN (Kipf & Welling) on the precomputed normalised CSR adjacency."""
     return NodeClassifier(
-        lambda i, o: GCNConv(i, o, normalize=False, add_self_loops=False),
+        lambda i, o: AdjGCNConv(i, o, normalize=False, add_self_loops=False),
         in_dim, hidden, num_classes, graph_input=lambda g: g.adj_gcn, sparse_input=True, **kw,
     )
 

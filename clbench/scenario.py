@@ -175,9 +175,15 @@ class NCScenarioLoader:
             return self._task_graphs[tasks[0]]
         return self.graph.induced(torch.isin(self.node_task, torch.as_tensor(list(tasks))))
 
-    def batch(self, tasks: Sequence[int], split: str, graph: Graph | None = None) -> NodeBatch:
-        """The labelled ``split`` nodes of ``tasks``, as one batch."""
-        mask = getattr(self.graph, f"{split}_mask") & torch.isin(
+    def batch(self, tasks: Sequence[int], split: str | Sequence[str],
+              graph: Graph | None = None) -> NodeBatch:
+        """The labelled ``split`` nodes of ``tasks`` (several splits: their union), as one
+        batch."""
+        splits = (split,) if isinstance(split, str) else tuple(split)
+        in_split = getattr(self.graph, f"{splits[0]}_mask")
+        for name in splits[1:]:
+            in_split = in_split | getattr(self.graph, f"{name}_mask")
+        mask = in_split & torch.isin(
             self.node_task, torch.as_tensor(list(tasks), device=self.node_task.device)
         )
         nodes = mask.nonzero().view(-1)
@@ -202,9 +208,10 @@ class NCScenarioLoader:
         g = self.graph_for(tasks)
         return TaskDataset(task_id, tasks, g, *(self.batch(tasks, s, g) for s in SPLITS))
 
-    def eval_batches(self, split: str) -> list[NodeBatch]:
-        """Batches covering every task's ``split`` nodes: one batch on the full graph,
-        or one per task when each task has its own subgraph."""
+    def eval_batches(self, split: str | Sequence[str]) -> list[NodeBatch]:
+        """Batches covering every task's ``split`` nodes (several splits: their union, so
+        that one forward pass scores them all): one batch on the full graph, or one per
+        task when each task has its own subgraph."""
         if self.graph_mode == "full":
             return [self.batch(range(self.num_tasks), split)]
         return [self.batch((t,), split) for t in range(self.num_tasks)]

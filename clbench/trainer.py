@@ -122,8 +122,8 @@ class NCTrainer:
             cb.on_run_start(self)
         states = self.initTrainingStates(self.scenario, model, optimizer)
         self.training_states = states  # for events without a states argument (evaluation)
-        init_val, init_test = (self._evaluate(split, NCTrainer.processEvalIteration)
-                               for split in ("val", "test"))
+        init = self._evaluate(("val", "test"), NCTrainer.processEvalIteration)
+        init_val, init_test = init["val"], init["test"]
         out = TrainerResult(np.zeros((T, T)), np.zeros((T, T)), init_test, init_val)
         for task_id in range(T):
             self.curr_task = task_id
@@ -155,8 +155,8 @@ class NCTrainer:
             out.task_train_seconds.append(time.perf_counter() - start)
             out.task_epochs.append(epochs)
             start = time.perf_counter()
-            out.R_val[task_id] = self._evaluate("val")
-            out.R_test[task_id] = self._evaluate("test")
+            scores = self._evaluate(("val", "test"))
+            out.R_val[task_id], out.R_test[task_id] = scores["val"], scores["test"]
             out.task_eval_seconds.append(time.perf_counter() - start)
             for cb in self.callbacks:
                 cb.on_task_end(self, task_id, out.R_test[task_id])
@@ -164,19 +164,31 @@ class NCTrainer:
         return out
 
     @torch.no_grad()
-    def _evaluate(self, split: str, eval_fn: Callable | None = None) -> np.ndarray:
-        """Per-task scores of the current model on every task's ``split`` nodes."""
+    def _evaluate(self, splits: Sequence[str], eval_fn: Callable | None = None
+                  ) -> dict[str, np.ndarray]:
+        """Per-task scores of the current model on every task's nodes of each split.
+
+        The splits' nodes are predicted together (one ``processEvalIteration`` per
+        evaluation batch: one forward pass for finetune, one per task for
+        Piggyback/PackNet) and scored split by split.
+        """
         self.model.eval()
         eval_fn = eval_fn or type(self).processEvalIteration
-        preds, labels, tasks = [], [], []
-        for batch in self.scenario.eval_batches(split):
+        preds, labels, tasks, nodes = [], [], [], []
+        for batch in self.scenario.eval_batches(splits):
             p, _ = eval_fn(self, self.model, batch)
             preds.append(p)
             labels.append(batch.labels)
             tasks.append(batch.task_ids)
-        scores = self.scenario.per_task_scores(torch.cat(preds), torch.cat(labels),
-                                               torch.cat(tasks))
-        return scores.numpy()
+            nodes.append(batch.nodes)
+        preds, labels, tasks, nodes = (torch.cat(v) for v in (preds, labels, tasks, nodes))
+        graph = self.scenario.graph
+        out = {}
+        for split in splits:
+            sel = getattr(graph, f"{split}_mask")[nodes]
+            out[split] = self.scenario.per_task_scores(
+                preds[sel], labels[sel], tasks[sel]).numpy()
+        return out
 
     @torch.no_grad()
     def _score_loader(self, loader: Sequence[NodeBatch]) -> tuple[float, dict]:

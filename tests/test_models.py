@@ -40,3 +40,57 @@ def test_dense_features_stay_dense():
     graph = load_graph("synthetic")
     model = build_model("gcn", graph.num_features, 10, hidden=16)
     assert not graph.sparse_features and model.inputs(graph) is graph.x
+
+
+@pytest.mark.parametrize("undirected", [True, False])
+def test_gcn_aggregation_with_precomputed_transpose_matches_pyg(undirected):
+    """AdjGCNConv (backward through the stored transpose) gives PyG GCNConv's outputs and
+    gradients, on a symmetric and on a directed adjacency."""
+    from torch_geometric.data import Data
+    from torch_geometric.nn import GCNConv
+
+    from clbench.models import AdjGCNConv
+
+    gen = torch.Generator().manual_seed(0)
+    n = 300
+    data = Data(x=torch.randn(n, 12, generator=gen), y=torch.zeros(n, dtype=torch.long),
+                edge_index=torch.randint(0, n, (2, 1500), generator=gen),
+                train_mask=torch.ones(n, dtype=torch.bool),
+                val_mask=torch.zeros(n, dtype=torch.bool),
+                test_mask=torch.zeros(n, dtype=torch.bool))
+    graph = prepare_graph(data, undirected=undirected)
+    adj = graph.adj_gcn
+    dense_t = adj.clbench_transpose.to_dense()
+    assert torch.equal(dense_t, adj.to_dense().t())
+    assert (adj.clbench_transpose is adj) == undirected
+
+    ref = GCNConv(12, 8, normalize=False, add_self_loops=False)
+    ours = AdjGCNConv(12, 8, normalize=False, add_self_loops=False)
+    ours.load_state_dict(ref.state_dict())
+    x_ref = graph.x.clone().requires_grad_()
+    x_ours = graph.x.clone().requires_grad_()
+    out_ref, out_ours = ref(x_ref, adj), ours(x_ours, adj)
+    torch.testing.assert_close(out_ours, out_ref)
+    (out_ref ** 2).sum().backward()
+    (out_ours ** 2).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad)
+    torch.testing.assert_close(ours.lin.weight.grad, ref.lin.weight.grad)
+
+
+def test_peak_rss_is_this_process_not_the_parent():
+    """A run started by a large process reports its own peak memory (VmHWM), not the
+    parent's: ru_maxrss is inherited across fork and exec on Linux."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("VmHWM is Linux-only")
+    from clbench.experiment import peak_rss_mb
+
+    big = torch.ones(300 * 2**20 // 4 * 4)  # 1.2 GB, touched: this process's peak grows
+    assert peak_rss_mb() > 1100
+    child = subprocess.run(
+        [sys.executable, "-c", "from clbench.experiment import peak_rss_mb; print(peak_rss_mb())"],
+        capture_output=True, text=True, check=True)
+    del big
+    assert float(child.stdout) < 1000, child.stdout

@@ -154,9 +154,9 @@ def test_evaluation_costs_one_forward_per_task_view() -> None:
     counts: list[tuple[int, int]] = []
     evaluate = trainer._evaluate
 
-    def counting_evaluate(split, eval_fn=None):
+    def counting_evaluate(splits, eval_fn=None):
         before = len(calls)
-        scores = evaluate(split, eval_fn)
+        scores = evaluate(splits, eval_fn)
         counts.append((trainer.curr_task, len(calls) - before))
         return scores
 
@@ -164,9 +164,9 @@ def test_evaluation_costs_one_forward_per_task_view() -> None:
     trainer.run(params["epochs"])
     T = scenario.num_tasks
     after_tasks = [c for c in counts if c[0] >= 0]
-    assert len(after_tasks) == 2 * T  # val and test after every task
+    assert len(after_tasks) == T  # val and test together after every task
     for task, n in after_tasks:
-        assert n == task + 1, (task, n)  # one per task view, every task in the batch
+        assert n == task + 1, (task, n)  # one per task view, both splits in the batch
     assert all(n == 1 for task, n in counts if task < 0)
 
 

@@ -158,9 +158,9 @@ def test_evaluation_costs_one_forward_per_task_and_no_copies(synthetic, monkeypa
     counts = []
     orig_eval = trainer._evaluate
 
-    def counting(split, fn=None):
+    def counting(splits, fn=None):
         calls.clear()
-        r = orig_eval(split, fn)
+        r = orig_eval(splits, fn)
         counts.append((trainer.curr_task, len(calls)))
         return r
 

@@ -91,8 +91,8 @@ def test_events_run_in_begin_order():
     trainer = Recorder(model, sc, lambda p: torch.optim.Adam(p, lr=0.01), None, "cpu")
     trainer.run(epoch_per_task=2)
     assert calls[0] == "initTrainingStates"
-    # the untrained model is scored first (for FWT): one plain inference per split
-    assert calls[1:3] == ["inference", "inference"]
+    # the untrained model is scored first (for FWT): one plain inference for val and test
+    assert calls[1:3] == ["inference", "processBeforeTraining"]
     start = calls.index("processBeforeTraining")
     task0 = calls[start: calls.index("processAfterTraining") + 1]
     assert task0 == (["processBeforeTraining"]
@@ -100,9 +100,9 @@ def test_events_run_in_begin_order():
                         "processEvalIteration", "inference",  # validation
                         "processAfterEachIteration"] * 2
                      + ["processAfterTraining"])
-    # after each task every task is evaluated (val and test), in one pass each
+    # after each task every task is evaluated, val and test nodes in one pass
     end = start + len(task0)
-    assert calls[end: end + 4] == ["processEvalIteration", "inference"] * 2
+    assert calls[end: end + 3] == ["processEvalIteration", "inference", "processBeforeTraining"]
 
 
 def test_best_validation_weights_are_restored():

@@ -104,3 +104,20 @@ def test_task_graph_mode_has_no_inter_task_edges(graph):
         src, dst = b.graph.edge_index
         assert (sc.node_task[src] == t).all() and (sc.node_task[dst] == t).all()
         assert b.graph.num_edges > 0
+
+
+@pytest.mark.parametrize("mode", ["full", "task"])
+def test_one_pass_over_val_and_test_scores_each_split_alone(graph, mode):
+    """Evaluating val and test nodes together gives the scores of each split on its own."""
+    from clbench.models import build_model
+
+    sc = NCScenarioLoader(graph, 3, 2, seed=1, graph_mode=mode)
+    torch.manual_seed(0)
+    trainer = NCTrainer(build_model("gcn", graph.num_features, sc.num_classes, hidden=16),
+                        sc, lambda p: torch.optim.Adam(p, lr=0.01))
+    trainer.run(epoch_per_task=3)
+    both = trainer._evaluate(("val", "test"))
+    for split in ("val", "test"):
+        alone = trainer._evaluate((split,))[split]
+        assert both[split].tolist() == alone.tolist()
+        assert (both[split] > 0).all()
