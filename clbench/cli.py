@@ -443,14 +443,35 @@ def compare(
     all_configs: Annotated[bool, typer.Option(
         "--all-configs", help="In a sweep, show every configuration, not only the selected.")]
         = False,
+    reference: Annotated[Path | None, typer.Option(
+        help="CSV of published numbers (columns method,dataset,AP[,AF], 0-1 scale) shown "
+             "beside each cell with the difference.")] = None,
+    tolerance: Annotated[float, typer.Option(
+        help="Target on |clbench AP - reference AP| (0-1 scale).")] = 0.02,
+    notes: Annotated[Path | None, typer.Option(
+        help="Markdown file appended to the table as its notes.")] = None,
+    commit: Annotated[str | None, typer.Option(
+        help="Git revision the runs used (default: `git rev-parse HEAD` now, said so).")]
+        = None,
+    run_command: Annotated[str | None, typer.Option(
+        help="The exact command that produced the runs (default: reconstructed from the "
+             "experiment's sweep-file tag).")] = None,
 ) -> None:
     """Table of AP and AF (mean ± std, seed count) per method x dataset, from MLflow;
-    written as Markdown, CSV and a grouped bar chart PNG."""
+    written as Markdown, CSV and a grouped bar chart PNG, with the selected
+    hyperparameters, commit, wall time and commands (and a reference, if given)."""
+    import shlex
+
     from clbench.compare import compare as do_compare
     from clbench.tracking import Tracker
 
+    if not 0.0 <= tolerance <= 1.0:
+        raise ClbenchError(f"--tolerance is on a 0-1 scale, got {tolerance}")
     uri, _ = _open_tracking(tracking_uri, experiment)
-    report = do_compare(Tracker(uri, experiment, create=False), out, all_configs)
+    command = shlex.join(["clbench", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"] else ""
+    report = do_compare(Tracker(uri, experiment, create=False), out, all_configs,
+                        reference=reference, tolerance=tolerance, notes=notes, commit=commit,
+                        run_command=run_command, compare_command=command)
     if not report.rows:
         raise ClbenchError(f"experiment {experiment!r} at {uri} has no finished runs to compare")
     datasets = list(dict.fromkeys(r.dataset for r in report.rows))
@@ -463,8 +484,14 @@ def compare(
         row = []
         for d in datasets:
             r = cells.get((label, d))
-            row.append("-" if r is None else
-                       f"AP {r.cell('AP')}\nAF {r.cell('AF')} (n={len(r.seeds)})")
+            if r is None:
+                row.append("-")
+                continue
+            text = f"AP {r.cell('AP')}\nAF {r.cell('AF')} (n={len(r.seeds)})"
+            delta = r.delta("AP")
+            if delta is not None:
+                text += f"\nref {r.reference['AP'] * 100:.1f}, Δ {delta * 100:+.1f}"
+            row.append(text)
         table.add_row(label, *row)
     console.print(table)
     for path in (report.markdown, report.csv, report.figure):

@@ -7,28 +7,48 @@ parent runs: the latest FINISHED child per seed), and writes
   methods as rows and datasets as columns;
 * ``compare-<experiment>.csv``: one row per (method, dataset, config) with the mean,
   std and count of every final metric (fractions, not %);
-* ``compare-<experiment>.png``: a grouped bar chart of AP and AF with std error bars.
+* ``compare-<experiment>.png``: a grouped bar chart of AP and AF with std error bars
+  (and the reference AP as black markers when one is given).
 
 In a sweep's experiment only the selected configurations are shown (unless
 ``all_configs``); when several configurations of one method remain, each is its
 own row, labelled with the start of its config hash.
+
+With a reference (a CSV with columns ``method,dataset,AP[,AF]``, e.g. a paper's
+numbers on a 0-1 scale) the Markdown and CSV also show the reference beside each
+cell, the difference (clbench - reference) and whether it is within a tolerance.
+The Markdown always records, per (method, dataset), the hyperparameters of the
+shown configuration (the sweep's selection and its varying keys when there is
+one), the number of runs and their summed run time (grid and final seeds), and
+for the whole table: the git commit, the wall time (first run started to last
+run ended, from MLflow), torch threads per job, package versions, the command
+that produced the runs and the command that wrote the table.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from clbench import plots
 from clbench import tracking as tr
+from clbench.errors import ClbenchError
 from clbench.orchestrate import slug
 
 TABLE_METRICS = ("AP", "AF")
 CSV_METRICS = ("AP", "AF", "BWT", "FWT", "INT", "val_AP", "time_total_seconds", "peak_rss_mb",
                "extra_storage_bytes")
+
+
+#: Protocol keys shown beside a method's own hyperparameters.
+SHOWN_PROTOCOL_KEYS = ("lr", "dropout", "weight_decay", "epochs")
+#: The default tolerance on |clbench AP - reference AP| (issue 6's target).
+DEFAULT_TOLERANCE = 0.02
 
 
 @dataclass
@@ -43,6 +63,22 @@ class Row:
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     parent_id: str = ""
     selected: bool = False
+    #: the configuration's hyperparameters (method params and the main protocol keys)
+    hparams: dict[str, str] = field(default_factory=dict)
+    #: the sweep's label of this configuration (its varying keys), if any
+    selection_label: str = ""
+    #: how it was selected (the sweep's ``clbench.selection`` tag), if any
+    selection: str = ""
+    #: finished runs of this (method, dataset) in the experiment (grid and final) and
+    #: their summed run time in seconds
+    cell_runs: int = 0
+    cell_seconds: float = 0.0
+    #: the reference values of this (method, dataset), e.g. {"AP": 0.91}
+    reference: dict[str, float] = field(default_factory=dict)
+    #: every resolved hyperparameter of the configuration (protocol and method keys)
+    config: dict[str, str] = field(default_factory=dict)
+    #: each seed's AP
+    per_seed_ap: dict[int, float] = field(default_factory=dict)
 
     def cell(self, metric: str, percent: bool = True) -> str:
         s = self.stats.get(metric)
@@ -50,6 +86,33 @@ class Row:
             return "-"
         k = 100.0 if percent else 1.0
         return f"{s['mean'] * k:.1f} ± {s['std'] * k:.1f}"
+
+    def delta(self, metric: str = "AP") -> float | None:
+        """clbench's mean minus the reference (0-1 scale), or None."""
+        s, ref = self.stats.get(metric), self.reference.get(metric)
+        if s is None or ref is None:
+            return None
+        return s["mean"] - ref
+
+
+@dataclass
+class Provenance:
+    """Where a table comes from: commit, wall time, commands, machine."""
+
+    commit: str = ""
+    commit_source: str = ""
+    wall_seconds: float | None = None
+    first_start: str = ""
+    last_end: str = ""
+    runs: int = 0
+    run_seconds: float = 0.0
+    threads: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    run_command: str = ""
+    run_command_source: str = ""
+    compare_command: str = ""
+    tracking_uri: str = ""
+    sweep_file: str = ""
 
 
 @dataclass
@@ -59,9 +122,112 @@ class Report:
     markdown: Path | None = None
     csv: Path | None = None
     figure: Path | None = None
+    provenance: Provenance | None = None
 
 
-def collect(tracker: tr.Tracker, all_configs: bool = False) -> list[Row]:
+# ----------------------------------------------------------------------------- reference
+def load_reference(path: str | Path) -> dict[tuple[str, str], dict[str, float]]:
+    """``(method, dataset) -> {"AP": .., "AF": ..}`` from a CSV with columns
+    ``method,dataset,AP[,AF]`` (other columns are ignored; values on a 0-1 scale).
+
+    Method and dataset names are resolved like everywhere else (``bare`` is
+    ``finetune``); names clbench does not know are kept as written.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip() for f in reader.fieldnames or []]
+            missing = [f for f in ("method", "dataset", "AP") if f not in fields]
+            if missing:
+                raise ClbenchError(f"reference {path} needs the column(s) "
+                                   f"{', '.join(missing)} (method,dataset,AP[,AF])")
+            out: dict[tuple[str, str], dict[str, float]] = {}
+            for n, raw in enumerate(reader, start=2):
+                row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+                if not row.get("method"):
+                    continue
+                values = {}
+                for metric in TABLE_METRICS:
+                    text = row.get(metric, "")
+                    if text == "":
+                        continue
+                    try:
+                        values[metric] = float(text)
+                    except ValueError:
+                        raise ClbenchError(f"reference {path} line {n}: {metric} must be a "
+                                           f"number, got {text!r}") from None
+                    if not 0.0 <= abs(values[metric]) <= 1.0:
+                        raise ClbenchError(f"reference {path} line {n}: {metric} = {text} is "
+                                           f"not on a 0-1 scale")
+                if "AP" not in values:
+                    raise ClbenchError(f"reference {path} line {n}: no AP value")
+                out[(_canonical_method(row["method"]), _canonical_dataset(row["dataset"]))] = \
+                    values
+    except FileNotFoundError:
+        raise ClbenchError(f"reference file not found: {path}") from None
+    if not out:
+        raise ClbenchError(f"reference {path} has no rows")
+    return out
+
+
+def _canonical_method(name: str) -> str:
+    from clbench.methods import METHODS
+
+    try:
+        return METHODS.canonical(name)
+    except ClbenchError:
+        return name
+
+
+def _canonical_dataset(name: str) -> str:
+    from clbench.datasets import DATASETS
+
+    try:
+        return DATASETS.canonical(name)
+    except ClbenchError:
+        return name
+
+
+# ----------------------------------------------------------------------------- collect
+def _method_keys(method: str) -> list[str]:
+    """The method's own hyperparameter names (from its card), if it has a card."""
+    from clbench.config import load_card
+
+    try:
+        return list(load_card(method).params)
+    except ClbenchError:
+        return []
+
+
+def _hparams(method: str, params: Mapping[str, str]) -> dict[str, str]:
+    keys = [*SHOWN_PROTOCOL_KEYS, *_method_keys(method)]
+    return {k: params[k] for k in keys if k in params}
+
+
+def _config(method: str, params: Mapping[str, str]) -> dict[str, str]:
+    from clbench.config import PROTOCOL_DEFAULTS
+
+    keys = [*PROTOCOL_DEFAULTS, *_method_keys(method)]
+    return {k: params[k] for k in dict.fromkeys(keys) if k in params}
+
+
+def _selection_labels(tracker: tr.Tracker) -> dict[tuple[str, str], str]:
+    """The sweep's experiment tags ``clbench.selected.<method>.<dataset>`` = ``hash (label)``:
+    ``(method, dataset slug) -> (hash, label)`` text."""
+    exp = tracker.client.get_experiment(tracker.experiment_id)
+    out = {}
+    prefix = f"{tr.TAG_SELECTED}."
+    for k, v in (exp.tags or {}).items():
+        if k.startswith(prefix):
+            method, _, dataset = k[len(prefix):].partition(".")
+            out[(method, dataset)] = v
+    return out
+
+
+def collect(tracker: tr.Tracker, all_configs: bool = False,
+            reference: Mapping[tuple[str, str], Mapping[str, float]] | None = None
+            ) -> list[Row]:
     """Aggregate the experiment's finished seeds per parent run."""
     parents = tracker.parents()
     children = tracker.children()
@@ -69,18 +235,35 @@ def collect(tracker: tr.Tracker, all_configs: bool = False) -> list[Row]:
     if selected and not all_configs:
         parents = selected
     by_parent: dict[str, list[tr.RunRecord]] = {}
+    cost: dict[tuple[str, str], list[float]] = {}
     for c in children:
         if c.parent_id:
             by_parent.setdefault(c.parent_id, []).append(c)
+        if c.finished:
+            cost.setdefault((c.method, c.dataset), []).append(
+                c.metrics.get("time_total_seconds", 0.0))
+    labels = _selection_labels(tracker)
     rows: list[Row] = []
     for p in sorted(parents, key=lambda r: (r.method, r.dataset, r.start_time)):
         chosen = tr.select_seed_runs(by_parent.get(p.run_id, []),
                                      tr.parse_seed_list(p.tags.get(tr.TAG_REPORT_SEEDS)))
         if not chosen:
             continue
+        is_selected = p.tags.get(tr.TAG_SELECTED) == "true"
+        label = ""
+        tag = labels.get((p.method, slug(p.dataset)), "")
+        if is_selected and tag.startswith(p.config_hash):
+            label = tag[len(p.config_hash):].strip().strip("()")
+        runs = cost.get((p.method, p.dataset), [])
         rows.append(Row(p.method, p.dataset, p.config_hash, p.method, list(chosen),
                         tr.aggregate([c.metrics for c in chosen.values()]), p.run_id,
-                        p.tags.get(tr.TAG_SELECTED) == "true"))
+                        is_selected, hparams=_hparams(p.method, p.params),
+                        selection_label=label, selection=p.tags.get(tr.TAG_SELECTION, ""),
+                        cell_runs=len(runs), cell_seconds=float(sum(runs)),
+                        reference=dict((reference or {}).get((p.method, p.dataset), {})),
+                        config=_config(p.method, p.params),
+                        per_seed_ap={s: c.metrics["AP"] for s, c in chosen.items()
+                                     if "AP" in c.metrics}))
     counts: dict[tuple[str, str], int] = {}
     for r in rows:
         counts[(r.method, r.dataset)] = counts.get((r.method, r.dataset), 0) + 1
@@ -91,13 +274,90 @@ def collect(tracker: tr.Tracker, all_configs: bool = False) -> list[Row]:
     return rows
 
 
+def git_commit(where: str | Path | None = None) -> tuple[str, bool]:
+    """``(HEAD's revision, working tree has uncommitted changes to tracked files)`` of the
+    repository holding ``where`` (default: this package); ``("", False)`` outside git."""
+    cwd = Path(where) if where else Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10)
+        if rev.returncode != 0:
+            return "", False
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return "", False
+
+
+def _utc(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def provenance(tracker: tr.Tracker, rows: Sequence[Row], *, commit: str | None = None,
+               run_command: str | None = None, compare_command: str = "") -> Provenance:
+    """The table's provenance, read from MLflow (times, threads, versions, sweep file)."""
+    children = [c for c in tracker.children() if c.finished]
+    prov = Provenance(compare_command=compare_command, tracking_uri=tracker.uri)
+    exp = tracker.client.get_experiment(tracker.experiment_id)
+    prov.sweep_file = (exp.tags or {}).get("clbench.sweep_file", "")
+    logged = {c.params.get("git_commit") or c.tags.get("clbench.git_commit") for c in children}
+    logged.discard(None)
+    if commit:
+        prov.commit, prov.commit_source = commit, "given to `clbench compare --commit`"
+    elif len(logged) == 1:
+        prov.commit, prov.commit_source = logged.pop(), "logged by the runs"
+    else:
+        rev, dirty = git_commit()
+        prov.commit = rev or "unknown (not a git checkout)"
+        prov.commit_source = (
+            "the runs do not log a git revision; this is `git rev-parse HEAD` when the table "
+            "was written" + (", and the working tree had uncommitted changes" if dirty else ""))
+    if children:
+        start = min(c.start_time for c in children)
+        end = max((c.end_time or c.start_time) for c in children)
+        prov.wall_seconds = (end - start) / 1000.0
+        prov.first_start, prov.last_end = _utc(start), _utc(end)
+        prov.runs = len(children)
+        prov.run_seconds = float(sum(c.metrics.get("time_total_seconds", 0.0)
+                                     for c in children))
+        prov.threads = sorted({c.params.get("threads", "?") for c in children})
+        sample = next((c for c in children if any(k.startswith("version.") for k in c.params)),
+                      None)
+        if sample is not None:
+            prov.versions = {k[len("version."):]: v for k, v in sorted(sample.params.items())
+                             if k.startswith("version.")}
+    if run_command:
+        prov.run_command, prov.run_command_source = run_command, "given to `clbench compare`"
+    elif prov.sweep_file:
+        prov.run_command = f"clbench sweep {prov.sweep_file} --tracking-uri {tracker.uri}"
+        prov.run_command_source = ("reconstructed from the experiment's sweep-file tag; "
+                                   "options such as --jobs are not recorded")
+    return prov
+
+
 def _axes(rows: Sequence[Row]) -> tuple[list[str], list[str]]:
     labels = list(dict.fromkeys(r.label for r in rows))
     datasets = list(dict.fromkeys(r.dataset for r in rows))
     return labels, datasets
 
 
-def markdown_table(rows: Sequence[Row], experiment: str) -> str:
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
+
+
+def _fraction(stats: Mapping[str, float] | None) -> str:
+    return "-" if stats is None else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def markdown_table(rows: Sequence[Row], experiment: str, *,
+                   provenance: Provenance | None = None, reference_name: str = "",
+                   tolerance: float = DEFAULT_TOLERANCE, notes: str = "") -> str:
     labels, datasets = _axes(rows)
     cells = {(r.label, r.dataset): r for r in rows}
     lines = [
@@ -116,22 +376,97 @@ def markdown_table(rows: Sequence[Row], experiment: str) -> str:
             out.append("-" if r is None else
                        f"AP {r.cell('AP')} · AF {r.cell('AF')} (n={len(r.seeds)})")
         lines.append(f"| {label} | " + " | ".join(out) + " |")
+    if any(r.reference for r in rows):
+        ref = reference_name or "reference"
+        lines += [
+            "",
+            f"## Against {ref}",
+            "",
+            f"On a 0-1 scale; Δ = clbench - reference; target: absolute Δ AP ≤ {tolerance:g}.",
+            "",
+            "| method | dataset | clbench AP | reference AP | Δ AP | within ±"
+            f"{tolerance:g} | clbench AF | reference AF | n |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            d = r.delta("AP")
+            ok = "-" if d is None else ("yes" if abs(d) <= tolerance + 1e-12 else "**no**")
+            ref_ap = r.reference.get("AP")
+            ref_af = r.reference.get("AF")
+            lines.append(
+                f"| {r.label} | {r.dataset} | {_fraction(r.stats.get('AP'))} | "
+                f"{'-' if ref_ap is None else f'{ref_ap:.3f}'} | "
+                f"{'-' if d is None else f'{d:+.3f}'} | {ok} | "
+                f"{_fraction(r.stats.get('AF'))} | "
+                f"{'-' if ref_af is None else f'{ref_af:.3f}'} | {len(r.seeds)} |")
+    lines += [
+        "",
+        "## Configurations",
+        "",
+        "The hyperparameters of each row's configuration; `selected` is what the sweep "
+        "chose (its varying keys), `runs` and `run time` count every finished run of the "
+        "(method, dataset) in the experiment (grid and final seeds; summed run time, not "
+        "wall time).",
+        "",
+        "| method | dataset | selected | hyperparameters | seeds | runs | run time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        hp = ", ".join(f"{k}={v}" for k, v in r.hparams.items()) or "-"
+        lines.append(
+            f"| {r.label} | {r.dataset} | {r.selection_label or '-'} | {hp} | "
+            f"{' '.join(map(str, r.seeds))} | {r.cell_runs} | {_duration(r.cell_seconds)} |")
+    selections = [r for r in rows if r.selection]
+    if selections:
+        lines += ["", "Selection: " + "; ".join(
+            f"{r.label}/{r.dataset}: {r.selection}" for r in selections) + "."]
+    if provenance is not None:
+        p = provenance
+        lines += ["", "## Provenance", ""]
+        lines.append(f"- Commit: `{p.commit}` ({p.commit_source}).")
+        if p.wall_seconds is not None:
+            lines.append(
+                f"- Wall time: {_duration(p.wall_seconds)}, from the first run's start "
+                f"({p.first_start}) to the last run's end ({p.last_end}); {p.runs} finished "
+                f"runs, {_duration(p.run_seconds)} of summed run time; torch threads per job: "
+                f"{', '.join(p.threads)}.")
+        if p.run_command:
+            lines.append(f"- Runs produced by: `{p.run_command}` ({p.run_command_source}).")
+        if p.compare_command:
+            lines.append(f"- Table written by: `{p.compare_command}`.")
+        lines.append(f"- MLflow store: `{p.tracking_uri}`, experiment `{experiment}`.")
+        if p.versions:
+            lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in p.versions.items())
+                         + ".")
+    if notes.strip():
+        lines += ["", "## Notes", "", notes.strip()]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(rows: Sequence[Row], path: Path) -> Path:
+def write_csv(rows: Sequence[Row], path: Path, tolerance: float = DEFAULT_TOLERANCE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["method", "dataset", "config_hash", "label", "n_seeds", "seeds",
-                    *(f"{m}_{s}" for m in CSV_METRICS for s in ("mean", "std")), "parent_run_id"])
+                    *(f"{m}_{s}" for m in CSV_METRICS for s in ("mean", "std")), "parent_run_id",
+                    "ref_AP", "delta_AP", "ref_AF", "delta_AF", "within_tolerance",
+                    "selected_config", "hyperparameters", "cell_runs", "cell_run_seconds",
+                    "AP_per_seed", "config"])
         for r in rows:
             vals = []
             for m in CSV_METRICS:
                 s = r.stats.get(m)
                 vals += [s["mean"], s["std"]] if s else ["", ""]
+            d_ap, d_af = r.delta("AP"), r.delta("AF")
+            within = "" if d_ap is None else str(abs(d_ap) <= tolerance + 1e-12).lower()
             w.writerow([r.method, r.dataset, r.config_hash, r.label, len(r.seeds),
-                        " ".join(map(str, r.seeds)), *vals, r.parent_id])
+                        " ".join(map(str, r.seeds)), *vals, r.parent_id,
+                        r.reference.get("AP", ""), "" if d_ap is None else d_ap,
+                        r.reference.get("AF", ""), "" if d_af is None else d_af, within,
+                        r.selection_label, " ".join(f"{k}={v}" for k, v in r.hparams.items()),
+                        r.cell_runs, r.cell_seconds,
+                        " ".join(f"{k}:{v!r}" for k, v in r.per_seed_ap.items()),
+                        " ".join(f"{k}={v}" for k, v in r.config.items())])
     return path
 
 
@@ -142,21 +477,94 @@ def bar_chart(rows: Sequence[Row], path: Path, experiment: str) -> Path:
             for r in rows if m in r.stats and math.isfinite(r.stats[m]["mean"])}
         for m in TABLE_METRICS
     }
-    return plots.grouped_bars(datasets, labels, values, path, title=experiment)
+    refs = {(r.label, r.dataset): r.reference for r in rows if r.reference}
+    if not refs:
+        return plots.grouped_bars(datasets, labels, values, path, title=experiment)
+    return _bars_with_reference(datasets, labels, values, refs, path, experiment)
+
+
+def _bars_with_reference(datasets: Sequence[str], labels: Sequence[str],
+                         values: Mapping[str, Mapping[tuple[str, str], tuple]],
+                         refs: Mapping[tuple[str, str], Mapping[str, float]], path: Path,
+                         title: str) -> Path:
+    """``plots.grouped_bars`` plus the reference values as black markers on each bar."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    metrics = list(values)
+    fig = Figure(figsize=(max(4.0, 1.2 + 1.1 * len(datasets) * max(len(labels), 1) * 0.45)
+                          * len(metrics), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    width = 0.8 / max(len(labels), 1)
+    x = np.arange(len(datasets))
+    for ax, metric in zip(axes, metrics, strict=True):
+        marked = False
+        for k, label in enumerate(labels):
+            xs, means, stds, rx, ry = [], [], [], [], []
+            for d, dataset in enumerate(datasets):
+                pos = x[d] - 0.4 + width * (k + 0.5)
+                cell = values[metric].get((label, dataset))
+                if cell is not None and np.isfinite(cell[0]):
+                    xs.append(pos)
+                    means.append(cell[0])
+                    stds.append(cell[1] if np.isfinite(cell[1]) else 0.0)
+                ref = refs.get((label, dataset), {}).get(metric)
+                if ref is not None:
+                    rx.append(pos)
+                    ry.append(ref)
+            if xs:
+                ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3, label=label)
+            if rx:
+                ax.scatter(rx, ry, marker="_", s=220, color="black", linewidths=2, zorder=5,
+                           label=None if marked else "reference")
+                marked = True
+        ax.set_xticks(x)
+        ax.set_xticklabels(datasets, rotation=20 if len(datasets) > 3 else 0)
+        ax.set_title(f"{metric} (mean ± std over seeds)", fontsize=9)
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def compare(tracker: tr.Tracker, out_dir: str | Path = "results",
-            all_configs: bool = False) -> Report:
-    """Collect the experiment's table and write its Markdown, CSV and PNG into ``out_dir``."""
-    rows = collect(tracker, all_configs)
+            all_configs: bool = False, *, reference: str | Path | None = None,
+            tolerance: float = DEFAULT_TOLERANCE, notes: str | Path | None = None,
+            commit: str | None = None, run_command: str | None = None,
+            compare_command: str = "") -> Report:
+    """Collect the experiment's table and write its Markdown, CSV and PNG into ``out_dir``.
+
+    ``reference``: a CSV (``method,dataset,AP[,AF]``) shown beside each cell; ``notes``: a
+    Markdown file appended to the table; ``commit``/``run_command``: recorded instead of
+    ``git rev-parse HEAD`` / the command reconstructed from the experiment's tags.
+    """
+    ref = load_reference(reference) if reference is not None else None
+    note_text = ""
+    if notes is not None:
+        try:
+            note_text = Path(notes).read_text()
+        except FileNotFoundError:
+            raise ClbenchError(f"notes file not found: {notes}") from None
+    rows = collect(tracker, all_configs, ref)
     report = Report(tracker.experiment_name, rows)
     if not rows:
         return report
+    report.provenance = provenance(tracker, rows, commit=commit, run_command=run_command,
+                                   compare_command=compare_command)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"compare-{slug(tracker.experiment_name)}"
     report.markdown = out / f"{stem}.md"
-    report.markdown.write_text(markdown_table(rows, tracker.experiment_name))
-    report.csv = write_csv(rows, out / f"{stem}.csv")
+    report.markdown.write_text(markdown_table(
+        rows, tracker.experiment_name, provenance=report.provenance,
+        reference_name=f"the reference `{reference}`" if reference is not None else "",
+        tolerance=tolerance, notes=note_text))
+    report.csv = write_csv(rows, out / f"{stem}.csv", tolerance)
     report.figure = bar_chart(rows, out / f"{stem}.png", tracker.experiment_name)
     return report
+
+

@@ -54,3 +54,116 @@ def test_compare_unknown_experiment(workdir, capsys):
                shared_server().uri) == 2
     assert "no MLflow experiment named" in capsys.readouterr().err
     assert not (workdir / "results").exists()
+
+
+SWEEP = """
+experiment = "{exp}"
+methods = ["finetune", "ewc"]
+datasets = ["synthetic"]
+grid_seeds = [0]
+final_seeds = "0-1"
+
+[params]
+epochs = 3
+
+[grid]
+lr = [0.001, 0.01]
+
+[method.ewc.grid]
+lamb = [100.0, 10000.0]
+"""
+
+
+def test_compare_reference_selection_and_provenance(workdir, capsys):
+    """--reference puts the published AP beside clbench's with the difference; the table
+    records the selected hyperparameters, the commit, the wall time and the commands."""
+    server = shared_server()
+    exp = unique("compare-ref")
+    (workdir / "s.toml").write_text(SWEEP.format(exp=exp))
+    assert cli("sweep", "s.toml", "--jobs", "2", "--tracking-uri", server.uri, "-q") == 0
+    (workdir / "ref.csv").write_text("method,dataset,AP,AF,source\n"
+                                     "bare,synthetic,0.5,0.1,paper\n"  # alias of finetune
+                                     "ewc,synthetic,0.99,,paper\n"
+                                     "piggyback,synthetic,0.7,,not run here\n")
+    (workdir / "notes.md").write_text("Finetune is the lower bound.\n")
+    capsys.readouterr()
+    assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri,
+               "--reference", "ref.csv", "--notes", "notes.md", "--run-command",
+               "clbench sweep s.toml --jobs 2") == 0
+    out = capsys.readouterr().out
+    assert "ref 50.0" in out and "ref 99.0" in out
+
+    with open(workdir / "results" / f"compare-{exp}.csv", newline="") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"finetune", "ewc"}  # only the selected configurations
+    fin, ewc = rows["finetune"], rows["ewc"]
+    assert float(fin["ref_AP"]) == 0.5 and float(fin["ref_AF"]) == 0.1
+    assert float(fin["delta_AP"]) == pytest.approx(float(fin["AP_mean"]) - 0.5)
+    assert float(fin["delta_AF"]) == pytest.approx(float(fin["AF_mean"]) - 0.1)
+    assert ewc["ref_AF"] == "" and ewc["delta_AF"] == ""
+    assert float(ewc["delta_AP"]) == pytest.approx(float(ewc["AP_mean"]) - 0.99)
+    for r in rows.values():
+        within = abs(float(r["delta_AP"])) <= 0.02
+        assert r["within_tolerance"] == str(within).lower()
+        assert r["n_seeds"] == "2"
+        seeds = dict(item.split(":") for item in r["AP_per_seed"].split())
+        assert set(seeds) == {"0", "1"}
+        assert sum(float(v) for v in seeds.values()) / 2 == pytest.approx(float(r["AP_mean"]))
+    assert fin["cell_runs"] == "3" and ewc["cell_runs"] == "5"  # grid configs + final seed 1
+    assert fin["selected_config"].startswith("lr=")
+    assert ewc["selected_config"].startswith("lr=") and "lamb=" in ewc["selected_config"]
+    assert "epochs=3" in ewc["config"] and "hidden=256" in ewc["config"]
+    assert "lamb=" in ewc["hyperparameters"] and "fisher=batch" in ewc["hyperparameters"]
+
+    client = MlflowClient(server.uri)
+    eid = client.get_experiment_by_name(exp).experiment_id
+    for parent in parent_runs(client, eid):  # the selection is MLflow's, not recomputed
+        tags, params = parent.data.tags, parent.data.params
+        if tags.get("clbench.selected") != "true":
+            continue
+        row = rows[tags["clbench.method"]]
+        assert f"lr={params['lr']}" in row["selected_config"]
+        assert f"lr={params['lr']}" in row["hyperparameters"]
+
+    md = (workdir / "results" / f"compare-{exp}.md").read_text()
+    assert "## Against the reference `ref.csv`" in md
+    assert "| finetune | synthetic |" in md and "| 0.500 |" in md and "| 0.990 |" in md
+    assert "piggyback" not in md  # reference rows without runs are not shown
+    assert "## Configurations" in md and "| lr=" in md and "lamb=" in md
+    assert "best mean val AP" in md  # how the sweep selected
+    assert "- Commit: `" in md and "the runs do not log a git revision" in md
+    assert "- Wall time: " in md and "finished runs" in md and "torch threads per job: " in md
+    assert "`clbench sweep s.toml --jobs 2` (given to `clbench compare`)" in md
+    assert f"`clbench compare --experiment {exp} --tracking-uri {server.uri}" in md
+    assert "## Notes\n\nFinetune is the lower bound." in md
+    assert "- Versions: " in md and "torch " in md
+    png = (workdir / "results" / f"compare-{exp}.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+    # without --run-command the command is rebuilt from the sweep file tag; --commit is kept
+    assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri, "--commit",
+               "abc123", "--out", "other") == 0
+    md = (workdir / "other" / f"compare-{exp}.md").read_text()
+    assert "- Commit: `abc123` (given to `clbench compare --commit`)" in md
+    assert f"`clbench sweep s.toml --tracking-uri {server.uri}` (reconstructed" in md
+    assert "## Against" not in md
+
+
+def test_compare_bad_reference(workdir, capsys):
+    server = shared_server()
+    exp = unique("compare-badref")
+    assert cli("run", "--method", "finetune", "--epochs", "2", "--tracking-uri", server.uri,
+               "--experiment", exp, "-q") == 0
+    capsys.readouterr()
+    assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri,
+               "--reference", "missing.csv") == 2
+    assert "reference file not found" in capsys.readouterr().err
+    (workdir / "r.csv").write_text("method,AP\nfinetune,0.9\n")
+    assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri,
+               "--reference", "r.csv") == 2
+    assert "needs the column(s) dataset" in capsys.readouterr().err
+    (workdir / "r.csv").write_text("method,dataset,AP\nfinetune,synthetic,91.0\n")
+    assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri,
+               "--reference", "r.csv") == 2
+    assert "not on a 0-1 scale" in capsys.readouterr().err
+    assert not (workdir / "results" / f"compare-{exp}.md").exists()
