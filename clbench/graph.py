@@ -103,6 +103,16 @@ class Graph:
         return csr
 
     @cached_property
+    def adj_gcn_x(self) -> Tensor:
+        """``adj_gcn @ x``, dense: GCN's first aggregation, which never changes.
+
+        ``conv1(x) = A (x W^T) + b = (A x) W^T + b``, so a GCN can start from this and
+        skip two of its six sparse products per training step (forward and backward
+        of the first layer). Used only for dense features (see ``NodeClassifier``).
+        """
+        return self.adj_gcn @ self.x
+
+    @cached_property
     def adj_t(self) -> Tensor:
         """Binary adjacency (no self-loops), transposed, as CSR (for mean aggregation)."""
         return to_torch_csr_tensor(self.edge_index.flip(0), size=(self.num_nodes, self.num_nodes))

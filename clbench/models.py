@@ -96,6 +96,7 @@ class NodeClassifier(nn.Module):
         batch_norm: bool = True,
         graph_input: Callable[[Graph], Tensor] | None = None,
         sparse_input: bool = False,
+        first_aggregation: Callable[[Graph], Tensor] | None = None,
     ) -> None:
         super().__init__()
         dims = [in_dim] + [hidden] * num_layers
@@ -108,6 +109,9 @@ class NodeClassifier(nn.Module):
         self.n_hidden = hidden
         self._graph_input = graph_input or (lambda g: g.adj_gcn)
         self.sparse_input = sparse_input
+        # GCN: the first layer's aggregation of the raw features, precomputed
+        # (Graph.adj_gcn_x); the layer then only applies its linear map and bias.
+        self._first_aggregation = first_aggregation
         if sparse_input:  # the first layer's linear map also takes CSR features
             first = self.convs[0].lin
             fast = SparseInputLinear(first.in_channels, first.out_channels,
@@ -126,10 +130,21 @@ class NodeClassifier(nn.Module):
         """Node embeddings before the classifier (BeGin's ``forward_without_classifier``)."""
         adj = self._graph_input(graph)
         h = x
-        for conv, norm in zip(self.convs, self.norms, strict=True):
-            h = F.relu(norm(conv(h, adj)))
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            if i == 0 and self._aggregates_first(x, graph):
+                h = conv.lin(self._first_aggregation(graph))
+                h = h if conv.bias is None else h + conv.bias
+            else:
+                h = conv(h, adj)
+            h = F.relu(norm(h))
             h = F.dropout(h, self.dropout, self.training)
         return h
+
+    def _aggregates_first(self, x: Tensor, graph: Graph) -> bool:
+        """Whether layer 0 can start from the precomputed aggregation: the input is the
+        graph's own dense features (sparse ones are cheaper through the sparse path)."""
+        return (self._first_aggregation is not None and x is graph.x
+                and not graph.sparse_features)
 
     def forward(self, x: Tensor, graph: Graph) -> Tensor:
         return self.classifier(self.encode(x, graph))
@@ -147,7 +162,8 @@ def gcn(in_dim: int, hidden: int, num_classes: int, **kw) -> NodeClassifier:
     """GCN (Kipf & Welling) on the precomputed normalised CSR adjacency."""
     return NodeClassifier(
         lambda i, o: AdjGCNConv(i, o, normalize=False, add_self_loops=False),
-        in_dim, hidden, num_classes, graph_input=lambda g: g.adj_gcn, sparse_input=True, **kw,
+        in_dim, hidden, num_classes, graph_input=lambda g: g.adj_gcn, sparse_input=True,
+        first_aggregation=lambda g: g.adj_gcn_x, **kw,
     )
 
 

@@ -94,3 +94,29 @@ def test_peak_rss_is_this_process_not_the_parent():
         capture_output=True, text=True, check=True)
     del big
     assert float(child.stdout) < 1000, child.stdout
+
+
+def test_first_layer_from_precomputed_aggregation_matches_the_plain_layer():
+    """For dense features GCN's layer 0 computes (A x) W^T + b from Graph.adj_gcn_x; it
+    must give the plain A (x W^T) + b, in outputs and in every gradient."""
+    from clbench.datasets import load_graph
+
+    graph = load_graph("synthetic")
+    assert not graph.sparse_features
+    torch.manual_seed(0)
+    fast = build_model("gcn", graph.num_features, 10, hidden=16, dropout=0.0)
+    plain = build_model("gcn", graph.num_features, 10, hidden=16, dropout=0.0)
+    plain.load_state_dict(fast.state_dict())
+    plain._first_aggregation = None
+    assert fast._aggregates_first(graph.x, graph)
+    assert not fast._aggregates_first(graph.x.clone(), graph)  # other inputs: plain path
+    out_fast, out_plain = fast(graph.x, graph), plain(graph.x, graph)
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-5, atol=1e-5)
+    out_fast.square().sum().backward()
+    out_plain.square().sum().backward()
+    grads = dict(plain.named_parameters())
+    # A conv bias right before BatchNorm has an exact gradient of 0 (BatchNorm removes
+    # the mean), so its float gradient is rounding noise: compare on the overall scale.
+    scale = max(float(p.grad.abs().max()) for p in plain.parameters())
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=2e-6 * scale)
