@@ -478,57 +478,7 @@ def bar_chart(rows: Sequence[Row], path: Path, experiment: str) -> Path:
         for m in TABLE_METRICS
     }
     refs = {(r.label, r.dataset): r.reference for r in rows if r.reference}
-    if not refs:
-        return plots.grouped_bars(datasets, labels, values, path, title=experiment)
-    return _bars_with_reference(datasets, labels, values, refs, path, experiment)
-
-
-def _bars_with_reference(datasets: Sequence[str], labels: Sequence[str],
-                         values: Mapping[str, Mapping[tuple[str, str], tuple]],
-                         refs: Mapping[tuple[str, str], Mapping[str, float]], path: Path,
-                         title: str) -> Path:
-    """``plots.grouped_bars`` plus the reference values as black markers on each bar."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    metrics = list(values)
-    fig = Figure(figsize=(max(4.0, 1.2 + 1.1 * len(datasets) * max(len(labels), 1) * 0.45)
-                          * len(metrics), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    width = 0.8 / max(len(labels), 1)
-    x = np.arange(len(datasets))
-    for ax, metric in zip(axes, metrics, strict=True):
-        marked = False
-        for k, label in enumerate(labels):
-            xs, means, stds, rx, ry = [], [], [], [], []
-            for d, dataset in enumerate(datasets):
-                pos = x[d] - 0.4 + width * (k + 0.5)
-                cell = values[metric].get((label, dataset))
-                if cell is not None and np.isfinite(cell[0]):
-                    xs.append(pos)
-                    means.append(cell[0])
-                    stds.append(cell[1] if np.isfinite(cell[1]) else 0.0)
-                ref = refs.get((label, dataset), {}).get(metric)
-                if ref is not None:
-                    rx.append(pos)
-                    ry.append(ref)
-            if xs:
-                ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3, label=label)
-            if rx:
-                ax.scatter(rx, ry, marker="_", s=220, color="black", linewidths=2, zorder=5,
-                           label=None if marked else "reference")
-                marked = True
-        ax.set_xticks(x)
-        ax.set_xticklabels(datasets, rotation=20 if len(datasets) > 3 else 0)
-        ax.set_title(f"{metric} (mean ± std over seeds)", fontsize=9)
-        ax.axhline(0.0, color="black", linewidth=0.6)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return plots.grouped_bars(datasets, labels, values, path, title=experiment, refs=refs)
 
 
 def compare(tracker: tr.Tracker, out_dir: str | Path = "results",

@@ -99,11 +99,15 @@ def grouped_bars(
     values: Mapping[str, Mapping[tuple[str, str], tuple[float, float, int]]],
     path: str | Path,
     title: str = "",
+    refs: Mapping[tuple[str, str], Mapping[str, float]] | None = None,
 ) -> Path:
     """Grouped bar chart: one panel per metric, datasets on x, one bar per method.
 
     ``values[metric][(method, dataset)] = (mean, std, n)``; missing cells are left out.
+    ``refs[(method, dataset)][metric]`` (e.g. published numbers) are drawn as black
+    markers on the bars.
     """
+    refs = refs or {}
     metrics = list(values)
     fig = Figure(figsize=(max(4.0, 1.2 + 1.1 * len(datasets) * max(len(methods), 1) * 0.45)
                           * len(metrics), 3.8), layout="constrained")
@@ -111,23 +115,33 @@ def grouped_bars(
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(datasets))
     for ax, metric in zip(axes, metrics, strict=True):
+        marked = False
         for k, method in enumerate(methods):
-            means, stds, xs = [], [], []
+            means, stds, xs, rx, ry = [], [], [], [], []
             for d, dataset in enumerate(datasets):
+                pos = x[d] - 0.4 + width * (k + 0.5)
+                ref = refs.get((method, dataset), {}).get(metric)
+                if ref is not None:
+                    rx.append(pos)
+                    ry.append(ref)
                 cell = values[metric].get((method, dataset))
                 if cell is None or not np.isfinite(cell[0]):
                     continue
-                xs.append(x[d] - 0.4 + width * (k + 0.5))
+                xs.append(pos)
                 means.append(cell[0])
                 stds.append(cell[1] if np.isfinite(cell[1]) else 0.0)
             if xs:
                 ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3, label=method)
+            if rx:
+                ax.scatter(rx, ry, marker="_", s=220, color="black", linewidths=2, zorder=5,
+                           label=None if marked else "reference")
+                marked = True
         ax.set_xticks(x)
         ax.set_xticklabels(datasets, rotation=20 if len(datasets) > 3 else 0)
         ax.set_title(f"{metric} (mean ± std over seeds)", fontsize=9)
         ax.axhline(0.0, color="black", linewidth=0.6)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    axes[0].legend(fontsize=7, loc="lower left" if refs else "best")
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
