@@ -291,11 +291,21 @@ def execute_job(job: Job, marker_dir: str | None = None, worker: bool = True) ->
     """Run one job in a worker; exceptions become a failed :class:`Outcome`.
 
     In a worker process (``worker``) Ctrl-C is left to the orchestrating parent, which
-    stops the pool and records what was running as KILLED.
+    stops the pool and records what was running as KILLED. The previous SIGINT handler
+    is put back afterwards, so a process that runs a job in-process (and the programs
+    it starts later, which inherit an ignored SIGINT) still stops on Ctrl-C.
     """
+    if not (worker and threading.current_thread() is threading.main_thread()):
+        return _execute_job(job, marker_dir)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return _execute_job(job, marker_dir)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _execute_job(job: Job, marker_dir: str | None) -> Outcome:
     started = time.perf_counter()
-    if worker and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if marker_dir:
         with open(os.path.join(marker_dir, job.uid), "w") as fh:
             fh.write(str(os.getpid()))
