@@ -205,12 +205,15 @@ def cora_graph(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # six full-length runs
+@pytest.mark.timeout(3600)  # four full-length runs
 def test_cora_ewc_forgets_less_than_finetune(cora_graph) -> None:
     """At the card's default lamb for Cora (what `clbench run --method ewc --dataset cora`
-    uses), EWC forgets less than fine-tuning, averaged over 3 seeds."""
+    uses), EWC forgets less than fine-tuning, averaged over 2 seeds.
+
+    Seeds 1 and 2 (AF, 2 threads: EWC 0.008 and 0.007, finetune 0.056 and 0.060) rather
+    than 0 as well: seed 0 agrees (0.023 vs 0.047) but its EWC run alone takes ~70 s."""
     af = {"ewc": [], "finetune": []}
-    for seed in (0, 1, 2):
+    for seed in (1, 2):
         for method in af:
             scenario = NCScenarioLoader(cora_graph, 3, 2, seed=seed)
             trainer, params = make_trainer(method, scenario, seed, "cora")
