@@ -373,6 +373,10 @@ def sweep(
         = None,
     force: ForceOpt = False,
     results_dir: ResultsOpt = Path("results"),
+    data_dir: Annotated[str | None, typer.Option(
+        help="Data root (default: the file's protocol.data_dir, else $CLBENCH_DATA, else "
+             "./datasets). Not part of any run's identity, so a sweep resumes from any "
+             "root.")] = None,
     plugin: Annotated[list[str] | None, typer.Option(
         help="Python file or module that registers methods/datasets (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -395,6 +399,8 @@ def sweep(
         load_plugin(p)
     if experiment:
         spec.experiment = experiment
+    if data_dir:
+        spec.protocol["data_dir"] = data_dir
     first, _, _ = grid_jobs(spec)  # validates every name and grid value before anything runs
     uri, open_tracker = _open_tracking(tracking_uri, spec.experiment)
     runner = make_backend(backend, jobs, scheduler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from clbench.cli import ui_command
+
+try:
+    from datahelpers import copy_shared
+except ImportError:  # tests/ imported as a package
+    from tests.datahelpers import copy_shared
 
 try:
     from mlflow_server import cli, free_port, parent_runs, shared_server, unique
@@ -104,6 +110,27 @@ def test_sweep_selects_by_val_ap_reruns_on_final_seeds_and_marks(workdir, capsys
     md = (workdir / "results" / f"compare-{exp}.md").read_text()
     assert "| finetune |" in md and "(n=2)" in md  # only the selected configuration
 
+
+
+def test_sweep_data_dir_option_reads_that_root(workdir, tmp_path_factory, monkeypatch):
+    """`clbench sweep --data-dir` loads the real Cora from the given root, not $CLBENCH_DATA
+    (pointed at an empty folder) or ./datasets, and the jobs record that root."""
+    root = tmp_path_factory.mktemp("data-root")
+    copy_shared("cora", root)
+    monkeypatch.setenv("CLBENCH_DATA", str(tmp_path_factory.mktemp("empty-root")))
+    exp = unique("sweep-data-dir")
+    (workdir / "s.toml").write_text(
+        f'experiment = "{exp}"\nmethods = ["finetune"]\ndatasets = ["cora"]\n'
+        'grid_seeds = [0]\nfinal_seeds = [0]\n[params]\nepochs = 2\n')
+    server = shared_server()
+    assert cli("sweep", "s.toml", "--data-dir", str(root), "--tracking-uri", server.uri,
+               "-q") == 0
+    saved = list((workdir / "results" / "runs" / exp).glob("*.json"))
+    assert saved
+    for path in saved:
+        result = json.loads(path.read_text())
+        assert result["dataset"] == "cora" and result["spec"]["data_dir"] == str(root)
+    assert not (workdir / "datasets").exists()
 
 def test_sweep_file_errors(workdir, capsys):
     assert cli("sweep", "missing.toml") == 2
