@@ -111,7 +111,6 @@ def test_sweep_selects_by_val_ap_reruns_on_final_seeds_and_marks(workdir, capsys
     assert "| finetune |" in md and "(n=2)" in md  # only the selected configuration
 
 
-
 def test_sweep_data_dir_option_reads_that_root(workdir, tmp_path_factory, monkeypatch):
     """`clbench sweep --data-dir` loads the real Cora from the given root, not $CLBENCH_DATA
     (pointed at an empty folder) or ./datasets, and the jobs record that root."""
@@ -131,6 +130,7 @@ def test_sweep_data_dir_option_reads_that_root(workdir, tmp_path_factory, monkey
         result = json.loads(path.read_text())
         assert result["dataset"] == "cora" and result["spec"]["data_dir"] == str(root)
     assert not (workdir / "datasets").exists()
+
 
 def test_sweep_file_errors(workdir, capsys):
     assert cli("sweep", "missing.toml") == 2
