@@ -21,7 +21,6 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score
 from torch import Tensor
 
 from clbench.errors import ClbenchError
@@ -233,6 +232,9 @@ class NCScenarioLoader:
             correct = torch.bincount(task_ids, weights=(preds == labels).double(), minlength=T)
             total = torch.bincount(task_ids, minlength=T).double()
             return correct / total.clamp_min(1)
+        # imported here: scikit-learn (with scipy and pandas) adds ~2 s to every process start
+        from sklearn.metrics import balanced_accuracy_score
+
         out = torch.zeros(T, dtype=torch.float64)
         for t in range(T):
             sel = task_ids == t

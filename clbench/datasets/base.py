@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch_geometric.data import Data
 
@@ -76,6 +75,8 @@ def stratified_split(
     """
     if not np.isclose(sum(fractions), 1.0):
         raise ClbenchError(f"split fractions must sum to 1, got {fractions}")
+    from sklearn.model_selection import train_test_split  # lazy: ~2 s of imports
+
     labels = y.cpu().numpy()
     idx = np.flatnonzero(labels >= 0)
     lab = labels[idx]
