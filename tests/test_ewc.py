@@ -31,8 +31,8 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """These graphs are tiny: one intra-op thread is faster, and much faster on a busy
-    machine (restored afterwards)."""
+    """The synthetic graphs are tiny: one intra-op thread is faster, and much faster on a
+    busy machine (restored afterwards). The real-Cora test asks for two."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -205,18 +205,19 @@ def cora_graph(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # four full-length runs
+@pytest.mark.timeout(1800)  # two full-length runs
 def test_cora_ewc_forgets_less_than_finetune(cora_graph) -> None:
     """At the card's default lamb for Cora (what `clbench run --method ewc --dataset cora`
-    uses), EWC forgets less than fine-tuning, averaged over 2 seeds.
+    uses), EWC forgets much less than fine-tuning on the same seed and class order.
 
-    Seeds 1 and 2 (AF, 2 threads: EWC 0.008 and 0.007, finetune 0.056 and 0.060) rather
-    than 0 as well: seed 0 agrees (0.023 vs 0.047) but its EWC run alone takes ~70 s."""
-    af = {"ewc": [], "finetune": []}
-    for seed in (1, 2):
-        for method in af:
-            scenario = NCScenarioLoader(cora_graph, 3, 2, seed=seed)
-            trainer, params = make_trainer(method, scenario, seed, "cora")
-            out = trainer.run(params["epochs"])
-            af[method].append(metrics.average_forgetting(out.R_test))
-    assert np.mean(af["ewc"]) < np.mean(af["finetune"]), af
+    One seed keeps the suite lean (~35 s). Seed 2, AF at 2 threads: EWC 0.007 vs finetune
+    0.060 (checked: EWC below half of finetune). The other seeds agree (seed 1: 0.008 vs
+    0.056, seed 0: 0.023 vs 0.047) but take 2-3x longer: fewer early plateau stops."""
+    torch.set_num_threads(2)  # a real graph: both cores (the fixture restores the count)
+    af = {}
+    for method in ("ewc", "finetune"):
+        scenario = NCScenarioLoader(cora_graph, 3, 2, seed=2)
+        trainer, params = make_trainer(method, scenario, 2, "cora")
+        out = trainer.run(params["epochs"])
+        af[method] = metrics.average_forgetting(out.R_test)
+    assert af["ewc"] < 0.5 * af["finetune"], af

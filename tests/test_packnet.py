@@ -25,8 +25,8 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """These graphs are tiny: one intra-op thread is faster, and much faster on a busy
-    machine (restored afterwards)."""
+    """The synthetic graphs are tiny: one intra-op thread is faster, and much faster on a
+    busy machine (restored afterwards). The real-Cora test asks for two."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -222,6 +222,7 @@ def cora_graph(tmp_path_factory):
 
 @pytest.mark.slow
 def test_cora_zero_forgetting(cora_graph) -> None:
+    torch.set_num_threads(2)  # a real graph: both cores (the fixture restores the count)
     scenario = NCScenarioLoader(cora_graph, 3, 2, seed=0)
     snaps = Snapshots()
     trainer, params = make_trainer(scenario, 0, [snaps], weight_decay=5e-4)
