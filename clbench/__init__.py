@@ -18,7 +18,27 @@ __version__ = "0.1.0"
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
-from clbench.methods import METHODS, register_method  # noqa: E402
-from clbench.trainer import NCTrainer, TrainerCallback  # noqa: E402
-
 __all__ = ["METHODS", "NCTrainer", "TrainerCallback", "__version__", "register_method"]
+
+# Imported on first use (PEP 562), so that `import clbench` - and with it `clbench --help`
+# or `clbench list` - does not pay for torch and PyG (~6 s) before it needs them.
+_LAZY = {
+    "METHODS": "clbench.methods",
+    "register_method": "clbench.methods",
+    "NCTrainer": "clbench.trainer",
+    "TrainerCallback": "clbench.trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -19,7 +19,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clbench.errors import ClbenchError
-from clbench.trainer import TrainerCallback
 
 app = typer.Typer(
     add_completion=False,
@@ -56,31 +55,6 @@ def parse_int_list(text: str | None, option: str) -> list[int] | None:
         return [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
         raise ClbenchError(f"{option} expects comma-separated integers, got {text!r}") from None
-
-
-class RichProgress(TrainerCallback):
-    """A progress bar over tasks and one over the epochs of the current task."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.tasks_bar = None
-        self.epoch_bar = None
-
-    def on_run_start(self, trainer) -> None:
-        self.max_epochs = trainer.epoch_per_task
-        self.tasks_bar = self.progress.add_task("tasks", total=trainer.num_tasks)
-        self.epoch_bar = self.progress.add_task("epochs", total=None)
-
-    def on_task_start(self, trainer, task_id: int) -> None:
-        self.progress.reset(self.epoch_bar, total=self.max_epochs,
-                            description=f"task {task_id} epochs")
-
-    def on_epoch_end(self, trainer, task_id: int, epoch: int, results: dict) -> None:
-        self.progress.update(self.epoch_bar, completed=epoch + 1,
-                             description=f"task {task_id} val acc {results['val_metric']:.3f}")
-
-    def on_task_end(self, trainer, task_id: int, test_row) -> None:
-        self.progress.advance(self.tasks_bar)
 
 
 def render_result(result: dict) -> None:
@@ -298,9 +272,9 @@ def run(
         params=params, data_dir=data_dir, split_seed=split_seed, graph=graph, metric=metric,
         device=device,
     )
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err_console, disable=quiet,
-                  transient=True) as progress:
+    from clbench.progress import RichProgress
+
+    with RichProgress.bars(err_console, disable=quiet) as progress:
         result = run_experiment(spec, callbacks=[RichProgress(progress)])
     render_result(result)
     if json_out is not None:

@@ -78,3 +78,19 @@ def test_plugin_example_via_cli(monkeypatch, capsys):
                           str(REPO / "examples" / "my_method.py"), "--method", "lwf-lite",
                           "--epochs", "10", "-p", "alpha=0.5", "-p", "hidden=32", "-q")
     assert code == 0 and "lwf-lite on synthetic" in " ".join(out.split())
+
+
+def test_help_does_not_import_torch():
+    """`clbench --help` (and importing the CLI or `clbench`) stays fast: torch, PyG,
+    MLflow and scikit-learn are imported only by the commands that use them."""
+    import subprocess
+
+    probe = ("import sys; import clbench, clbench.cli; "
+             "heavy = [m for m in ('torch', 'torch_geometric', 'mlflow', 'sklearn') "
+             "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    helped = subprocess.run([sys.executable, "-m", "clbench.cli", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "run" in helped.stdout and "sweep" in helped.stdout
