@@ -306,6 +306,7 @@ def execute_job(job: Job, marker_dir: str | None = None, worker: bool = True) ->
 
 def _execute_job(job: Job, marker_dir: str | None) -> Outcome:
     started = time.perf_counter()
+    started_at = time.time()
     if marker_dir:
         with open(os.path.join(marker_dir, job.uid), "w") as fh:
             fh.write(str(os.getpid()))
@@ -316,8 +317,11 @@ def _execute_job(job: Job, marker_dir: str | None) -> Outcome:
 
         _reset_peak_rss()
         result = run_experiment(job.spec())
+        # wall-clock start and end (Unix seconds): a store rebuilt from the saved JSON
+        # (results recovered on another machine) keeps when each run really ran
         result["clbench"] = {"config_hash": job.config_hash, "protocol_hash": job.protocol_hash,
-                             "host": host, "pid": pid, "threads": job.threads}
+                             "host": host, "pid": pid, "threads": job.threads,
+                             "started_at": started_at, "finished_at": time.time()}
         return Outcome(job.uid, True, result=result, host=host, pid=pid,
                        seconds=time.perf_counter() - started)
     except Exception as exc:
@@ -749,7 +753,9 @@ def run_jobs(
         if recovered:
             tags["clbench.recovered_from"] = str(
                 result_path(results_dir, tracker.experiment_name, job))
-        tracker.log_result(child_ids[job.uid], result, extra_tags=tags)
+        tracker.log_result(child_ids[job.uid], result, extra_tags=tags,
+                           finished_at=result.get("clbench", {}).get("finished_at")
+                           if recovered else None)
         known_R[child_ids[job.uid]] = result["R_test"]
         pending.discard(job.uid)
         if recovered:
@@ -764,7 +770,10 @@ def run_jobs(
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     outcomes = backend.run(to_run)
     try:
-        for job in [j for j, _ in to_recover] + to_run:  # RUNNING children, params logged
+        for job, saved in to_recover:  # recovered runs keep their original times
+            child_ids[job.uid] = tracker.start_child(
+                job, parents[job.group], started_at=saved.get("clbench", {}).get("started_at"))
+        for job in to_run:  # RUNNING children, params logged
             child_ids[job.uid] = tracker.start_child(job, parents[job.group])
             pending.add(job.uid)
         for job, saved in to_recover:

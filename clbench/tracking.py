@@ -549,10 +549,12 @@ class Tracker:
         return agg
 
     # ------------------------------------------------------------ children
-    def start_child(self, job: Job, parent_id: str) -> str:
-        """Create a RUNNING child run for ``job`` with its params (before it runs)."""
+    def start_child(self, job: Job, parent_id: str, started_at: float | None = None) -> str:
+        """Create a RUNNING child run for ``job`` with its params (before it runs).
+        ``started_at`` (Unix seconds) backdates it, for a result recovered from disk."""
         run = self.client.create_run(
             self.experiment_id,
+            start_time=None if started_at is None else int(started_at * 1000),
             run_name=f"{job.method} · {job.dataset} · seed {job.seed}",
             tags={
                 TAG_ROLE: "child", TAG_PARENT: parent_id, TAG_METHOD: job.method,
@@ -566,8 +568,10 @@ class Tracker:
         return run.info.run_id
 
     def log_result(self, run_id: str, result: Mapping[str, Any], *,
-                   extra_tags: Mapping[str, Any] | None = None) -> None:
-        """Log a finished job's metrics, late params and artifacts; mark it FINISHED."""
+                   extra_tags: Mapping[str, Any] | None = None,
+                   finished_at: float | None = None) -> None:
+        """Log a finished job's metrics, late params and artifacts; mark it FINISHED (at
+        ``finished_at``, Unix seconds, if given: a result recovered from disk)."""
         self._log(run_id, metrics=result_metrics(result), params=result_params(result),
                   tags=dict(extra_tags or {}))
 
@@ -591,7 +595,9 @@ class Tracker:
             (d / "result.json").write_text(json.dumps(result, indent=2))
 
         self._log_folder(run_id, write)
-        self.client.set_terminated(run_id, status="FINISHED")
+        self.client.set_terminated(
+            run_id, status="FINISHED",
+            end_time=None if finished_at is None else int(finished_at * 1000))
 
     def fail_child(self, run_id: str, error: str, traceback_text: str = "") -> None:
         """Record a job that raised or whose worker died: FAILED, with its error."""

@@ -151,6 +151,14 @@ def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
     recovered = child_runs(client, eid2)
     assert len(recovered) == 4 and all(r.info.status == "FINISHED" for r in recovered)
     assert all("clbench.recovered_from" in r.data.tags for r in recovered)
+    for run in recovered:  # with the times the runs really ran, not the recovery's
+        t = run.data.tags
+        data = json.loads((workdir / "results" / "runs" / exp2 /
+                           f"{t['clbench.method']}__synthetic__{t['clbench.config_hash']}__seed"
+                           f"{t['clbench.seed']}.json").read_text())["clbench"]
+        assert run.info.start_time == int(data["started_at"] * 1000)
+        assert run.info.end_time == int(data["finished_at"] * 1000)
+        assert data["started_at"] < data["finished_at"]
 
 
 # ----------------------------------------------------------------------------- failures
