@@ -110,6 +110,22 @@ def test_sweep_selects_by_val_ap_reruns_on_final_seeds_and_marks(workdir, capsys
     md = (workdir / "results" / f"compare-{exp}.md").read_text()
     assert "| finetune |" in md and "(n=2)" in md  # only the selected configuration
 
+    # the saved JSONs alone rebuild the sweep in an empty store: nothing is retrained,
+    # the same configuration is selected, and compare writes the same table
+    rebuilt = f"sqlite:///{workdir / 'rebuilt.db'}"
+    assert cli("sweep", "s.toml", "--tracking-uri", rebuilt, "-q") == 0
+    out = capsys.readouterr().out
+    assert out.count("recovered from results/runs") == out.count("done ") == 3
+    again = MlflowClient(rebuilt)
+    eid2 = again.get_experiment_by_name(exp).experiment_id
+    chosen = [p for p in parent_runs(again, eid2) if p.data.tags.get("clbench.selected") == "true"]
+    assert [p.data.tags["clbench.config_hash"] for p in chosen] == \
+        [best.data.tags["clbench.config_hash"]]
+    assert cli("compare", "--experiment", exp, "--tracking-uri", rebuilt,
+               "--out", str(workdir / "rebuilt")) == 0
+    table = (workdir / "rebuilt" / f"compare-{exp}.md").read_text()
+    assert table.split("## Configurations")[0] == md.split("## Configurations")[0]
+
 
 def test_sweep_data_dir_option_reads_that_root(workdir, tmp_path_factory, monkeypatch):
     """`clbench sweep --data-dir` loads the real Cora from the given root, not $CLBENCH_DATA
