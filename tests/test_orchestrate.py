@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -196,6 +197,22 @@ def test_crash_and_killed_worker_are_failed_runs_others_finish(workdir):
     assert len(saved) == 2 and all(n.endswith("__seed0.json") for n in saved)
 
 
+def signal_state(pid: int) -> str:
+    """Pending, blocked, ignored and caught signal masks of ``pid`` and of its threads."""
+    keys = ("Name", "ShdPnd", "SigPnd", "SigBlk", "SigIgn", "SigCgt")
+    lines = []
+    try:
+        for status in [Path(f"/proc/{pid}/status"),
+                       *sorted(Path(f"/proc/{pid}/task").glob("*/status"))]:
+            fields = dict(ln.split(":\t", 1) for ln in status.read_text().splitlines()
+                          if ln.startswith(keys))
+            lines.append(f"{status.parent.name}: " + " ".join(
+                f"{k}={fields.get(k, '?').strip()}" for k in keys))
+    except OSError as exc:  # it may have exited already
+        lines.append(f"unreadable: {exc}")
+    return "\n".join(lines)
+
+
 @pytest.mark.slow
 def test_ctrl_c_marks_running_killed_and_keeps_finished(workdir):
     server = shared_server()
@@ -213,8 +230,10 @@ def test_ctrl_c_marks_running_killed_and_keeps_finished(workdir):
         time.sleep(0.5)
     time.sleep(3)  # let the parent log it
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    time.sleep(1)
+    signals = signal_state(proc.pid)  # evidence, should the Ctrl-C ever be lost again
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out + err
+    assert proc.returncode == 130, f"{out}{err}\nparent's signal state 1 s after SIGINT:\n{signals}"
     assert "interrupted" in err
     client = MlflowClient(server.uri)
     eid = client.get_experiment_by_name(exp).experiment_id
