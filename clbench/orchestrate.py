@@ -770,11 +770,11 @@ def run_jobs(
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     outcomes = backend.run(to_run)
     try:
-        for job, saved in to_recover:  # recovered runs keep their original times
-            child_ids[job.uid] = tracker.start_child(
-                job, parents[job.group], started_at=saved.get("clbench", {}).get("started_at"))
-        for job in to_run:  # RUNNING children, params logged
-            child_ids[job.uid] = tracker.start_child(job, parents[job.group])
+        for job, saved in [*to_recover, *((j, None) for j in to_run)]:
+            # RUNNING children, params logged; recovered ones keep their original start
+            started_at = saved.get("clbench", {}).get("started_at") if saved else None
+            child_ids[job.uid] = tracker.start_child(job, parents[job.group],
+                                                     started_at=started_at)
             pending.add(job.uid)
         for job, saved in to_recover:
             finish(job, saved, recovered=True)
