@@ -109,7 +109,7 @@ class RichReporter:
     def job_finished(self, job, result: dict, recovered: bool = False) -> None:
         m = result["metrics"]
         t = result.get("timing", {}).get("total_seconds", float("nan"))
-        how = "  (recovered from results/runs)" if recovered else f"  {t:.1f}s"
+        how = "  (recovered from its saved result)" if recovered else f"  {t:.1f}s"
         self._line(f"[green]done[/]   {job.label}  AP {m['AP']:.4f}  AF {m['AF']:+.4f}{how}")
 
     def job_failed(self, job, error: str) -> None:
@@ -117,6 +117,11 @@ class RichReporter:
 
     def stop(self) -> None:
         self.progress.stop()
+
+    def stopping(self, killed: int, parents: int) -> None:
+        err_console.print(f"stopping: marking {killed} unfinished run(s) KILLED and closing "
+                          f"{parents} parent run(s) in MLflow (finished results are kept)",
+                          highlight=False)
 
 
 def _render_aggregates(summary, title: str) -> None:

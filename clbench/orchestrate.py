@@ -661,6 +661,8 @@ class Reporter:
     def job_finished(self, job: Job, result: dict[str, Any], recovered: bool = False) -> None: ...
     def job_failed(self, job: Job, error: str) -> None: ...
     def stop(self) -> None: ...
+    def stopping(self, killed: int, parents: int) -> None:
+        """After an interrupt, before the (possibly slow) MLflow bookkeeping."""
 
 
 @dataclass
@@ -810,6 +812,7 @@ def run_jobs(
         reporter.stop()
 
     if summary.interrupted:
+        reporter.stopping(len(pending), len(parents))
         for uid in sorted(pending):
             job = next(j for j in [*to_run, *(j for j, _ in to_recover)] if j.uid == uid)
             tracker.kill_child(child_ids[uid])

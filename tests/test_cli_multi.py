@@ -115,7 +115,7 @@ def test_sweep_selects_by_val_ap_reruns_on_final_seeds_and_marks(workdir, capsys
     rebuilt = f"sqlite:///{workdir / 'rebuilt.db'}"
     assert cli("sweep", "s.toml", "--tracking-uri", rebuilt, "-q") == 0
     out = capsys.readouterr().out
-    assert out.count("recovered from results/runs") == out.count("done ") == 3
+    assert out.count("recovered from its saved result") == out.count("done ") == 3
     again = MlflowClient(rebuilt)
     eid2 = again.get_experiment_by_name(exp).experiment_id
     chosen = [p for p in parent_runs(again, eid2) if p.data.tags.get("clbench.selected") == "true"]
