@@ -91,6 +91,7 @@ def test_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
-    helped = subprocess.run([sys.executable, "-m", "clbench.cli", "--help"],
-                            capture_output=True, text=True, check=True)
-    assert "run" in helped.stdout and "sweep" in helped.stdout
+    for module in ("clbench.cli", "clbench"):  # `python -m clbench` is the command too
+        helped = subprocess.run([sys.executable, "-m", module, "--help"],
+                                capture_output=True, text=True, check=True)
+        assert "run" in helped.stdout and "sweep" in helped.stdout
