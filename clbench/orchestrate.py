@@ -160,10 +160,10 @@ class Job:
 
 def split_overrides(overrides: Mapping[str, Any], methods: Sequence[str]
                     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """``{"lr": 1, "ewc.lam": 5}`` -> shared ``{"lr": 1}``, per method ``{"ewc": {"lam": 5}}``.
+    """``{"lr": 1, "ewc.lamb": 5}`` -> shared ``{"lr": 1}``, per method ``{"ewc": {"lamb": 5}}``.
 
     A ``method.key`` override applies to that method only, so
-    ``--method ewc,finetune --param ewc.lam=100`` works.
+    ``--method ewc,finetune --param ewc.lamb=100`` works.
     """
     from clbench.methods import METHODS
 
