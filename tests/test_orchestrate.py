@@ -123,7 +123,8 @@ def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
     assert len(parent_runs(client, eid)) == 2
     saved = sorted((workdir / "results" / "runs" / exp).glob("*.json"))
     assert len(saved) == 4
-    def saved(experiment: str, run) -> dict:
+
+    def saved_result(experiment: str, run) -> dict:
         """The result JSON on disk for an MLflow child run."""
         t = run.data.tags
         return json.loads((workdir / "results" / "runs" / experiment /
@@ -131,7 +132,7 @@ def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
                            f"{t['clbench.seed']}.json").read_text())
 
     for child in children:  # every result on disk is the one in MLflow
-        data = saved(exp, child)
+        data = saved_result(exp, child)
         assert child.data.metrics["AP"] == pytest.approx(data["metrics"]["AP"])
 
     # resume: nothing runs again
@@ -157,7 +158,7 @@ def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
     assert len(recovered) == 4 and all(r.info.status == "FINISHED" for r in recovered)
     assert all("clbench.recovered_from" in r.data.tags for r in recovered)
     for run in recovered:  # with the times the runs really ran, not the recovery's
-        data = saved(exp2, run)["clbench"]
+        data = saved_result(exp2, run)["clbench"]
         assert run.info.start_time == int(data["started_at"] * 1000)
         assert run.info.end_time == int(data["finished_at"] * 1000)
         assert data["started_at"] < data["finished_at"]
