@@ -742,7 +742,7 @@ def run_jobs(
     for g in active_groups:
         tracker.mark_running(parents[g])
 
-    by_uid = {j.uid: j for j in to_run}
+    by_uid = {j.uid: j for j in [*to_run, *(j for j, _ in to_recover)]}
     child_ids: dict[str, str] = {}
     pending: set[str] = set()
     known_R: dict[str, Any] = {}
@@ -814,9 +814,8 @@ def run_jobs(
     if summary.interrupted:
         reporter.stopping(len(pending), len(parents))
         for uid in sorted(pending):
-            job = next(j for j in [*to_run, *(j for j, _ in to_recover)] if j.uid == uid)
             tracker.kill_child(child_ids[uid])
-            summary.killed.append(job)
+            summary.killed.append(by_uid[uid])
     killed_groups = {j.group for j in summary.killed}
 
     children = tracker.children()
