@@ -735,12 +735,22 @@ def run_jobs(
 
     parents = tracker.ensure_parents(jobs, parent_labels)
     summary.parents = parents
-    for group, seeds in (report_seeds or {}).items():
-        if group in parents:
-            tracker.set_tags(parents[group], {tr.TAG_REPORT_SEEDS: tr.seeds_text(seeds)})
+    ours = set(parents.values())
+    before = {rec.run_id: rec for rec in tracker.parents() if rec.run_id in ours}
+    report_tags = {g: tr.seeds_text(seeds) for g, seeds in (report_seeds or {}).items()
+                   if g in parents}
+    changed_tags = {g for g, text in report_tags.items()
+                    if before[parents[g]].tags.get(tr.TAG_REPORT_SEEDS) != text}
+    for g in changed_tags:
+        tracker.set_tags(parents[g], {tr.TAG_REPORT_SEEDS: report_tags[g]})
     active_groups = {j.group for j in to_run} | {j.group for j, _ in to_recover}
     for g in active_groups:
         tracker.mark_running(parents[g])
+    # A parent closed before, with no job of its own now and the same report seeds, keeps
+    # its logged aggregate (re-logging the figure and files costs ~1 s per parent, which
+    # adds up when a sweep is resumed); unless a child of it gets INT below.
+    settled = {g for g, pid in parents.items() if g not in active_groups
+               and g not in changed_tags and before[pid].status == "FINISHED"}
 
     by_uid = {j.uid: j for j in [*to_run, *(j for j, _ in to_recover)]}
     child_ids: dict[str, str] = {}
@@ -819,8 +829,12 @@ def run_jobs(
     killed_groups = {j.group for j in summary.killed}
 
     children = tracker.children()
-    tracker.backfill_intransigence(children, known_R)
+    got_int = {rec.parent_id for rec in tracker.backfill_intransigence(children, known_R)}
     for group, parent_id in parents.items():
+        if group in settled and parent_id not in got_int:
+            chosen = tracker.parent_seed_runs(before[parent_id], children)
+            summary.aggregates[group] = tr.aggregate([c.metrics for c in chosen.values()])
+            continue
         status = ("KILLED" if group in killed_groups else
                   "FAILED" if group in failed_groups else "FINISHED")
         summary.aggregates[group] = tracker.finish_parent(parent_id, children, status)

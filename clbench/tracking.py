@@ -519,13 +519,19 @@ class Tracker:
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._log(run_id, tags=tags)
 
+    @staticmethod
+    def parent_seed_runs(parent: RunRecord, children: Iterable[RunRecord]
+                         ) -> dict[int, RunRecord]:
+        """The finished children a parent aggregates: one per seed, restricted to its
+        report seeds when it has them (a sweep's final seeds)."""
+        seeds = parse_seed_list(parent.tags.get(TAG_REPORT_SEEDS))
+        return select_seed_runs([c for c in children if c.parent_id == parent.run_id], seeds)
+
     def finish_parent(self, parent_id: str, children: Iterable[RunRecord],
                       status: str = "FINISHED") -> dict[str, dict[str, float]]:
         """Aggregate a parent's finished seeds (mean/std), draw their spread, close it."""
         parent = RunRecord.from_run(self.client.get_run(parent_id))
-        seeds = parse_seed_list(parent.tags.get(TAG_REPORT_SEEDS))
-        mine = [c for c in children if c.parent_id == parent_id]
-        chosen = select_seed_runs(mine, seeds)
+        chosen = self.parent_seed_runs(parent, children)
         agg = aggregate([c.metrics for c in chosen.values()])
         metric_rows = [(f"{name}_{stat}", v[stat], 0) for name, v in agg.items()
                        for stat in ("mean", "std")]
@@ -622,16 +628,16 @@ class Tracker:
             return None
 
     def backfill_intransigence(self, children: Sequence[RunRecord],
-                               known: Mapping[str, Any]) -> int:
+                               known: Mapping[str, Any]) -> list[RunRecord]:
         """Log ``INT`` on finished runs that lack it once a joint run of the same
-        dataset, protocol and seed exists. Returns how many runs got it."""
+        dataset, protocol and seed exists. Returns the runs that got it."""
         joint: dict[tuple, RunRecord] = {}
         for rec in children:
             if rec.finished and rec.method == "joint":
                 k = (rec.dataset, rec.protocol_hash, rec.seed)
                 if k not in joint or (rec.end_time or 0) > (joint[k].end_time or 0):
                     joint[k] = rec
-        done = 0
+        done: list[RunRecord] = []
         joint_R: dict[str, np.ndarray | None] = {}
         for rec in children:
             if not rec.finished or rec.method == "joint" or "INT" in rec.metrics:
@@ -648,5 +654,5 @@ class Tracker:
             self._log(rec.run_id, metrics=[("INT", value, 0)],
                       tags={"clbench.int_reference": j.run_id})
             rec.metrics["INT"] = value
-            done += 1
+            done.append(rec)
         return done

@@ -135,17 +135,28 @@ def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
         data = saved_result(exp, child)
         assert child.data.metrics["AP"] == pytest.approx(data["metrics"]["AP"])
 
-    # resume: nothing runs again
+    def parent_state() -> dict[str, tuple]:
+        return {p.data.tags["clbench.method"]: (p.info.status, p.info.end_time, p.data.metrics)
+                for p in parent_runs(client, eid)}
+
+    # resume: nothing runs again, and the closed parents are left as they were
+    closed = parent_state()
+    assert all(status == "FINISHED" and m["n_seeds"] == 2 for status, _, m in closed.values())
+    assert "INT_mean" in closed["finetune"][2]  # joint ran beside it
     assert cli(*args) == 0
     out = capsys.readouterr().out
     assert "skipping 4 job(s)" in out and "done " not in out
     assert len(child_runs(client, eid)) == 4
+    assert parent_state() == closed
 
     # --force reruns (one method, to stay quick)
     assert cli("run", "--method", "finetune", "--seeds", "0-1", "--epochs", "5", "--jobs", "2",
                "--experiment", exp, "--force", "-q") == 0
     assert capsys.readouterr().out.count("done ") == 2
     assert len(child_runs(client, eid)) == 6
+    reaggregated = parent_state()
+    assert reaggregated["joint"] == closed["joint"]
+    assert reaggregated["finetune"][1] > closed["finetune"][1]  # closed again, re-logged
 
     # results saved on disk by an interrupted command are logged, not recomputed
     exp2 = "recovered"
@@ -162,6 +173,23 @@ def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
         assert run.info.start_time == int(data["started_at"] * 1000)
         assert run.info.end_time == int(data["finished_at"] * 1000)
         assert data["started_at"] < data["finished_at"]
+
+
+def test_closed_parent_is_reaggregated_when_its_runs_get_int_later(workdir, capsys):
+    """A parent with no job of its own in a command is still re-logged when a joint run
+    of that command gives its children INT (intransigence needs the joint reference)."""
+    exp = "int-later"
+    common = ("--seeds", "0", "--epochs", "5", "--jobs", "1", "--experiment", exp, "-q")
+    assert cli("run", "--method", "finetune", *common) == 0
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    eid = client.get_experiment_by_name(exp).experiment_id
+    (finetune,) = parent_runs(client, eid)
+    assert "INT_mean" not in finetune.data.metrics
+    assert cli("run", "--method", "finetune,joint", *common) == 0
+    assert "skipping 1 job(s)" in capsys.readouterr().out
+    (child,) = [c for c in child_runs(client, eid) if c.data.tags["clbench.method"] == "finetune"]
+    parent = client.get_run(finetune.info.run_id)
+    assert parent.data.metrics["INT_mean"] == pytest.approx(child.data.metrics["INT"])
 
 
 # ----------------------------------------------------------------------------- failures
