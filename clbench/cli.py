@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -146,6 +147,121 @@ def _open_tracking(tracking_uri: str | None, experiment: str):
     return uri, lambda: Tracker(uri, experiment)
 
 
+def _existing_tracker(tracking_uri: str | None, experiment: str):
+    """The store's URI and the experiment's tracker, or None if the experiment (or the
+    SQLite file) does not exist yet: a dry run creates nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from clbench.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return uri, None
+    check_tracking_uri(uri)
+    if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
+        return uri, None
+    return uri, Tracker(uri, experiment, create=False)
+
+
+def _hours(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
+def _render_plan(title: str, plan, seconds: dict, after_grid: dict | None = None,
+                 order: Sequence[tuple[str, str]] = ()) -> tuple[int, float, int, int]:
+    """Print a stage's jobs per (method, dataset) (rows in ``order``, then in the plan's);
+    return (jobs to train, their estimated seconds, how many of them have no estimate,
+    saved results)."""
+    keys = dict.fromkeys([*order, *((j.method, j.dataset) for j in plan.jobs),
+                          *(after_grid or {})])
+    rows = {k: [0, 0, 0] for k in keys}
+    for i, jobs in enumerate((plan.done, [j for j, _ in plan.saved], plan.todo)):
+        for job in jobs:
+            rows[(job.method, job.dataset)][i] += 1
+    for key, n in (after_grid or {}).items():
+        rows[key][2] += n
+    table = Table(title=title)
+    for col in ("method", "dataset", "finished", "saved", "to run", "per run", "left"):
+        table.add_column(col, justify="left" if col in ("method", "dataset") else "right",
+                         no_wrap=True)
+    todo = unknown = 0
+    total = 0.0
+    borrowed = False
+    for (method, dataset), (done, saved, left) in rows.items():
+        if not done + saved + left:
+            continue
+        typical = seconds.get((method, dataset))
+        mark = ""
+        if typical is None and (dataset, None) in seconds:
+            typical, mark, borrowed = seconds[(dataset, None)], "*", True
+        todo += left
+        if typical is not None:
+            total += left * typical
+        elif left:
+            unknown += left
+        table.add_row(method, dataset, str(done), str(saved), str(left),
+                      "-" if typical is None else _hours(typical) + mark,
+                      "-" if typical is None or not left else _hours(left * typical) + mark)
+    if rows:
+        table.caption = ("saved: result JSON written, not yet logged (logged without "
+                         "training); per run: median of the finished runs"
+                         + ("; *: of other methods on the dataset" if borrowed else "")
+                         + ("; a grid still running: the final seeds not among the grid "
+                            "seeds" if after_grid else ""))
+    console.print(table)
+    return todo, total, unknown, len(plan.saved)
+
+
+def _print_estimate(stages: list[tuple[int, float, int, int]], runner) -> None:
+    """The closing line of a dry run: jobs to train and the time they need."""
+    from clbench.orchestrate import LocalBackend
+
+    todo, total, unknown, saved = (sum(s[i] for s in stages) for i in range(4))
+    if not todo:
+        console.print("nothing to train: " + (
+            f"running the command logs the {saved} saved result(s)" if saved else
+            "every job has a finished run"), highlight=False)
+        return
+    line = f"to train: {todo} job(s)"
+    if todo > unknown:
+        line += f"; ~{_hours(total)} of run time" + (
+            f" for {todo - unknown} of them" if unknown else "")
+        if isinstance(runner, LocalBackend):
+            line += f", ~{_hours(total / runner.jobs)} of wall time at --jobs {runner.jobs}"
+    if unknown:
+        line += f"; {unknown} without a finished run to estimate from"
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def _plan_sweep(spec, tracking_uri: str | None, runner, results_dir: Path, force: bool
+                ) -> None:
+    """``clbench sweep --dry-run``: each stage's jobs and the time left."""
+    from clbench.orchestrate import typical_run_seconds
+    from clbench.sweep import plan_sweep
+
+    uri, tracker = _existing_tracker(tracking_uri, spec.experiment)
+    plan = plan_sweep(spec, tracker, results_dir=results_dir, force=force)
+    console.print(f"sweep {spec.path} -> MLflow experiment {spec.experiment!r} at {uri} "
+                  "(dry run: nothing runs or is logged)", highlight=False, soft_wrap=True)
+    saved = [*plan.grid.saved, *(plan.final.saved if plan.final else [])]
+    seconds = typical_run_seconds(plan.children, saved)
+    stages = [_render_plan("grid: every configuration on the grid seeds", plan.grid, seconds)]
+    if plan.selections:
+        table = Table(title="selected (by mean validation AP on the grid seeds)")
+        for col in ("method", "dataset", "config", "grid val AP"):
+            table.add_column(col)
+        for sel in plan.selections:
+            table.add_row(sel.method, sel.dataset, sel.label or sel.config_hash,
+                          f"{sel.mean_val_ap:.4f}")
+        console.print(table)
+    stages.append(_render_plan(
+        "final: the selected configurations on the final seeds", plan.final, seconds,
+        after_grid=plan.final_after_grid, order=[(j.method, j.dataset) for j in plan.grid.jobs]))
+    _print_estimate(stages, runner)
+
+
 def _finish(summaries: list, results_dir: Path, experiment: str, uri: str) -> None:
     """Print where things are; exit 130 when interrupted, 1 when a job failed."""
     from clbench.orchestrate import slug
@@ -180,6 +296,9 @@ ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Rerun jobs that already have a FINISHED run.")]
 ResultsOpt = Annotated[Path, typer.Option(
     help="Where each finished job's result JSON is saved (under runs/).")]
+DryRunOpt = Annotated[bool, typer.Option(
+    "--dry-run", help="Show which jobs are finished, saved or still to run, with an "
+                      "estimate of the time left; run and log nothing.")]
 
 
 @app.command()
@@ -228,6 +347,7 @@ def run(
         "--track", help="Log a single run to MLflow too (implied by the options above).")]
         = False,
     results_dir: ResultsOpt = Path("results"),
+    dry_run: DryRunOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run Task-IL experiments: one, or a grid of methods x datasets x seeds.
@@ -260,7 +380,7 @@ def run(
         raise ClbenchError("give either --seed or --seeds, not both")
     seed_list = parse_seeds(seeds) if seeds is not None else [seed or 0]
     orchestrated = (len(methods) * len(datasets) * len(seed_list) > 1 or seeds is not None
-                    or track or force or any(v is not None for v in (
+                    or track or force or dry_run or any(v is not None for v in (
                         jobs, backend, scheduler, tracking_uri, experiment)))
     order = parse_int_list(class_order, "--class-order")
     if orchestrated:
@@ -269,7 +389,8 @@ def run(
                   data_dir=data_dir, split_seed=split_seed, device=device,
                   plugins=list(plugin or []), json_out=json_out, jobs=jobs, backend=backend,
                   scheduler=scheduler, tracking_uri=tracking_uri,
-                  experiment=experiment, force=force, results_dir=results_dir, quiet=quiet)
+                  experiment=experiment, force=force, results_dir=results_dir, quiet=quiet,
+                  dry_run=dry_run)
         return
     spec = ExperimentSpec(
         method=methods[0], dataset=datasets[0], seed=seed_list[0], num_tasks=num_tasks,
@@ -296,7 +417,8 @@ def _plugin_paths(plugins: list[str]) -> list[str]:
 
 def _run_grid(methods, datasets, seeds, *, params, num_tasks, per_task, class_order, graph,
               metric, data_dir, split_seed, device, plugins, json_out, jobs, backend,
-              scheduler, tracking_uri, experiment, force, results_dir, quiet) -> None:
+              scheduler, tracking_uri, experiment, force, results_dir, quiet,
+              dry_run=False) -> None:
     from clbench.orchestrate import (
         LocalBackend,
         check_backend_options,
@@ -315,6 +437,18 @@ def _run_grid(methods, datasets, seeds, *, params, num_tasks, per_task, class_or
         plugins=_plugin_paths(plugins),
     )
     experiment = experiment or DEFAULT_EXPERIMENT
+    if dry_run:
+        from clbench.orchestrate import plan_jobs, typical_run_seconds
+
+        runner = make_backend(backend, jobs, scheduler)
+        uri, tracker = _existing_tracker(tracking_uri, experiment)
+        children = tracker.children() if tracker else []
+        plan = plan_jobs(job_list, children, results_dir, experiment, force=force)
+        console.print(f"{len(job_list)} job(s) in MLflow experiment {experiment!r} at {uri} "
+                      "(dry run: nothing runs or is logged)", highlight=False, soft_wrap=True)
+        seconds = typical_run_seconds(children, plan.saved)
+        _print_estimate([_render_plan("jobs", plan, seconds)], runner)
+        return
     uri, open_tracker = _open_tracking(tracking_uri, experiment)
     runner = make_backend(backend, jobs, scheduler)
     try:
@@ -358,6 +492,7 @@ def sweep(
              "root.")] = None,
     plugin: Annotated[list[str] | None, typer.Option(
         help="Python file or module that registers methods/datasets (repeatable).")] = None,
+    dry_run: DryRunOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Grid-search hyperparameters on a few seeds, select by mean validation AP, then run
@@ -381,6 +516,10 @@ def sweep(
     if data_dir:
         spec.protocol["data_dir"] = data_dir
     first, _, _ = grid_jobs(spec)  # validates every name and grid value before anything runs
+    if dry_run:
+        _plan_sweep(spec, tracking_uri, make_backend(backend, jobs, scheduler), results_dir,
+                    force)
+        return
     uri, open_tracker = _open_tracking(tracking_uri, spec.experiment)
     runner = make_backend(backend, jobs, scheduler)
 

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,12 +98,17 @@ def build_scenario(spec: ExperimentSpec) -> NCScenarioLoader:
 def run_experiment(
     spec: ExperimentSpec | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    *,
+    resume_file: str | Path | None = None,
+    resume_tag: str = "",
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Run one experiment and return a JSON-ready result.
 
     Accepts an :class:`ExperimentSpec` or its fields as keyword arguments, e.g.
     ``run_experiment(method="finetune", dataset="synthetic", seed=0, params={"epochs": 50})``.
+    ``resume_file``/``resume_tag``: save a resume point after every task and continue
+    from it (see :meth:`NCTrainer.run`); the result's ``resumed`` says after which task.
     """
     spec = spec or ExperimentSpec(**kwargs)
     trainer_cls: type[NCTrainer] = METHODS.get(spec.method)
@@ -124,8 +130,9 @@ def run_experiment(
         scheduler_fn=plateau_scheduler(params["patience"], params["min_lr_ratio"]),
         callbacks=list(callbacks), **method_params,
     )
-    out = trainer.run(epoch_per_task=params["epochs"])
-    total = time.perf_counter() - started
+    out = trainer.run(epoch_per_task=params["epochs"], resume_file=resume_file,
+                      resume_tag=resume_tag)
+    total = time.perf_counter() - started + out.earlier_seconds
     result = {
         "method": method,
         "dataset": scenario.graph.name,
@@ -151,6 +158,9 @@ def run_experiment(
         "extra_storage_bytes": out.extra_storage_bytes,
         "versions": versions(),
     }
+    if out.resumed_after_task is not None:
+        result["resumed"] = {"after_task": out.resumed_after_task,
+                             "earlier_seconds": out.earlier_seconds}
     return result
 
 

@@ -8,6 +8,7 @@ restriction to a task's classes is applied by the trainer, not here).
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,8 @@ class NodeClassifier(nn.Module):
         self.classifier = nn.Linear(hidden, num_classes)
         self.dropout = dropout
         self.n_hidden = hidden
-        self._graph_input = graph_input or (lambda g: g.adj_gcn)
+        # attrgetter, not a lambda: the model pickles (resume points save it whole)
+        self._graph_input = graph_input or attrgetter("adj_gcn")
         self.sparse_input = sparse_input
         # GCN: the first layer's aggregation of the raw features, precomputed
         # (Graph.adj_gcn_x); the layer then only applies its linear map and bias.
@@ -162,8 +164,8 @@ def gcn(in_dim: int, hidden: int, num_classes: int, **kw) -> NodeClassifier:
     """GCN (Kipf & Welling) on the precomputed normalised CSR adjacency."""
     return NodeClassifier(
         lambda i, o: AdjGCNConv(i, o, normalize=False, add_self_loops=False),
-        in_dim, hidden, num_classes, graph_input=lambda g: g.adj_gcn, sparse_input=True,
-        first_aggregation=lambda g: g.adj_gcn_x, **kw,
+        in_dim, hidden, num_classes, graph_input=attrgetter("adj_gcn"),
+        sparse_input=True, first_aggregation=attrgetter("adj_gcn_x"), **kw,
     )
 
 
@@ -172,7 +174,7 @@ def sage(in_dim: int, hidden: int, num_classes: int, **kw) -> NodeClassifier:
     """GraphSAGE with mean aggregation on the binary CSR adjacency."""
     return NodeClassifier(
         lambda i, o: SAGEConv(i, o, aggr="mean"),
-        in_dim, hidden, num_classes, graph_input=lambda g: g.adj_t, **kw,
+        in_dim, hidden, num_classes, graph_input=attrgetter("adj_t"), **kw,
     )
 
 
@@ -186,7 +188,7 @@ def gat(in_dim: int, hidden: int, num_classes: int, **kw) -> NodeClassifier:
         hidden += GAT_HEADS - hidden % GAT_HEADS
     return NodeClassifier(
         lambda i, o: GATConv(i, o // GAT_HEADS, heads=GAT_HEADS),
-        in_dim, hidden, num_classes, graph_input=lambda g: g.edge_index, **kw,
+        in_dim, hidden, num_classes, graph_input=attrgetter("edge_index"), **kw,
     )
 
 

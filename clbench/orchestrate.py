@@ -113,6 +113,7 @@ class Job:
     threads: int | None = None
     plugins: tuple[str, ...] = ()
     note: str = ""  # shown next to the job (e.g. a sweep's grid point); not part of any hash
+    resume_file: str | None = None  # where the worker keeps its resume point (see run_jobs)
 
     @property
     def uid(self) -> str:
@@ -304,6 +305,30 @@ def execute_job(job: Job, marker_dir: str | None = None, worker: bool = True) ->
         signal.signal(signal.SIGINT, previous)
 
 
+def resume_tag(job: Job) -> str:
+    """What a resume point must match to be continued: the job, the thread count (it
+    changes floating-point sums) and the exact clbench and torch code."""
+    import torch
+
+    return (f"{job.uid} {job.protocol_hash} threads={job.threads} torch={torch.__version__} "
+            f"clbench={source_digest()}")
+
+
+def source_digest() -> str:
+    """A hash of clbench's own source files (a resume point from other code is not used)."""
+    global _SOURCE_DIGEST
+    if _SOURCE_DIGEST is None:
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        _SOURCE_DIGEST = h.hexdigest()[:16]
+    return _SOURCE_DIGEST
+
+
+_SOURCE_DIGEST: str | None = None
+
+
 def _execute_job(job: Job, marker_dir: str | None) -> Outcome:
     started = time.perf_counter()
     started_at = time.time()
@@ -316,7 +341,8 @@ def _execute_job(job: Job, marker_dir: str | None) -> Outcome:
         from clbench.experiment import run_experiment
 
         _reset_peak_rss()
-        result = run_experiment(job.spec())
+        result = run_experiment(job.spec(), resume_file=job.resume_file,
+                                resume_tag=resume_tag(job))
         # wall-clock start and end (Unix seconds): a store rebuilt from the saved JSON
         # (results recovered on another machine) keeps when each run really ran
         result["clbench"] = {"config_hash": job.config_hash, "protocol_hash": job.protocol_hash,
@@ -624,6 +650,11 @@ def result_path(results_dir: str | Path, experiment: str, job: Job) -> Path:
     return Path(results_dir) / "runs" / slug(experiment) / f"{job.uid}.json"
 
 
+def resume_path(results_dir: str | Path, experiment: str, job: Job) -> Path:
+    """The job's resume point, next to its result JSON (removed once that is written)."""
+    return result_path(results_dir, experiment, job).with_suffix(".resume.pt")
+
+
 def read_saved_result(path: Path, job: Job) -> dict[str, Any] | None:
     """A result saved by an earlier, interrupted command for exactly this job, if any."""
     try:
@@ -651,6 +682,63 @@ def prepare_datasets(jobs: Sequence[Job]) -> None:
         if not is_graph_file(job.dataset) and not getattr(DATASETS.get(job.dataset), "files", ()):
             continue  # generated in memory (synthetic): nothing to fetch
         load_graph(job.dataset, job.data_dir, job.protocol.get("split_seed", 0))
+
+
+# ============================================================================ planning
+@dataclass
+class Plan:
+    """Where each job of a command stands before it runs (what ``--dry-run`` prints)."""
+
+    done: list[Job] = field(default_factory=list)
+    """Jobs with a FINISHED MLflow run: skipped."""
+    saved: list[tuple[Job, dict[str, Any]]] = field(default_factory=list)
+    """Jobs whose result JSON was written but not logged: logged without training."""
+    todo: list[Job] = field(default_factory=list)
+    """Jobs that train."""
+    jobs: list[Job] = field(default_factory=list)
+    """All of them, in the command's order."""
+
+
+def plan_jobs(jobs: Iterable[Job], children: Iterable[Any], results_dir: str | Path,
+              experiment: str, *, force: bool = False) -> Plan:
+    """Sort ``jobs`` into done / saved / to run, given the experiment's child runs
+    (:class:`~clbench.tracking.RunRecord`) and the result JSONs under ``results_dir``."""
+    finished = set() if force else {rec.key for rec in children if rec.finished}
+    plan = Plan(jobs=list(jobs))
+    for job in plan.jobs:
+        if job.key in finished:
+            plan.done.append(job)
+            continue
+        saved = None if force else read_saved_result(
+            result_path(results_dir, experiment, job), job)
+        if saved is not None:
+            plan.saved.append((job, saved))
+        else:
+            plan.todo.append(job)
+    return plan
+
+
+def typical_run_seconds(children: Iterable[Any],
+                        saved: Iterable[tuple[Job, Mapping[str, Any]]] = ()
+                        ) -> dict[tuple[str, str | None], float]:
+    """Median duration of one run (its ``time_total_seconds``: training and evaluation,
+    not queueing) per (method, dataset), and per ``(dataset, None)`` over all methods,
+    from finished MLflow child runs and saved results; for time estimates."""
+    import statistics
+
+    seen: dict[tuple[str, str | None], list[float]] = {}
+
+    def add(method: str, dataset: str, seconds: Any) -> None:
+        if isinstance(seconds, (int, float)) and seconds > 0:
+            seen.setdefault((method, dataset), []).append(float(seconds))
+            seen.setdefault((dataset, None), []).append(float(seconds))
+
+    for rec in children:
+        if rec.finished:
+            add(rec.method, rec.dataset, rec.metrics.get("time_total_seconds"))
+    for job, result in saved:
+        add(job.method, job.dataset, result.get("timing", {}).get("total_seconds"))
+    return {k: statistics.median(v) for k, v in seen.items()}
 
 
 # ============================================================================ the loop
@@ -719,19 +807,10 @@ def run_jobs(
     if len(set(uids)) != len(uids):
         jobs = list({j.uid: j for j in jobs}.values())
 
-    finished_keys = {rec.key for rec in tracker.children() if rec.finished}
-    to_run: list[Job] = []
-    to_recover: list[tuple[Job, dict[str, Any]]] = []
-    for job in jobs:
-        if not force and job.key in finished_keys:
-            summary.skipped.append(job)
-            continue
-        saved = None if force else read_saved_result(
-            result_path(results_dir, tracker.experiment_name, job), job)
-        if saved is not None:
-            to_recover.append((job, saved))
-        else:
-            to_run.append(job)
+    plan = plan_jobs(jobs, tracker.children(), results_dir, tracker.experiment_name,
+                     force=force)
+    summary.skipped.extend(plan.done)
+    to_run, to_recover = plan.todo, plan.saved
 
     parents = tracker.ensure_parents(jobs, parent_labels)
     summary.parents = parents
@@ -761,7 +840,10 @@ def run_jobs(
     def finish(job: Job, result: dict[str, Any], recovered: bool) -> None:
         if not recovered:
             write_json_atomic(result_path(results_dir, tracker.experiment_name, job), result)
+        resume_path(results_dir, tracker.experiment_name, job).unlink(missing_ok=True)
         tags = {"clbench.host": result.get("clbench", {}).get("host", "")}
+        if result.get("resumed"):
+            tags["clbench.resumed_after_task"] = str(result["resumed"]["after_task"])
         if recovered:
             tags["clbench.recovered_from"] = str(
                 result_path(results_dir, tracker.experiment_name, job))
@@ -777,6 +859,14 @@ def run_jobs(
         if on_result is not None:
             on_result(job, result)
 
+    # each job keeps a resume point after every task: a run stopped half-way (Ctrl-C, a
+    # killed session, a dead worker) continues from its last finished task next time
+    for job in to_run:
+        path = resume_path(results_dir, tracker.experiment_name, job)
+        if force:
+            path.unlink(missing_ok=True)
+    to_run = [replace(j, resume_file=str(resume_path(results_dir, tracker.experiment_name, j)))
+              for j in to_run]
     reporter.start(len(to_run) + len(to_recover), summary.skipped, [j for j, _ in to_recover])
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None

@@ -48,10 +48,12 @@ from clbench.errors import ClbenchError
 from clbench.orchestrate import (
     Backend,
     Job,
+    Plan,
     Reporter,
     Summary,
     expand_jobs,
     parse_seeds,
+    plan_jobs,
     run_jobs,
     slug,
 )
@@ -251,29 +253,40 @@ class SweepResult:
         return self.grid.ok and (self.final is None or self.final.ok)
 
 
-def select(grid_summary: Summary, tracker: Any, labels: Mapping[tuple, str],
-           order: Mapping[tuple, int], grid_seeds: Sequence[int]) -> list[Selection]:
-    """Pick each (method, dataset)'s configuration by mean validation AP on the grid seeds."""
+def logged_val_aps(groups: Mapping[tuple, str], children: Sequence[Any],
+                   grid_seeds: Sequence[int]) -> dict[tuple, dict[int, float]]:
+    """Validation AP per grid seed of each group's latest finished child run, for the
+    groups' parent run ids ``groups[group]``."""
     from clbench import tracking as tr
 
-    children = tracker.children()
-    seeds = set(grid_seeds)
-    by_pd: dict[tuple[str, str], list[tuple]] = {}
-    for group, parent_id in grid_summary.parents.items():
+    out: dict[tuple, dict[int, float]] = {}
+    for group, parent_id in groups.items():
         mine = [c for c in children if c.parent_id == parent_id]
-        chosen = tr.select_seed_runs(mine, seeds)
-        vals = [c.metrics["val_AP"] for c in chosen.values() if "val_AP" in c.metrics]
+        chosen = tr.select_seed_runs(mine, set(grid_seeds))
+        out[group] = {s: c.metrics["val_AP"] for s, c in chosen.items() if "val_AP" in c.metrics}
+    return out
+
+
+def select(val_aps: Mapping[tuple, Mapping[int, float]], labels: Mapping[tuple, str],
+           order: Mapping[tuple, int], grid_seeds: Sequence[int],
+           parents: Mapping[tuple, str] | None = None) -> list[Selection]:
+    """Pick each (method, dataset)'s configuration by mean validation AP on the grid seeds
+    (``val_aps[group][seed]``): configurations with every grid seed first, then the higher
+    mean, then the earlier in grid order."""
+    n_seeds = len(set(grid_seeds))
+    by_pd: dict[tuple[str, str], list[tuple]] = {}
+    for group, per_seed in val_aps.items():
+        vals = list(per_seed.values())
         if not vals:
             continue
         mean = sum(vals) / len(vals)
-        complete = len(vals) == len(seeds)
         by_pd.setdefault(group[:2], []).append(
-            ((complete, mean, -order.get(group, 0)), group, parent_id, mean, len(vals)))
+            ((len(vals) == n_seeds, mean, -order.get(group, 0)), group, mean, len(vals)))
     out = []
     for (method, dataset), cands in sorted(by_pd.items()):
-        _, group, parent_id, mean, n = max(cands, key=lambda c: c[0])
+        _, group, mean, n = max(cands, key=lambda c: c[0])
         out.append(Selection(method, dataset, group[2], labels.get(group, ""), mean, n,
-                             parent_id, len(cands)))
+                             (parents or {}).get(group, ""), len(cands)))
     return out
 
 
@@ -296,7 +309,8 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     result = SweepResult(tracker.experiment_name, grid, [])
     if grid.interrupted:
         return result
-    result.selections = select(grid, tracker, labels, order, spec.grid_seeds)
+    val_aps = logged_val_aps(grid.parents, tracker.children(), spec.grid_seeds)
+    result.selections = select(val_aps, labels, order, spec.grid_seeds, grid.parents)
     selected = {(s.method, s.dataset, s.config_hash) for s in result.selections}
     for group, parent_id in grid.parents.items():
         tracker.set_tags(parent_id, {tr.TAG_SELECTED: "true" if group in selected else "false"})
@@ -307,9 +321,7 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
         tracker.client.set_experiment_tag(
             tracker.experiment_id, f"clbench.selected.{s.method}.{slug(s.dataset)}",
             f"{s.config_hash} ({s.label})" if s.label else s.config_hash)
-    final_jobs = [replace_seed(j, seed) for j in jobs
-                  if j.group in selected and j.seed == spec.grid_seeds[0]
-                  for seed in spec.final_seeds]
+    final_jobs = final_jobs_of(jobs, selected, spec)
     if on_stage:
         on_stage("final", len(final_jobs))
     if final_jobs:
@@ -320,8 +332,59 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     return result
 
 
-def replace_seed(job: Job, seed: int) -> Job:
-    return replace(job, seed=seed)
+def final_jobs_of(grid: Sequence[Job], selected: set[tuple], spec: SweepSpec) -> list[Job]:
+    """The selected groups' jobs on the final seeds."""
+    return [replace(j, seed=seed) for j in grid
+            if j.group in selected and j.seed == spec.grid_seeds[0]
+            for seed in spec.final_seeds]
+
+
+@dataclass
+class SweepPlan:
+    """What ``clbench sweep`` would do now (``--dry-run``). ``final`` holds the final
+    jobs of every (method, dataset) whose grid jobs all have a result (finished or saved),
+    selected as the sweep will select; ``final_after_grid`` counts, for the others, the
+    final jobs their selection will add."""
+
+    grid: Plan
+    selections: list[Selection] = field(default_factory=list)
+    final: Plan = field(default_factory=Plan)
+    final_after_grid: dict[tuple[str, str], int] = field(default_factory=dict)
+    children: list[Any] = field(default_factory=list)
+
+
+def plan_sweep(spec: SweepSpec, tracker: Any | None, *, results_dir: str | Path = "results",
+               force: bool = False) -> SweepPlan:
+    """Where the sweep stands, read from MLflow (``tracker``; None for an experiment that
+    does not exist yet) and the saved results, without running or logging anything."""
+    from clbench import tracking as tr
+
+    jobs, labels, order = grid_jobs(spec)
+    children = tracker.children() if tracker is not None else []
+    grid = plan_jobs(jobs, children, results_dir, spec.experiment, force=force)
+    plan = SweepPlan(grid, children=children)
+    val_aps: dict[tuple, dict[int, float]] = {}
+    for group in dict.fromkeys(j.group for j in jobs):
+        mine = [c for c in children if (c.method, c.dataset, c.config_hash) == group]
+        chosen = tr.select_seed_runs(mine, set(spec.grid_seeds))
+        val_aps[group] = {s: c.metrics["val_AP"] for s, c in chosen.items()
+                          if "val_AP" in c.metrics}
+    for job, result in grid.saved:
+        if "AP" in result.get("val_metrics", {}):
+            val_aps[job.group][job.seed] = result["val_metrics"]["AP"]
+    waiting = {(j.method, j.dataset) for j in grid.todo}
+    plan.selections = select({g: v for g, v in val_aps.items() if g[:2] not in waiting},
+                             labels, order, spec.grid_seeds)
+    selected = {(s.method, s.dataset, s.config_hash) for s in plan.selections}
+    plan.final = plan_jobs(final_jobs_of(jobs, selected, spec), children, results_dir,
+                           spec.experiment, force=force)
+    logged_by_grid = {j.key for j, _ in grid.saved}  # the grid stage logs these first
+    plan.final.done += [j for j, _ in plan.final.saved if j.key in logged_by_grid]
+    plan.final.saved = [(j, r) for j, r in plan.final.saved if j.key not in logged_by_grid]
+    new_seeds = len(set(spec.final_seeds) - set(spec.grid_seeds))
+    plan.final_after_grid = {pd: new_seeds for pd in dict.fromkeys(
+        (j.method, j.dataset) for j in jobs) if pd in waiting}
+    return plan
 
 
 def write_selection(result: SweepResult, path: Path) -> Path:

@@ -478,6 +478,16 @@ class Tracker:
             self.client.log_artifacts(run_id, tmp)
 
     # ------------------------------------------------------------ parents
+    def find_parents(self) -> dict[tuple[str, str, str], RunRecord]:
+        """The existing parent run of each (method, dataset, config hash); the newest
+        if there are several."""
+        existing: dict[tuple[str, str, str], RunRecord] = {}
+        for rec in self.parents():
+            k = (rec.method, rec.dataset, rec.config_hash)
+            if k not in existing or rec.start_time > existing[k].start_time:
+                existing[k] = rec
+        return existing
+
     def ensure_parents(self, jobs: Sequence[Job], labels: Mapping[tuple, str] | None = None
                        ) -> dict[tuple[str, str, str], str]:
         """The parent run of every (method, dataset, config hash) among ``jobs``.
@@ -485,11 +495,7 @@ class Tracker:
         An existing parent with the same tags is reused (resume); otherwise one is
         created with the group's config as params.
         """
-        existing: dict[tuple[str, str, str], RunRecord] = {}
-        for rec in self.parents():
-            k = (rec.method, rec.dataset, rec.config_hash)
-            if k not in existing or rec.start_time > existing[k].start_time:
-                existing[k] = rec
+        existing = self.find_parents()
         out: dict[tuple[str, str, str], str] = {}
         for job in jobs:
             k = job.group

@@ -13,14 +13,24 @@ their meanings follow BeGin's ``NCTrainer`` so that BeGin trainers port over:
 Differences from BeGin, on purpose: no temporary files (initial weights are kept
 in memory), no model copies at evaluation, and only Task-IL (the restriction of
 logits to a node's task lives in :class:`~clbench.scenario.NodeBatch`).
+
+Resume points. ``run(..., resume_file=path)`` saves the whole training state after
+every task (the trainer's attributes but the scenario, callbacks and factories, with
+the training states, the partial result and the random number generators) and, when
+the file exists, continues after its last task: the continuation does exactly what
+the uninterrupted run would have done, so its numbers are bit-identical.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,6 +77,14 @@ class TrainerResult:
     task_eval_seconds: list[float] = field(default_factory=list)
     task_epochs: list[int] = field(default_factory=list)
     extra_storage_bytes: int = 0
+    resumed_after_task: int | None = None
+    """Set when the run continued from a resume point saved after this task."""
+    earlier_seconds: float = 0.0
+    """Time the interrupted attempts spent up to their last resume point."""
+
+
+RESUME_FORMAT = 1
+_NOT_SAVED = frozenset({"scenario", "callbacks", "optimizer_fn", "scheduler_fn"})
 
 
 class NCTrainer:
@@ -111,21 +129,34 @@ class NCTrainer:
         self.curr_task = -1
 
     # ================================================================== the loop
-    def run(self, epoch_per_task: int = 1) -> TrainerResult:
-        """Learn every task in order; after each, evaluate on every task."""
+    def run(self, epoch_per_task: int = 1, resume_file: str | Path | None = None,
+            resume_tag: str = "") -> TrainerResult:
+        """Learn every task in order; after each, evaluate on every task.
+
+        With ``resume_file``, save a resume point there after every task and, if the
+        file holds one with the same ``resume_tag`` (whatever identifies the run and the
+        code; a mismatch or an unreadable file starts over, with a warning), continue
+        after its last task.
+        """
         if epoch_per_task < 1:
             raise ValueError(f"epoch_per_task must be >= 1, got {epoch_per_task}")
         T = self.num_tasks
         self.epoch_per_task = epoch_per_task
-        model, optimizer = self.model, self.optimizer
+        started = time.perf_counter()
         for cb in self.callbacks:
             cb.on_run_start(self)
-        states = self.initTrainingStates(self.scenario, model, optimizer)
-        self.training_states = states  # for events without a states argument (evaluation)
-        init = self._evaluate(("val", "test"), NCTrainer.processEvalIteration)
-        init_val, init_test = init["val"], init["test"]
-        out = TrainerResult(np.zeros((T, T)), np.zeros((T, T)), init_test, init_val)
-        for task_id in range(T):
+        out = self._load_resume_point(resume_file, resume_tag) if resume_file else None
+        model, optimizer = self.model, self.optimizer
+        if out is None:
+            states = self.initTrainingStates(self.scenario, model, optimizer)
+            self.training_states = states  # for events without a states argument
+            init = self._evaluate(("val", "test"), NCTrainer.processEvalIteration)
+            out = TrainerResult(np.zeros((T, T)), np.zeros((T, T)), init["test"], init["val"])
+        else:
+            states = self.training_states
+            out.resumed_after_task = len(out.task_epochs) - 1
+        earlier = out.earlier_seconds
+        for task_id in range(len(out.task_epochs), T):
             self.curr_task = task_id
             for cb in self.callbacks:
                 cb.on_task_start(self, task_id)
@@ -160,8 +191,70 @@ class NCTrainer:
             out.task_eval_seconds.append(time.perf_counter() - start)
             for cb in self.callbacks:
                 cb.on_task_end(self, task_id, out.R_test[task_id])
+            if resume_file and task_id < T - 1:
+                out.earlier_seconds = earlier + time.perf_counter() - started
+                self._save_resume_point(Path(resume_file), resume_tag, out)
+        out.earlier_seconds = earlier
         out.extra_storage_bytes = int(self.extraStorageBytes(states))
         return out
+
+    # ================================================================== resume points
+    def _save_resume_point(self, path: Path, tag: str, out: TrainerResult) -> None:
+        """One ``torch.save`` of everything the next tasks depend on (one pickle, so the
+        optimizers, frozen entries and states keep pointing at the same model tensors)."""
+        if getattr(self, "_resume_unsupported", False):
+            return
+        payload = {
+            "format": RESUME_FORMAT, "tag": tag, "epoch_per_task": self.epoch_per_task,
+            "num_tasks": self.num_tasks, "result": out,
+            "trainer": {k: v for k, v in vars(self).items() if k not in _NOT_SAVED},
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                    else None},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            torch.save(payload, tmp)
+        except Exception as exc:  # e.g. a user method keeps a lambda: no resume, same run
+            tmp.unlink(missing_ok=True)
+            self._resume_unsupported = True
+            warnings.warn(f"{type(self).__name__} cannot save a resume point ({exc}); the "
+                          "run goes on without", stacklevel=2)
+            return
+        os.replace(tmp, path)
+
+    def _load_resume_point(self, resume_file: str | Path, tag: str) -> TrainerResult | None:
+        """Restore the state saved in ``resume_file``; None (start over) if there is none
+        or it belongs to another run."""
+        path = Path(resume_file)
+        if not path.is_file():
+            return None
+        try:
+            # our own file, written by _save_resume_point: it holds the trainer's objects
+            payload = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            warnings.warn(f"resume point {path} is unreadable ({type(exc).__name__}: {exc}); "
+                          "starting the run over", stacklevel=2)
+            return None
+        expected = {"format": RESUME_FORMAT, "tag": tag, "epoch_per_task": self.epoch_per_task,
+                    "num_tasks": self.num_tasks}
+        wrong = [k for k, v in expected.items()
+                 if not isinstance(payload, dict) or payload.get(k) != v]
+        if wrong:
+            warnings.warn(f"resume point {path} belongs to another run or version (its "
+                          f"{', '.join(wrong)} differ); starting the run over", stacklevel=2)
+            return None
+        for name, value in payload["trainer"].items():
+            setattr(self, name, value)
+        rng = payload["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
+        return payload["result"]
 
     @torch.no_grad()
     def _evaluate(self, splits: Sequence[str], eval_fn: Callable | None = None

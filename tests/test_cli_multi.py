@@ -106,6 +106,20 @@ def test_sweep_selects_by_val_ap_reruns_on_final_seeds_and_marks(workdir, capsys
     assert val_ap(best, 0) >= val_ap(worse, 0)  # selected by validation AP on the grid seed
     assert (workdir / "results" / f"sweep-{exp}.csv").is_file()
 
+    # --dry-run reads where the sweep stands and logs nothing: all done, the same selection;
+    # with one more final seed, exactly that job is left, with a time estimate
+    n_runs = len(client.search_runs([eid], max_results=1000))
+    assert cli("sweep", "s.toml", "--dry-run", "--tracking-uri", server.uri) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train: every job has a finished run" in out
+    assert f"{val_ap(best, 0):.4f}" in out and "selected (by mean validation AP" in out, out
+    (workdir / "more.toml").write_text(SWEEP.format(exp=exp).replace('"0-1"', '"0-2"'))
+    assert cli("sweep", "more.toml", "--dry-run", "--jobs", "2", "--tracking-uri",
+               server.uri) == 0
+    out = capsys.readouterr().out
+    assert "to train: 1 job(s); ~" in out and "of wall time at --jobs 2" in out, out
+    assert len(client.search_runs([eid], max_results=1000)) == n_runs
+
     assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri) == 0
     md = (workdir / "results" / f"compare-{exp}.md").read_text()
     assert "| finetune |" in md and "(n=2)" in md  # only the selected configuration
@@ -113,6 +127,14 @@ def test_sweep_selects_by_val_ap_reruns_on_final_seeds_and_marks(workdir, capsys
     # the saved JSONs alone rebuild the sweep in an empty store: nothing is retrained,
     # the same configuration is selected, and compare writes the same table
     rebuilt = f"sqlite:///{workdir / 'rebuilt.db'}"
+    capsys.readouterr()
+    assert cli("sweep", "s.toml", "--tracking-uri", rebuilt, "--dry-run") == 0
+    out = capsys.readouterr().out  # every result is saved: 2 grid + 1 final seed, none to run
+    assert "nothing to train" in out and not (workdir / "rebuilt.db").exists()
+    rows = [[c.strip() for c in line.split("│")[3:6]] for line in out.splitlines()
+            if "│ finetune" in line and "lr=" not in line]  # finished, saved, to run
+    assert rows == [["0", "2", "0"], ["1", "1", "0"]], out  # final seed 0 is the grid run
+    assert "logs the 3 saved result(s)" in out
     assert cli("sweep", "s.toml", "--tracking-uri", rebuilt, "-q") == 0
     out = capsys.readouterr().out
     assert out.count("recovered from its saved result") == out.count("done ") == 3
@@ -125,6 +147,18 @@ def test_sweep_selects_by_val_ap_reruns_on_final_seeds_and_marks(workdir, capsys
                "--out", str(workdir / "rebuilt")) == 0
     table = (workdir / "rebuilt" / f"compare-{exp}.md").read_text()
     assert table.split("## Configurations")[0] == md.split("## Configurations")[0]
+
+
+def test_dry_run_of_a_new_sweep_or_grid_counts_every_job_and_creates_nothing(workdir, capsys):
+    (workdir / "s.toml").write_text(SWEEP.format(exp=unique("dry")))
+    assert cli("sweep", "s.toml", "--dry-run") == 0
+    out = capsys.readouterr().out
+    # grid: 2 configurations on seed 0; final: seed 1 of the one selected
+    assert "to train: 3 job(s); 3 without a finished run to estimate from" in out, out
+    assert cli("run", "--method", "finetune,ewc", "--seeds", "0-1", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "4 job(s)" in out and "to train: 4 job(s)" in out, out
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "results").exists()
 
 
 def test_sweep_data_dir_option_reads_that_root(workdir, tmp_path_factory, monkeypatch):

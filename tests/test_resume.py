@@ -1,0 +1,126 @@
+"""Resume points: a run stopped after task k continues bit-identically from task k+1."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from clbench.experiment import run_experiment
+from clbench.orchestrate import (
+    LocalBackend,
+    expand_jobs,
+    resume_path,
+    resume_tag,
+    run_jobs,
+)
+from clbench.tracking import Tracker
+from clbench.trainer import TrainerCallback
+
+try:
+    from mlflow_server import shared_server, unique
+except ImportError:  # tests/ imported as a package
+    from tests.mlflow_server import shared_server, unique
+
+# dropout draws random numbers every step, so a wrongly restored generator shows
+PARAMS = {"epochs": 8, "hidden": 32, "dropout": 0.5}
+STOP_AT = 3  # synthetic has 5 tasks: the resume point is the one saved after task 2
+
+
+class Stop(TrainerCallback):
+    """Interrupt the run when task ``STOP_AT`` starts (as a killed process would)."""
+
+    def on_task_start(self, trainer, task_id: int) -> None:
+        if task_id == STOP_AT:
+            raise KeyboardInterrupt
+
+
+def same_run(a: dict, b: dict) -> None:
+    for key in ("R_test", "R_val", "init_test", "init_val", "metrics", "val_metrics",
+                "ap_curve", "extra_storage_bytes"):
+        assert a[key] == b[key], key
+    assert a["timing"]["task_epochs"] == b["timing"]["task_epochs"]
+
+
+@pytest.mark.parametrize(("method", "extra"), [
+    ("finetune", {}),
+    ("ewc", {"lamb": 1000.0}),
+    ("packnet", {}),
+    ("piggyback", {}),
+    ("piggyback", {"backbone_init": "first_task"}),  # backbone trained on task 0, then frozen
+    ("joint", {}),
+])
+def test_interrupted_run_continues_bit_identically(tmp_path, method, extra):
+    params = {**PARAMS, **extra}
+    reference = run_experiment(method=method, seed=3, params=params)
+    assert "resumed" not in reference
+    path = tmp_path / "run.resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(method=method, seed=3, params=params, callbacks=[Stop()],
+                       resume_file=path, resume_tag="t")
+    assert path.is_file()
+    torch.manual_seed(12345)  # the resumed run must not depend on the process's generator
+    resumed = run_experiment(method=method, seed=3, params=params, resume_file=path,
+                             resume_tag="t")
+    assert resumed["resumed"]["after_task"] == STOP_AT - 1
+    assert resumed["resumed"]["earlier_seconds"] > 0
+    same_run(resumed, reference)
+    # only the tasks after the resume point were trained again
+    assert len(resumed["timing"]["task_train_seconds"]) == len(reference["R_test"])
+
+
+def test_a_resume_point_of_another_run_or_a_corrupt_file_starts_over(tmp_path):
+    path = tmp_path / "run.resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(method="ewc", seed=1, params=PARAMS, callbacks=[Stop()],
+                       resume_file=path, resume_tag="code v1")
+    reference = run_experiment(method="ewc", seed=1, params=PARAMS)
+    with pytest.warns(UserWarning, match="belongs to another run or version .*tag"):
+        fresh = run_experiment(method="ewc", seed=1, params=PARAMS, resume_file=path,
+                               resume_tag="code v2")
+    assert "resumed" not in fresh
+    same_run(fresh, reference)
+
+    path.write_bytes(b"not a torch file")
+    with pytest.warns(UserWarning, match=f"resume point {path} is unreadable"):
+        fresh = run_experiment(method="ewc", seed=1, params=PARAMS, resume_file=path,
+                               resume_tag="code v2")
+    same_run(fresh, reference)
+
+
+def test_orchestrator_resumes_a_stopped_job_and_removes_its_resume_point(tmp_path):
+    """A job whose worker was stopped after task 2 (the file it left next to the result
+    JSONs) is continued by the next command, logged with the task it resumed after, and
+    its resume point is deleted once the result is saved."""
+    server = shared_server()
+    experiment = unique("resume")
+    backend = LocalBackend(1)
+    job = backend.prepare(expand_jobs(["packnet"], ["synthetic"], [2], params=PARAMS))[0]
+    path = resume_path(tmp_path, experiment, job)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(job.spec(), callbacks=[Stop()], resume_file=path,
+                       resume_tag=resume_tag(job))
+    assert path.is_file()
+    backup = shutil.copyfile(path, tmp_path / "backup.pt")
+    reference = run_experiment(job.spec())
+
+    tracker = Tracker(server.uri, experiment)
+    summary = run_jobs([job], tracker, backend, results_dir=tmp_path)
+    assert summary.ok and len(summary.finished) == 1
+    result = summary.finished[0][1]
+    assert result["resumed"]["after_task"] == STOP_AT - 1
+    same_run(result, reference)
+    assert not path.exists()
+    child = MlflowClient(server.uri).search_runs(
+        [tracker.experiment_id], "tags.`clbench.role` = 'child'")[0]
+    assert child.data.tags["clbench.resumed_after_task"] == str(STOP_AT - 1)
+    assert np.isclose(child.data.metrics["AP"], result["metrics"]["AP"])
+
+    # --force starts over: a forced job's (valid) resume point is removed before it runs
+    shutil.copyfile(backup, path)
+    again = run_jobs([job], tracker, backend, results_dir=tmp_path, force=True)
+    assert again.ok and "resumed" not in again.finished[0][1] and not path.exists()
+    same_run(again.finished[0][1], reference)
