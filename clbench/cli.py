@@ -245,7 +245,7 @@ def _plan_sweep(spec, tracking_uri: str | None, runner, results_dir: Path, force
     plan = plan_sweep(spec, tracker, results_dir=results_dir, force=force)
     console.print(f"sweep {spec.path} -> MLflow experiment {spec.experiment!r} at {uri} "
                   "(dry run: nothing runs or is logged)", highlight=False, soft_wrap=True)
-    saved = [*plan.grid.saved, *(plan.final.saved if plan.final else [])]
+    saved = [*plan.grid.saved, *plan.final.saved]
     seconds = typical_run_seconds(plan.children, saved)
     stages = [_render_plan("grid: every configuration on the grid seeds", plan.grid, seconds)]
     if plan.selections:

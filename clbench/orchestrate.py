@@ -24,6 +24,7 @@ a task whose worker died, so every Dask job runs in a child process of its worke
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -314,19 +315,14 @@ def resume_tag(job: Job) -> str:
             f"clbench={source_digest()}")
 
 
+@functools.cache
 def source_digest() -> str:
     """A hash of clbench's own source files (a resume point from other code is not used)."""
-    global _SOURCE_DIGEST
-    if _SOURCE_DIGEST is None:
-        root = Path(__file__).resolve().parent
-        h = hashlib.sha256()
-        for path in sorted(root.rglob("*.py")):
-            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-        _SOURCE_DIGEST = h.hexdigest()[:16]
-    return _SOURCE_DIGEST
-
-
-_SOURCE_DIGEST: str | None = None
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _execute_job(job: Job, marker_dir: str | None) -> Outcome:
@@ -861,12 +857,11 @@ def run_jobs(
 
     # each job keeps a resume point after every task: a run stopped half-way (Ctrl-C, a
     # killed session, a dead worker) continues from its last finished task next time
-    for job in to_run:
-        path = resume_path(results_dir, tracker.experiment_name, job)
-        if force:
-            path.unlink(missing_ok=True)
     to_run = [replace(j, resume_file=str(resume_path(results_dir, tracker.experiment_name, j)))
               for j in to_run]
+    if force:  # start over
+        for job in to_run:
+            Path(job.resume_file).unlink(missing_ok=True)
     reporter.start(len(to_run) + len(to_recover), summary.skipped, [j for j, _ in to_recover])
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None

@@ -357,18 +357,14 @@ def plan_sweep(spec: SweepSpec, tracker: Any | None, *, results_dir: str | Path 
                force: bool = False) -> SweepPlan:
     """Where the sweep stands, read from MLflow (``tracker``; None for an experiment that
     does not exist yet) and the saved results, without running or logging anything."""
-    from clbench import tracking as tr
-
     jobs, labels, order = grid_jobs(spec)
     children = tracker.children() if tracker is not None else []
     grid = plan_jobs(jobs, children, results_dir, spec.experiment, force=force)
     plan = SweepPlan(grid, children=children)
-    val_aps: dict[tuple, dict[int, float]] = {}
-    for group in dict.fromkeys(j.group for j in jobs):
-        mine = [c for c in children if (c.method, c.dataset, c.config_hash) == group]
-        chosen = tr.select_seed_runs(mine, set(spec.grid_seeds))
-        val_aps[group] = {s: c.metrics["val_AP"] for s, c in chosen.items()
-                          if "val_AP" in c.metrics}
+    found = tracker.find_parents() if tracker is not None else {}
+    groups = dict.fromkeys(j.group for j in jobs)
+    val_aps = {g: {} for g in groups} | logged_val_aps(
+        {g: found[g].run_id for g in groups if g in found}, children, spec.grid_seeds)
     for job, result in grid.saved:
         if "AP" in result.get("val_metrics", {}):
             val_aps[job.group][job.seed] = result["val_metrics"]["AP"]

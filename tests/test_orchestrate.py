@@ -224,7 +224,13 @@ def test_crash_and_killed_worker_are_failed_runs_others_finish(workdir):
                 for p in parent_runs(client, eid)}
     assert statuses == {"raiser": "FAILED", "killer": "FAILED"}
     saved = sorted(p.name for p in (workdir / "results" / "runs" / exp).iterdir())
-    assert len(saved) == 2 and all(n.endswith("__seed0.json") for n in saved)
+    # results of the finished jobs; the failed ones keep their resume point (saved after
+    # task 0), so a retry would continue from task 1
+    jsons = [n for n in saved if n.endswith(".json")]
+    points = [n for n in saved if n.endswith(".resume.pt")]
+    assert len(jsons) == 2 and all(n.endswith("__seed0.json") for n in jsons)
+    assert points == sorted(n.replace("__seed0.json", "__seed1.resume.pt") for n in jsons)
+    assert len(saved) == 4
 
 
 def signal_state(pid: int) -> str:
