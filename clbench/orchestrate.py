@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -308,11 +309,14 @@ def execute_job(job: Job, marker_dir: str | None = None, worker: bool = True) ->
 
 def resume_tag(job: Job) -> str:
     """What a resume point must match to be continued: the job, the thread count (it
-    changes floating-point sums) and the exact clbench and torch code."""
+    changes floating-point sums) and the exact torch and clbench code, and the code of a
+    method or dataset that comes from outside clbench (``external_code_digest``)."""
     import torch
 
-    return (f"{job.uid} {job.protocol_hash} threads={job.threads} torch={torch.__version__} "
-            f"clbench={source_digest()}")
+    tag = (f"{job.uid} {job.protocol_hash} threads={job.threads} torch={torch.__version__} "
+           f"clbench={source_digest()}")
+    external = external_code_digest(job)
+    return f"{tag} code={external}" if external else tag
 
 
 @functools.cache
@@ -322,6 +326,35 @@ def source_digest() -> str:
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def external_code_digest(job: Job) -> str:
+    """A hash of the files outside clbench that define the job's method (its class and
+    base classes) and dataset loader: a plugin, a package's entry point, a user's
+    script. Empty when both are clbench's own (``source_digest`` covers those).
+
+    Read on every call: a plugin edited between two attempts must not continue from a
+    resume point its old code saved.
+    """
+    from clbench.datasets import DATASETS
+    from clbench.methods import METHODS
+
+    objects: list[object] = list(METHODS.get(job.method).__mro__)
+    if not is_graph_file(job.dataset):
+        objects.append(DATASETS.get(job.dataset).load)
+    root = Path(__file__).resolve().parent
+    files: set[Path] = set()
+    for obj in objects:
+        with contextlib.suppress(TypeError, OSError):  # builtins have no source file
+            source = inspect.getsourcefile(obj)  # type: ignore[arg-type]
+            if source and not Path(source).resolve().is_relative_to(root):
+                files.add(Path(source).resolve())
+    if not files:
+        return ""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(str(path).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 

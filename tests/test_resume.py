@@ -13,10 +13,12 @@ from clbench.experiment import run_experiment
 from clbench.orchestrate import (
     LocalBackend,
     expand_jobs,
+    external_code_digest,
     resume_path,
     resume_tag,
     run_jobs,
 )
+from clbench.plugins import load_plugin
 from clbench.tracking import Tracker
 from clbench.trainer import TrainerCallback
 
@@ -124,3 +126,35 @@ def test_orchestrator_resumes_a_stopped_job_and_removes_its_resume_point(tmp_pat
     again = run_jobs([job], tracker, backend, results_dir=tmp_path, force=True)
     assert again.ok and "resumed" not in again.finished[0][1] and not path.exists()
     same_run(again.finished[0][1], reference)
+
+
+PLUGIN = '''
+from clbench import register_method
+from clbench.methods.finetune import NCTaskILBareTrainer
+
+
+@register_method("{name}")
+class EditedTrainer(NCTaskILBareTrainer):
+    """version {version}"""
+'''
+
+
+def test_resume_tag_covers_a_plugin_methods_source(tmp_path):
+    """Editing a plugin between two attempts changes the tag, so the new code does not
+    continue from a point the old code saved; clbench's own methods carry no plugin part."""
+    name = unique("edited-plugin")
+    plugin = tmp_path / "edited.py"
+    plugin.write_text(PLUGIN.format(name=name, version=1))
+    load_plugin(str(plugin))
+    backend = LocalBackend(1)
+    job = backend.prepare(expand_jobs([name], ["synthetic"], [0], params=PARAMS,
+                                      plugins=[str(plugin)]))[0]
+    before = resume_tag(job)
+    assert before == resume_tag(job)  # deterministic
+    plugin.write_text(PLUGIN.format(name=name, version=2))
+    after = resume_tag(job)
+    assert " code=" in before and " code=" in after and before != after
+    assert before.split(" code=")[0] == after.split(" code=")[0]  # only the plugin part moved
+
+    builtin = backend.prepare(expand_jobs(["finetune"], ["synthetic"], [0], params=PARAMS))[0]
+    assert external_code_digest(builtin) == "" and " code=" not in resume_tag(builtin)
