@@ -495,8 +495,11 @@ def sweep(
     dry_run: DryRunOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Grid-search hyperparameters on a few seeds, select by mean validation AP, then run
-    the selected configuration on the final seeds (marked in MLflow)."""
+    """Grid-search hyperparameters, select by validation AP, run the final seeds.
+
+    The grid runs on the file's grid seeds; the configuration with the best mean
+    validation AP per method x dataset then runs on the final seeds (marked in MLflow).
+    """
     from clbench.orchestrate import (
         LocalBackend,
         check_backend_options,
@@ -581,9 +584,12 @@ def compare(
         help="The exact command that produced the runs (default: reconstructed from the "
              "experiment's sweep-file tag).")] = None,
 ) -> None:
-    """Table of AP and AF (mean ± std, seed count) per method x dataset, from MLflow;
-    written as Markdown, CSV and a grouped bar chart PNG, with the selected
-    hyperparameters, commit, wall time and commands (and a reference, if given)."""
+    """Table of AP and AF per method x dataset from MLflow (Markdown, CSV, bar chart).
+
+    AP and AF as mean ± std with the seed count, written as Markdown, CSV and a grouped
+    bar chart PNG, with the selected hyperparameters, commit, wall time and commands
+    (and a reference, if given).
+    """
     import shlex
 
     from clbench.compare import compare as do_compare
