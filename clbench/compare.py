@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import csv
 import math
-import subprocess
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,7 +38,7 @@ from pathlib import Path
 from clbench import plots
 from clbench import tracking as tr
 from clbench.errors import ClbenchError
-from clbench.orchestrate import slug
+from clbench.orchestrate import git_commit, slug
 
 TABLE_METRICS = ("AP", "AF")
 CSV_METRICS = ("AP", "AF", "BWT", "FWT", "INT", "val_AP", "time_total_seconds", "peak_rss_mb",
@@ -101,6 +101,7 @@ class Provenance:
 
     commit: str = ""
     commit_source: str = ""
+    code: str = ""
     wall_seconds: float | None = None
     first_start: str = ""
     last_end: str = ""
@@ -274,24 +275,27 @@ def collect(tracker: tr.Tracker, all_configs: bool = False,
     return rows
 
 
-def git_commit(where: str | Path | None = None) -> tuple[str, bool]:
-    """``(HEAD's revision, working tree has uncommitted changes to tracked files)`` of the
-    repository holding ``where`` (default: this package); ``("", False)`` outside git."""
-    cwd = Path(where) if where else Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=10)
-        if rev.returncode != 0:
-            return "", False
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, capture_output=True, text=True, timeout=10)
-        return rev.stdout.strip(), bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return "", False
-
-
 def _utc(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _run_commit(run: tr.RunRecord) -> str:
+    """The git revision a run logged ("" if none), marked when its tree was dirty."""
+    rev = run.params.get("git_commit") or run.tags.get("clbench.git_commit") or ""
+    if rev and run.tags.get("clbench.git_dirty") == "True":
+        rev += " with uncommitted changes"
+    return rev
+
+
+def _counted(counts: Counter[str], what: str, missing: str) -> str:
+    """``"abc (12 runs)"``, or ``"abc (10 runs), def (2 runs)"``, most frequent first."""
+    def runs(n: int) -> str:
+        return f"{n} run{'s' if n != 1 else ''}"
+    if len(counts) == 1 and "" not in counts:
+        value, n = next(iter(counts.items()))
+        return f"{what} {value} (all {runs(n)})".strip()
+    parts = [f"{value or missing} ({runs(n)})" for value, n in counts.most_common()]
+    return f"{what}s: {', '.join(parts)}".strip() if what else ", ".join(parts)
 
 
 def provenance(tracker: tr.Tracker, rows: Sequence[Row], *, commit: str | None = None,
@@ -301,12 +305,17 @@ def provenance(tracker: tr.Tracker, rows: Sequence[Row], *, commit: str | None =
     prov = Provenance(compare_command=compare_command, tracking_uri=tracker.uri)
     exp = tracker.client.get_experiment(tracker.experiment_id)
     prov.sweep_file = (exp.tags or {}).get("clbench.sweep_file", "")
-    logged = {c.params.get("git_commit") or c.tags.get("clbench.git_commit") for c in children}
-    logged.discard(None)
+    commits = Counter(_run_commit(c) for c in children)
+    digests = Counter(c.tags.get("clbench.source_digest", "") for c in children)
+    if any(digests):
+        prov.code = _counted(digests, "clbench source digest", "no digest (older clbench)")
     if commit:
         prov.commit, prov.commit_source = commit, "given to `clbench compare --commit`"
-    elif len(logged) == 1:
-        prov.commit, prov.commit_source = logged.pop(), "logged by the runs"
+    elif len(commits) == 1 and "" not in commits:
+        prov.commit, prov.commit_source = next(iter(commits)), "logged by the runs"
+    elif any(commits):
+        prov.commit = _counted(commits, "", "not logged")
+        prov.commit_source = "logged by the runs, which ran more than one version"
     else:
         rev, dirty = git_commit()
         prov.commit = rev or "unknown (not a git checkout)"
@@ -424,6 +433,8 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
         p = provenance
         lines += ["", "## Provenance", ""]
         lines.append(f"- Commit: `{p.commit}` ({p.commit_source}).")
+        if p.code:
+            lines.append(f"- Code the runs recorded: {p.code}.")
         if p.wall_seconds is not None:
             lines.append(
                 f"- Wall time: {_duration(p.wall_seconds)}, from the first run's start "

@@ -49,6 +49,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from clbench.tracking import Tracker
 
 GRAPH_FILE_SUFFIXES = (".pt", ".pth", ".npz")
+#: Code identity of a result (``code_version`` and the plugin digest), logged as MLflow
+#: tags ``clbench.<key>`` when present.
+CODE_TAGS = ("git_commit", "git_dirty", "source_digest", "external_code_digest")
 
 
 # ============================================================================ parsing
@@ -329,6 +332,31 @@ def source_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def git_commit(where: str | Path | None = None) -> tuple[str, bool]:
+    """``(HEAD's revision, working tree has uncommitted changes to tracked files)`` of the
+    repository holding ``where`` (default: this package); ``("", False)`` outside git
+    (an installed wheel, a ``git archive`` snapshot)."""
+    cwd = Path(where) if where else Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10)
+        if rev.returncode != 0:
+            return "", False
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return "", False
+
+
+@functools.cache
+def code_version() -> dict[str, Any]:
+    """The code a worker runs, recorded with every result: the digest of clbench's source
+    (always known) and, in a git checkout, the commit and whether the tree was dirty."""
+    rev, dirty = git_commit()
+    return {"source_digest": source_digest(), "git_commit": rev, "git_dirty": dirty}
+
+
 def external_code_digest(job: Job) -> str:
     """A hash of the files outside clbench that define the job's method (its class and
     base classes) and dataset loader: a plugin, a package's entry point, a user's
@@ -376,7 +404,10 @@ def _execute_job(job: Job, marker_dir: str | None) -> Outcome:
         # (results recovered on another machine) keeps when each run really ran
         result["clbench"] = {"config_hash": job.config_hash, "protocol_hash": job.protocol_hash,
                              "host": host, "pid": pid, "threads": job.threads,
-                             "started_at": started_at, "finished_at": time.time()}
+                             "started_at": started_at, "finished_at": time.time(),
+                             **code_version()}
+        if external := external_code_digest(job):
+            result["clbench"]["external_code_digest"] = external
         return Outcome(job.uid, True, result=result, host=host, pid=pid,
                        seconds=time.perf_counter() - started)
     except Exception as exc:
@@ -870,7 +901,9 @@ def run_jobs(
         if not recovered:
             write_json_atomic(result_path(results_dir, tracker.experiment_name, job), result)
         resume_path(results_dir, tracker.experiment_name, job).unlink(missing_ok=True)
-        tags = {"clbench.host": result.get("clbench", {}).get("host", "")}
+        info = result.get("clbench", {})
+        tags = {"clbench.host": info.get("host", "")}
+        tags.update({f"clbench.{key}": str(info[key]) for key in CODE_TAGS if info.get(key)})
         if result.get("resumed"):
             tags["clbench.resumed_after_task"] = str(result["resumed"]["after_task"])
         if recovered:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from clbench.compare import _counted
+from clbench.orchestrate import git_commit, source_digest
 
 try:
     from mlflow_server import cli, parent_runs, shared_server, unique
@@ -131,7 +135,17 @@ def test_compare_reference_selection_and_provenance(workdir, capsys):
     assert "piggyback" not in md  # reference rows without runs are not shown
     assert "## Configurations" in md and "| lr=" in md and "lamb=" in md
     assert "best mean val AP" in md  # how the sweep selected
-    assert "- Commit: `" in md and "the runs do not log a git revision" in md
+    # every run recorded its code: the commit of this checkout and clbench's source digest
+    rev, dirty = git_commit()
+    if rev:
+        logged = rev + (" with uncommitted changes" if dirty else "")
+        assert f"- Commit: `{logged}` (logged by the runs)." in md
+    else:  # not a git checkout (e.g. an unpacked sdist)
+        assert "the runs do not log a git revision" in md
+    children = client.search_runs([eid], "tags.`clbench.role` = 'child'")
+    assert {c.data.tags["clbench.source_digest"] for c in children} == {source_digest()}
+    assert (f"- Code the runs recorded: clbench source digest {source_digest()} "
+            f"(all {len(children)} runs).") in md
     assert "- Wall time: " in md and "finished runs" in md and "torch threads per job: " in md
     assert "`clbench sweep s.toml --jobs 2` (given to `clbench compare`)" in md
     assert f"`clbench compare --experiment {exp} --tracking-uri {server.uri}" in md
@@ -167,3 +181,14 @@ def test_compare_bad_reference(workdir, capsys):
                "--reference", "r.csv") == 2
     assert "not on a 0-1 scale" in capsys.readouterr().err
     assert not (workdir / "results" / f"compare-{exp}.md").exists()
+
+
+def test_code_versions_are_listed_with_their_run_counts():
+    """A table whose runs ran different code says so, most frequent version first."""
+    one = Counter({"abc": 4})
+    assert _counted(one, "digest", "none") == "digest abc (all 4 runs)"
+    mixed = Counter({"abc": 1, "": 2, "def": 3})
+    assert (_counted(mixed, "clbench source digest", "no digest (older clbench)")
+            == "clbench source digests: def (3 runs), no digest (older clbench) (2 runs), "
+               "abc (1 run)")
+    assert _counted(Counter({"r1": 2, "r2": 1}), "", "not logged") == "r1 (2 runs), r2 (1 run)"
