@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -558,6 +559,12 @@ class LocalBackend(Backend):
     def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         from joblib.externals.loky.process_executor import BrokenProcessPool
 
+        # loky replaces a worker whose memory grew by 300 MB since its first job (a job
+        # on a larger graph than the one before: not a leak) and warns about it; the
+        # job's result is already back and the next job gets a fresh worker, so the
+        # warning only alarms. A worker that dies is reported by BrokenProcessPool below.
+        warnings.filterwarnings("ignore", category=UserWarning,
+                                message="A worker stopped while some jobs were given")
         pending = list(jobs)
         with tempfile.TemporaryDirectory(prefix="clbench-started-") as marker_dir:
             while pending:
