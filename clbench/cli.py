@@ -269,6 +269,10 @@ def _finish(summaries: list, results_dir: Path, experiment: str, uri: str) -> No
     console.print(f"MLflow experiment {experiment!r} at {uri} (browse: clbench ui); "
                   f"results: {results_dir / 'runs' / slug(experiment)}", highlight=False,
                   soft_wrap=True)
+    abandoned = sum(len(s.abandoned) for s in summaries)
+    if abandoned:
+        console.print(f"closed {abandoned} MLflow run(s) that an earlier command left RUNNING "
+                      "when it was stopped (marked KILLED)", highlight=False)
     failed = [line for s in summaries for line in s.failure_lines()]
     if any(s.interrupted for s in summaries):
         killed = sum(len(s.killed) for s in summaries)

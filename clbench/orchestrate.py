@@ -832,6 +832,8 @@ class Summary:
     failed: list[tuple[Job, str]] = field(default_factory=list)
     killed: list[Job] = field(default_factory=list)
     interrupted: bool = False
+    #: runs left RUNNING by an earlier command that is gone, closed as KILLED
+    abandoned: list[Any] = field(default_factory=list)
     parents: dict[tuple[str, str, str], str] = field(default_factory=dict)
     aggregates: dict[tuple[str, str, str], dict[str, dict[str, float]]] = field(
         default_factory=dict)
@@ -874,6 +876,7 @@ def run_jobs(
     if len(set(uids)) != len(uids):
         jobs = list({j.uid: j for j in jobs}.values())
 
+    summary.abandoned = tracker.close_abandoned()
     plan = plan_jobs(jobs, tracker.children(), results_dir, tracker.experiment_name,
                      force=force)
     summary.skipped.extend(plan.done)

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -66,6 +68,10 @@ TAG_SELECTED = "clbench.selected"
 TAG_SELECTION = "clbench.selection"
 TAG_SOURCE = "clbench.source"
 TAG_PARENT = "mlflow.parentRunId"
+#: ``"<host> <pid> <process start>"`` of the command that opened (or reopened) a run; a
+#: run still RUNNING whose command is gone on this host was abandoned (a killed session).
+TAG_COMMAND = "clbench.command"
+TAG_ABANDONED = "clbench.abandoned"
 TAG_RUN_NAME = "mlflow.runName"
 
 #: Final per-run metrics; parents log ``<name>_mean`` and ``<name>_std`` of each.
@@ -395,6 +401,46 @@ def result_params(result: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- tracker
+def process_token(pid: int) -> str | None:
+    """``"<pid> <start time>"`` of a live process on this host, None once it is gone.
+
+    The start time (Linux ``/proc``, clock ticks since boot) tells a reused pid from the
+    original process; where there is no ``/proc`` only liveness is checked (``?``).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime
+    except (OSError, IndexError):
+        if Path("/proc/self/stat").exists():
+            return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return f"{pid} ?"
+
+
+@functools.cache
+def command_owner() -> str:
+    """This command's :data:`TAG_COMMAND` value."""
+    return f"{socket.gethostname()} {process_token(os.getpid())}"
+
+
+def owner_gone(owner: str) -> bool:
+    """True when ``owner`` (a :data:`TAG_COMMAND` value) is a process of this host that
+    no longer runs; False when it runs, or is on another host (which cannot be checked)."""
+    host, _, token = owner.partition(" ")
+    if host != socket.gethostname() or not token:
+        return False
+    try:
+        now = process_token(int(token.split()[0]))
+    except ValueError:
+        return False
+    return now is None or ("?" not in (now + token) and now != token)
+
+
 class Tracker:
     """One MLflow experiment, seen from the orchestrating process.
 
@@ -510,7 +556,7 @@ class Tracker:
             run = self.client.create_run(self.experiment_id, run_name=name, tags={
                 TAG_ROLE: "parent", TAG_METHOD: job.method, TAG_DATASET: job.dataset,
                 TAG_CONFIG: job.config_hash, TAG_PROTOCOL: job.protocol_hash,
-                TAG_SOURCE: "clbench",
+                TAG_SOURCE: "clbench", TAG_COMMAND: command_owner(),
             })
             self._log(run.info.run_id, params=job_params(job))
             self._log_folder(run.info.run_id, lambda d, j=job: (d / "config.json").write_text(
@@ -520,7 +566,23 @@ class Tracker:
         return out
 
     def mark_running(self, run_id: str) -> None:
+        self.client.set_tag(run_id, TAG_COMMAND, command_owner())
         self.client.update_run(run_id, status="RUNNING")
+
+    def close_abandoned(self) -> list[RunRecord]:
+        """Mark KILLED the RUNNING runs whose command is gone (a session or machine that
+        was stopped without Ctrl-C/SIGTERM, so nothing closed its runs); they would
+        otherwise look in progress forever. Only commands of this host can be checked;
+        runs logged by clbench versions without the tag are left alone."""
+        abandoned = [rec for rec in self.search("attributes.status = 'RUNNING'")
+                     if rec.tags.get(TAG_COMMAND) and owner_gone(rec.tags[TAG_COMMAND])]
+        for rec in abandoned:
+            host, _, token = rec.tags[TAG_COMMAND].partition(" ")
+            self._log(rec.run_id, tags={TAG_ABANDONED: (
+                f"the clbench command that ran it (process {token.split()[0]} on {host}) "
+                "ended without closing it")})
+            self.client.set_terminated(rec.run_id, status="KILLED")
+        return abandoned
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._log(run_id, tags=tags)
@@ -572,6 +634,7 @@ class Tracker:
                 TAG_ROLE: "child", TAG_PARENT: parent_id, TAG_METHOD: job.method,
                 TAG_DATASET: job.dataset, TAG_SEED: str(job.seed), TAG_CONFIG: job.config_hash,
                 TAG_PROTOCOL: job.protocol_hash, TAG_SOURCE: "clbench",
+                TAG_COMMAND: command_owner(),
             },
         )
         self._log(run.info.run_id, params={**job_params(job), "seed": job.seed,

@@ -265,6 +265,67 @@ def test_a_worker_replaced_for_its_memory_growth_is_silent_and_loses_nothing(wor
     assert proc.stdout.count("done   growing") == 6
     assert len(list((workdir / "results" / "runs" / exp).glob("*.json"))) == 6
 
+def test_runs_abandoned_by_a_dead_command_are_closed(workdir):
+    """A command killed without a chance to clean up (SIGKILL, a session that ended)
+    leaves its runs RUNNING. The next command marks KILLED those whose command process is
+    gone on this host, and only those: not a live command's, not another host's (it
+    cannot be checked), not a run without the tag (older clbench)."""
+    import socket
+
+    from clbench.orchestrate import LocalBackend, run_jobs
+    from clbench.tracking import (
+        TAG_ABANDONED,
+        TAG_COMMAND,
+        Tracker,
+        command_owner,
+        process_token,
+    )
+
+    host = socket.gethostname()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    dead = process_token(sleeper.pid)
+    sleeper.kill()
+    sleeper.wait()
+    assert dead is not None and process_token(sleeper.pid) is None
+
+    tracker = Tracker(shared_server().uri, unique("abandoned"))
+    backend = LocalBackend(1)
+    job = backend.prepare(expand_jobs(["finetune"], ["synthetic"], [0],
+                                      params={"epochs": 2, "hidden": 16}))[0]
+    parent = tracker.ensure_parents([job])[job.group]
+    owners = {
+        "dead": f"{host} {dead}",
+        "reused pid": f"{host} {os.getpid()} 1",  # this pid, another start time
+        "live": command_owner(),
+        "other host": "elsewhere.example 4242 17",
+        "untagged": None,
+    }
+    ghosts = {}
+    for name, owner in owners.items():
+        run_id = tracker.start_child(job, parent)
+        if owner is None:
+            tracker.client.delete_tag(run_id, TAG_COMMAND)
+        else:
+            tracker.client.set_tag(run_id, TAG_COMMAND, owner)
+        ghosts[name] = run_id
+
+    summary = run_jobs([job], tracker, backend, results_dir=workdir)
+    assert summary.ok and len(summary.finished) == 1
+    assert sorted(r.run_id for r in summary.abandoned) == sorted(
+        [ghosts["dead"], ghosts["reused pid"]])
+    for name, run_id in ghosts.items():
+        run = tracker.client.get_run(run_id)
+        if name in ("dead", "reused pid"):
+            assert run.info.status == "KILLED", name
+            pid = owners[name].split()[1]
+            assert f"(process {pid} on {host}) ended without closing it" in \
+                run.data.tags[TAG_ABANDONED]
+        else:
+            assert run.info.status == "RUNNING" and TAG_ABANDONED not in run.data.tags, name
+    new = [c for c in tracker.children() if c.run_id not in ghosts.values()]
+    assert [c.status for c in new] == ["FINISHED"]
+    assert new[0].tags[TAG_COMMAND] == command_owner()
+
 def signal_state(pid: int) -> str:
     """Pending, blocked, ignored and caught signal masks of ``pid`` and of its threads."""
     keys = ("Name", "ShdPnd", "SigPnd", "SigBlk", "SigIgn", "SigCgt")
