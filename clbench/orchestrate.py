@@ -8,9 +8,10 @@
 * :func:`run_jobs` is the loop in the parent process: it skips jobs that already
   have a FINISHED MLflow run (same method, dataset, seed and config hash), writes
   each finished job's result JSON atomically under ``results/runs/`` *before*
-  logging it, logs it to MLflow (only the parent writes to the store), records
-  jobs that raised or whose worker died as FAILED runs, and marks the running
-  ones KILLED on Ctrl-C.
+  logging it, logs it to MLflow (only the parent writes to the store) as a child
+  run with the job's own start and end times, records jobs that raised or whose
+  worker died as FAILED runs, and the running ones as KILLED on Ctrl-C (a queued
+  job gets no run until it has run).
 
 Worker deaths. With loky, a dead worker breaks the pool
 (``TerminatedWorkerError``) and takes the jobs running beside it along: the jobs
@@ -517,6 +518,11 @@ class Backend:
     def interrupt(self) -> None:
         """Stop what is still running (after Ctrl-C)."""
 
+    def started(self) -> dict[str, float]:
+        """Jobs of the current :meth:`run` that have started, by uid, with their start
+        time (Unix seconds), where the backend can tell; finished ones may be included."""
+        return {}
+
     def close(self) -> None:
         """Release resources."""
 
@@ -539,6 +545,8 @@ class LocalBackend(Backend):
         self.cores = joblib.cpu_count()
         self.jobs = self.cores if jobs == -1 else max(1, int(jobs))
         self.threads = max(1, self.cores // self.jobs)
+        self._marker_dir: str | None = None  # while run() runs: one file per started job
+        self._started: dict[str, float] = {}
 
     def describe(self) -> str:
         return (f"local loky pool: {self.jobs} worker(s) x {self.threads} torch thread(s) "
@@ -557,8 +565,6 @@ class LocalBackend(Backend):
             delayed(execute_job)(job, marker_dir) for job in jobs)
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
-        from joblib.externals.loky.process_executor import BrokenProcessPool
-
         # loky replaces a worker whose memory grew by 300 MB since its first job (a job
         # on a larger graph than the one before: not a leak) and warns about it; the
         # job's result is already back and the next job gets a fresh worker, so the
@@ -567,35 +573,56 @@ class LocalBackend(Backend):
                                 message="A worker stopped while some jobs were given")
         pending = list(jobs)
         with tempfile.TemporaryDirectory(prefix="clbench-started-") as marker_dir:
-            while pending:
-                done: set[str] = set()
-                try:
-                    if self.jobs == 1:
-                        for job in pending:
-                            for out in self._parallel([job], 1, marker_dir):
-                                done.add(out.uid)
-                                yield out
-                    else:
-                        for out in self._parallel(pending, self.jobs, marker_dir):
+            self._marker_dir, self._started = marker_dir, {}
+            try:
+                yield from self._run(pending, marker_dir)
+            finally:  # Ctrl-C propagates through here: keep what had started
+                self._started, self._marker_dir = self.started(), None
+
+    def _run(self, pending: list[Job], marker_dir: str) -> Iterator[Outcome]:
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
+        while pending:
+            done: set[str] = set()
+            try:
+                if self.jobs == 1:
+                    for job in pending:
+                        for out in self._parallel([job], 1, marker_dir):
                             done.add(out.uid)
                             yield out
-                    return
-                except BrokenProcessPool as exc:
-                    started = set(os.listdir(marker_dir))
-                    rest = [j for j in pending if j.uid not in done]
-                    suspects = [j for j in rest if j.uid in started]
-                    pending = [j for j in rest if j.uid not in started]
-                    reason = self._death_reason(exc)
-                    if len(suspects) == 1:  # the only job running when the pool broke
-                        yield Outcome.failure(suspects[0], reason, str(exc))
-                        suspects = []
-                    for job in suspects:  # one at a time: the culprit dies again, alone
-                        os.unlink(os.path.join(marker_dir, job.uid))
-                        try:
-                            yield from self._parallel([job], 1, marker_dir)
-                        except BrokenProcessPool as exc2:
-                            yield Outcome.failure(job, self._death_reason(exc2) or reason,
-                                                  str(exc2))
+                else:
+                    for out in self._parallel(pending, self.jobs, marker_dir):
+                        done.add(out.uid)
+                        yield out
+                return
+            except BrokenProcessPool as exc:
+                started = set(os.listdir(marker_dir))
+                rest = [j for j in pending if j.uid not in done]
+                suspects = [j for j in rest if j.uid in started]
+                pending = [j for j in rest if j.uid not in started]
+                reason = self._death_reason(exc)
+                if len(suspects) == 1:  # the only job running when the pool broke
+                    yield Outcome.failure(suspects[0], reason, str(exc))
+                    suspects = []
+                for job in suspects:  # one at a time: the culprit dies again, alone
+                    os.unlink(os.path.join(marker_dir, job.uid))
+                    try:
+                        yield from self._parallel([job], 1, marker_dir)
+                    except BrokenProcessPool as exc2:
+                        yield Outcome.failure(job, self._death_reason(exc2) or reason,
+                                              str(exc2))
+
+    def started(self) -> dict[str, float]:
+        """From the marker file each job writes when it starts (its mtime); after the
+        run stopped, what had started when it stopped."""
+        if self._marker_dir is None:
+            return dict(self._started)
+        out: dict[str, float] = {}
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self._marker_dir):
+                with contextlib.suppress(OSError):
+                    out[entry.name] = entry.stat().st_mtime
+        return out
 
     @staticmethod
     def _death_reason(exc: BaseException) -> str:
@@ -850,6 +877,28 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C or SIGTERM while a job's outcome is logged takes effect right after it, so
+    a job is logged whole (one MLflow run, closed) and never half. Signals the process
+    ignores stay ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def run_jobs(
     jobs: Sequence[Job],
     tracker: Tracker,
@@ -903,15 +952,27 @@ def run_jobs(
 
     by_uid = {j.uid: j for j in [*to_run, *(j for j, _ in to_recover)]}
     child_ids: dict[str, str] = {}
-    pending: set[str] = set()
+    done: set[str] = set()  # uids with an outcome (finished or failed)
     known_R: dict[str, Any] = {}
     failed_groups: set[tuple] = set()
+
+    def open_child(job: Job, started_at: float | None) -> str:
+        # A child run is created once its job has run (or is known to be running when
+        # the command is stopped), backdated to the job's own start: created when the
+        # command starts, a queued job's MLflow duration would include its time in the
+        # queue (hours, late in a long sweep). Once per job: a Ctrl-C while a finished
+        # job is being logged kills the run that was opened for it.
+        if job.uid not in child_ids:
+            child_ids[job.uid] = tracker.start_child(job, parents[job.group],
+                                                     started_at=started_at)
+        return child_ids[job.uid]
 
     def finish(job: Job, result: dict[str, Any], recovered: bool) -> None:
         if not recovered:
             write_json_atomic(result_path(results_dir, tracker.experiment_name, job), result)
         resume_path(results_dir, tracker.experiment_name, job).unlink(missing_ok=True)
         info = result.get("clbench", {})
+        open_child(job, info.get("started_at"))
         tags = {"clbench.host": info.get("host", "")}
         tags.update({f"clbench.{key}": str(info[key]) for key in CODE_TAGS if info.get(key)})
         if result.get("resumed"):
@@ -920,10 +981,9 @@ def run_jobs(
             tags["clbench.recovered_from"] = str(
                 result_path(results_dir, tracker.experiment_name, job))
         tracker.log_result(child_ids[job.uid], result, extra_tags=tags,
-                           finished_at=result.get("clbench", {}).get("finished_at")
-                           if recovered else None)
+                           finished_at=info.get("finished_at"))
         known_R[child_ids[job.uid]] = result["R_test"]
-        pending.discard(job.uid)
+        done.add(job.uid)
         if recovered:
             summary.recovered.append(job)
         summary.finished.append((job, result))
@@ -942,27 +1002,30 @@ def run_jobs(
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     outcomes = backend.run(to_run)
+    running: dict[str, float] = {}  # started, unfinished jobs when the command stops
     try:
-        for job, saved in [*to_recover, *((j, None) for j in to_run)]:
-            # RUNNING children, params logged; recovered ones keep their original start
-            started_at = saved.get("clbench", {}).get("started_at") if saved else None
-            child_ids[job.uid] = tracker.start_child(job, parents[job.group],
-                                                     started_at=started_at)
-            pending.add(job.uid)
         for job, saved in to_recover:
-            finish(job, saved, recovered=True)
+            with _interrupts_deferred():
+                finish(job, saved, recovered=True)
         for outcome in outcomes:
             job = by_uid[outcome.uid]
             if outcome.ok and outcome.result is not None:
-                finish(job, outcome.result, recovered=False)
-            else:
-                tracker.fail_child(child_ids[job.uid], outcome.error, outcome.traceback)
-                pending.discard(job.uid)
+                with _interrupts_deferred():
+                    finish(job, outcome.result, recovered=False)
+                continue
+            with _interrupts_deferred():
+                started_at = (backend.started().get(job.uid)
+                              or time.time() - (outcome.seconds or 0.0))
+                tracker.fail_child(open_child(job, started_at), outcome.error,
+                                   outcome.traceback)
+                done.add(job.uid)
                 failed_groups.add(job.group)
                 summary.failed.append((job, outcome.error))
                 reporter.job_failed(job, outcome.error)
     except KeyboardInterrupt:
         summary.interrupted = True
+        running = {uid: t for uid, t in backend.started().items()
+                   if uid in by_uid and uid not in done}
         backend.interrupt()
     except Exception as exc:
         from mlflow.exceptions import MlflowException
@@ -983,9 +1046,9 @@ def run_jobs(
         reporter.stop()
 
     if summary.interrupted:
-        reporter.stopping(len(pending), len(parents))
-        for uid in sorted(pending):
-            tracker.kill_child(child_ids[uid])
+        reporter.stopping(len(running), len(parents))
+        for uid in sorted(running):
+            tracker.kill_child(open_child(by_uid[uid], running[uid]))
             summary.killed.append(by_uid[uid])
     killed_groups = {j.group for j in summary.killed}
 

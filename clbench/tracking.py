@@ -624,8 +624,9 @@ class Tracker:
 
     # ------------------------------------------------------------ children
     def start_child(self, job: Job, parent_id: str, started_at: float | None = None) -> str:
-        """Create a RUNNING child run for ``job`` with its params (before it runs).
-        ``started_at`` (Unix seconds) backdates it, for a result recovered from disk."""
+        """Create a RUNNING child run for ``job`` with its params (closed by
+        :meth:`log_result`, :meth:`fail_child` or :meth:`kill_child`).
+        ``started_at`` (Unix seconds) backdates it to when the job started."""
         run = self.client.create_run(
             self.experiment_id,
             start_time=None if started_at is None else int(started_at * 1000),

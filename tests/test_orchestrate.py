@@ -134,6 +134,13 @@ def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
     for child in children:  # every result on disk is the one in MLflow
         data = saved_result(exp, child)
         assert child.data.metrics["AP"] == pytest.approx(data["metrics"]["AP"])
+        # the run's MLflow duration is the job's own, not the job's time in the queue
+        # (4 jobs, 2 workers: two of them waited for the first two)
+        assert child.info.start_time == int(data["clbench"]["started_at"] * 1000)
+        assert child.info.end_time == int(data["clbench"]["finished_at"] * 1000)
+    starts = sorted(c.info.start_time for c in children)
+    first_end = min(c.info.end_time for c in children)
+    assert starts[2] >= first_end - 1000  # the queued ones started once a worker was free
 
     def parent_state() -> dict[str, tuple]:
         return {p.data.tags["clbench.method"]: (p.info.status, p.info.end_time, p.data.metrics)
@@ -387,6 +394,10 @@ def test_ctrl_c_marks_running_killed_and_keeps_finished(workdir):
     eid = client.get_experiment_by_name(exp).experiment_id
     statuses = [r.info.status for r in child_runs(client, eid)]
     assert "KILLED" in statuses and "RUNNING" not in statuses
+    # one run per job that ran (a queued job has none), even when the Ctrl-C came while
+    # a finished job was being logged
+    seeds = [r.data.tags["clbench.seed"] for r in child_runs(client, eid)]
+    assert len(seeds) == len(set(seeds)) <= 4
     # says what it does while closing the runs (a long sweep takes a while to stop)
     assert f"marking {statuses.count('KILLED')} unfinished run(s) KILLED" in err
     saved = list(out_dir.glob("*.json"))
