@@ -312,15 +312,16 @@ def execute_job(job: Job, marker_dir: str | None = None, worker: bool = True) ->
         signal.signal(signal.SIGINT, previous)
 
 
-def resume_tag(job: Job) -> str:
+def resume_tag(job: Job, external: str | None = None) -> str:
     """What a resume point must match to be continued: the job, the thread count (it
     changes floating-point sums) and the exact torch and clbench code, and the code of a
-    method or dataset that comes from outside clbench (``external_code_digest``)."""
+    method or dataset that comes from outside clbench (``external_code_digest(job)``,
+    passed as ``external`` when the caller has it already)."""
     import torch
 
     tag = (f"{job.uid} {job.protocol_hash} threads={job.threads} torch={torch.__version__} "
            f"clbench={source_digest()}")
-    external = external_code_digest(job)
+    external = external_code_digest(job) if external is None else external
     return f"{tag} code={external}" if external else tag
 
 
@@ -400,15 +401,16 @@ def _execute_job(job: Job, marker_dir: str | None) -> Outcome:
         from clbench.experiment import run_experiment
 
         _reset_peak_rss()
+        external = external_code_digest(job)
         result = run_experiment(job.spec(), resume_file=job.resume_file,
-                                resume_tag=resume_tag(job))
+                                resume_tag=resume_tag(job, external))
         # wall-clock start and end (Unix seconds): a store rebuilt from the saved JSON
         # (results recovered on another machine) keeps when each run really ran
         result["clbench"] = {"config_hash": job.config_hash, "protocol_hash": job.protocol_hash,
                              "host": host, "pid": pid, "threads": job.threads,
                              "started_at": started_at, "finished_at": time.time(),
                              **code_version()}
-        if external := external_code_digest(job):
+        if external:
             result["clbench"]["external_code_digest"] = external
         return Outcome(job.uid, True, result=result, host=host, pid=pid,
                        seconds=time.perf_counter() - started)
@@ -596,7 +598,7 @@ class LocalBackend(Backend):
                         yield out
                 return
             except BrokenProcessPool as exc:
-                started = set(os.listdir(marker_dir))
+                started = set(self.started())
                 rest = [j for j in pending if j.uid not in done]
                 suspects = [j for j in rest if j.uid in started]
                 pending = [j for j in rest if j.uid not in started]
