@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -20,7 +21,10 @@ def load_plugin(spec: str) -> ModuleType:
     if spec.endswith(".py") or path.exists():
         if not path.is_file():
             raise ClbenchError(f"plugin file not found: {spec}")
-        name = f"clbench_plugin_{path.stem}"
+        # one module per file: two plugins with the same file name in different
+        # folders are both imported
+        where = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+        name = f"clbench_plugin_{path.stem}_{where}"
         if name in sys.modules:
             return sys.modules[name]
         mod_spec = importlib.util.spec_from_file_location(name, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,22 @@ def cora_root(tmp_path: Path, shared_data: Path) -> Path:
     raw = tmp_path / "Cora" / "raw"
     shutil.copytree(shared_data / "cora" / "raw", raw)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_registries():
+    """Methods and datasets a test registers (and the plugin modules that registered
+    them) do not leak into the tests after it."""
+    from clbench.datasets import DATASETS
+    from clbench.methods import METHODS
+
+    saved = [(r, dict(r._entries), dict(r._display), dict(r._aliases),
+              r._entry_points_loaded) for r in (METHODS, DATASETS)]
+    plugins = {m for m in sys.modules if m.startswith("clbench_plugin_")}
+    yield
+    for registry, entries, display, aliases, loaded in saved:
+        registry._entries, registry._display, registry._aliases = entries, display, aliases
+        registry._entry_points_loaded = loaded
+    for name in [m for m in sys.modules if m.startswith("clbench_plugin_")]:
+        if name not in plugins:
+            del sys.modules[name]

@@ -129,6 +129,22 @@ def test_best_validation_weights_are_restored():
     assert seen[-1][0] > best  # the last epoch was not the best one: a restore happened
 
 
+def test_plugins_with_the_same_file_name_are_both_loaded(tmp_path):
+    """Two plugin files named alike in different folders (``a/methods.py``,
+    ``b/methods.py``) are two plugins: the second is not mistaken for the first."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "methods.py").write_text(
+            "from clbench import register_method\n"
+            "from clbench.methods.finetune import NCTaskILBareTrainer\n"
+            f"@register_method('same-stem-{folder}')\n"
+            "class Plugged(NCTaskILBareTrainer):\n    pass\n")
+        load_plugin(str(tmp_path / folder / "methods.py"))
+    assert "same-stem-a" in METHODS and "same-stem-b" in METHODS
+    # loading a file again is a no-op (no "already registered" error)
+    load_plugin(str(tmp_path / "a" / "methods.py"))
+
+
 def test_plugin_example_runs_and_registers(tmp_path):
     load_plugin(str(REPO / "examples" / "my_method.py"))
     assert "lwf-lite" in METHODS and "LWF_Lite" in METHODS
