@@ -453,9 +453,10 @@ def _run_grid(methods, datasets, seeds, *, params, num_tasks, per_task, class_or
         seconds = typical_run_seconds(children, plan.saved)
         _print_estimate([_render_plan("jobs", plan, seconds)], runner)
         return
-    uri, open_tracker = _open_tracking(tracking_uri, experiment)
     runner = make_backend(backend, jobs, scheduler)
+    runner.warm_up()  # workers import torch & co. while the store and the datasets open
     try:
+        uri, open_tracker = _open_tracking(tracking_uri, experiment)
         if isinstance(runner, LocalBackend):
             prepare_datasets(job_list)
         tracker = open_tracker()
@@ -527,8 +528,8 @@ def sweep(
         _plan_sweep(spec, tracking_uri, make_backend(backend, jobs, scheduler), results_dir,
                     force)
         return
-    uri, open_tracker = _open_tracking(tracking_uri, spec.experiment)
     runner = make_backend(backend, jobs, scheduler)
+    runner.warm_up()  # workers import torch & co. while the store and the datasets open
 
     def stage(name: str, n: int) -> None:
         what = ("grid: every configuration on the grid seeds" if name == "grid" else
@@ -536,6 +537,7 @@ def sweep(
         console.print(f"[bold]{what}[/] ({n} job(s))", highlight=False)
 
     try:
+        uri, open_tracker = _open_tracking(tracking_uri, spec.experiment)
         if isinstance(runner, LocalBackend):
             prepare_datasets(first)
         tracker = open_tracker()

@@ -312,6 +312,17 @@ def execute_job(job: Job, marker_dir: str | None = None, worker: bool = True) ->
         signal.signal(signal.SIGINT, previous)
 
 
+def _import_training_stack() -> int:
+    """:meth:`LocalBackend.warm_up`'s task: import what every job needs (Ctrl-C is the
+    parent's, as in :func:`execute_job`)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import clbench.experiment  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return os.getpid()
+
+
 def resume_tag(job: Job, external: str | None = None) -> str:
     """What a resume point must match to be continued: the job, the thread count (it
     changes floating-point sums) and the exact torch and clbench code, and the code of a
@@ -525,6 +536,9 @@ class Backend:
         time (Unix seconds), where the backend can tell; finished ones may be included."""
         return {}
 
+    def warm_up(self) -> None:
+        """Start the workers in the background while the parent prepares (optional)."""
+
     def close(self) -> None:
         """Release resources."""
 
@@ -549,6 +563,8 @@ class LocalBackend(Backend):
         self.threads = max(1, self.cores // self.jobs)
         self._marker_dir: str | None = None  # while run() runs: one file per started job
         self._started: dict[str, float] = {}
+        self._warming: Iterator[int] | None = None  # warm_up()'s tasks, until run()
+        self.warm_pids: set[int] = set()  # the workers warm_up() reached
 
     def describe(self) -> str:
         return (f"local loky pool: {self.jobs} worker(s) x {self.threads} torch thread(s) "
@@ -559,12 +575,35 @@ class LocalBackend(Backend):
 
     @staticmethod
     def _parallel(jobs: Sequence[Job], n_jobs: int, marker_dir: str) -> Iterator[Outcome]:
+        return LocalBackend._pool(n_jobs, execute_job, [(job, marker_dir) for job in jobs])
+
+    @staticmethod
+    def _pool(n_jobs: int, fn: Callable[..., Any], calls: Sequence[tuple]) -> Iterator[Any]:
         from joblib import Parallel, delayed
 
-        # n_jobs >= 2 keeps every job in a worker process (n_jobs=1 would run in-process)
+        # n_jobs >= 2 keeps every job in a worker process (n_jobs=1 would run in-process);
+        # the same arguments every time, so joblib reuses one loky pool for all calls
         return Parallel(n_jobs=max(2, n_jobs), backend="loky", batch_size=1,
-                        return_as="generator_unordered")(
-            delayed(execute_job)(job, marker_dir) for job in jobs)
+                        return_as="generator_unordered")(delayed(fn)(*a) for a in calls)
+
+    def warm_up(self) -> None:
+        """Start the worker processes now and have each import clbench's training stack
+        (torch, PyG, the methods: seconds), without waiting: the parent meanwhile opens
+        the MLflow store and loads the datasets, and the first jobs do not wait for their
+        workers' imports. :meth:`run` collects it; :meth:`close` before a run (the
+        command failed while preparing) stops the workers. Best effort: if it fails, the
+        workers start with the first job."""
+        if self._warming is None:
+            n = max(2, self.jobs)
+            with contextlib.suppress(Exception):
+                # joblib dispatches before it returns the generator
+                self._warming = self._pool(n, _import_training_stack, [()] * n)
+
+    def _wait_warm_up(self) -> None:
+        warming, self._warming = self._warming, None
+        if warming is not None:
+            with contextlib.suppress(Exception):
+                self.warm_pids.update(warming)
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         # loky replaces a worker whose memory grew by 300 MB since its first job (a job
@@ -573,6 +612,7 @@ class LocalBackend(Backend):
         # warning only alarms. A worker that dies is reported by BrokenProcessPool below.
         warnings.filterwarnings("ignore", category=UserWarning,
                                 message="A worker stopped while some jobs were given")
+        self._wait_warm_up()
         pending = list(jobs)
         with tempfile.TemporaryDirectory(prefix="clbench-started-") as marker_dir:
             self._marker_dir, self._started = marker_dir, {}
@@ -625,6 +665,13 @@ class LocalBackend(Backend):
                 with contextlib.suppress(OSError):
                     out[entry.name] = entry.stat().st_mtime
         return out
+
+    def close(self) -> None:
+        warming, self._warming = self._warming, None
+        if warming is not None:  # no run came: joblib stops the workers mid-import
+            with warnings.catch_warnings(), contextlib.suppress(Exception):
+                warnings.simplefilter("ignore")
+                warming.close()
 
     @staticmethod
     def _death_reason(exc: BaseException) -> str:

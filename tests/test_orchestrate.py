@@ -240,6 +240,66 @@ def test_crash_and_killed_worker_are_failed_runs_others_finish(workdir):
     assert len(saved) == 4
 
 
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_warm_up_starts_the_workers_that_then_run_the_jobs(tmp_path, n_jobs):
+    """``warm_up`` has the pool's workers import the training stack while the parent
+    opens the store and the datasets; that only saves time if joblib then runs the jobs
+    in those same workers instead of starting a new pool."""
+    from joblib.externals.loky import get_reusable_executor
+
+    from clbench.orchestrate import LocalBackend
+
+    # a fresh pool, as in a new command: each worker takes one import task
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    backend = LocalBackend(n_jobs)
+    backend.warm_up()
+    jobs = backend.prepare(expand_jobs(["finetune"], ["synthetic"], [0, 1],
+                                       params={"epochs": 1}, data_dir=str(tmp_path)))
+    try:
+        outcomes = list(backend.run(jobs))
+    finally:
+        backend.close()
+    assert [o.ok for o in outcomes] == [True, True], [o.error for o in outcomes]
+    assert len(backend.warm_pids) == 2  # loky's pool has 2 workers even at --jobs 1
+    assert {o.pid for o in outcomes} <= backend.warm_pids
+
+
+
+def _loky_workers() -> set[int]:
+    """This process's loky worker processes (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and b"popen_loky_posix" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+def test_closing_before_any_run_stops_the_warming_workers():
+    """A command that fails while preparing (unreachable store, broken dataset) closes
+    its backend without running: the workers still importing are stopped, so the error
+    is not delayed by their imports."""
+    from joblib.externals.loky import get_reusable_executor
+
+    from clbench.orchestrate import LocalBackend
+
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    backend = LocalBackend(2)
+    backend.warm_up()
+    assert len(_loky_workers()) == 2
+    backend.close()
+    deadline = time.monotonic() + 30
+    while _loky_workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _loky_workers()
+
+
 GROWING_PLUGIN = """
 from clbench import register_method
 from clbench.methods.finetune import NCTaskILBareTrainer
