@@ -305,21 +305,24 @@ def execute_job(job: Job, marker_dir: str | None = None, worker: bool = True) ->
     """
     if not (worker and threading.current_thread() is threading.main_thread()):
         return _execute_job(job, marker_dir)
+    with _ctrl_c_ignored():
+        return _execute_job(job, marker_dir)
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Ignore SIGINT in a worker (the parent handles Ctrl-C), then put the handler back."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return _execute_job(job, marker_dir)
+        yield
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
 def _import_training_stack() -> int:
-    """:meth:`LocalBackend.warm_up`'s task: import what every job needs (Ctrl-C is the
-    parent's, as in :func:`execute_job`)."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    """:meth:`LocalBackend.warm_up`'s task in a worker: import what every job needs."""
+    with _ctrl_c_ignored():
         import clbench.experiment  # noqa: F401
-    finally:
-        signal.signal(signal.SIGINT, previous)
     return os.getpid()
 
 

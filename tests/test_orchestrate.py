@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from clbench.errors import ClbenchError
 from clbench.orchestrate import (
     Job,
+    LocalBackend,
     expand_jobs,
     parse_names,
     parse_seeds,
@@ -240,18 +241,20 @@ def test_crash_and_killed_worker_are_failed_runs_others_finish(workdir):
     assert len(saved) == 4
 
 
+@pytest.fixture
+def fresh_pool():
+    """No loky pool left by earlier tests: a command's first pool, whose workers each
+    take one warm-up task."""
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
-def test_warm_up_starts_the_workers_that_then_run_the_jobs(tmp_path, n_jobs):
+def test_warm_up_starts_the_workers_that_then_run_the_jobs(tmp_path, fresh_pool, n_jobs):
     """``warm_up`` has the pool's workers import the training stack while the parent
     opens the store and the datasets; that only saves time if joblib then runs the jobs
     in those same workers instead of starting a new pool."""
-    from joblib.externals.loky import get_reusable_executor
-
-    from clbench.orchestrate import LocalBackend
-
-    # a fresh pool, as in a new command: each worker takes one import task
-    get_reusable_executor().shutdown(wait=True, kill_workers=True)
     backend = LocalBackend(n_jobs)
     backend.warm_up()
     jobs = backend.prepare(expand_jobs(["finetune"], ["synthetic"], [0, 1],
@@ -263,7 +266,6 @@ def test_warm_up_starts_the_workers_that_then_run_the_jobs(tmp_path, n_jobs):
     assert [o.ok for o in outcomes] == [True, True], [o.error for o in outcomes]
     assert len(backend.warm_pids) == 2  # loky's pool has 2 workers even at --jobs 1
     assert {o.pid for o in outcomes} <= backend.warm_pids
-
 
 
 def _loky_workers() -> set[int]:
@@ -281,15 +283,10 @@ def _loky_workers() -> set[int]:
     return found
 
 
-def test_closing_before_any_run_stops_the_warming_workers():
+def test_closing_before_any_run_stops_the_warming_workers(fresh_pool):
     """A command that fails while preparing (unreachable store, broken dataset) closes
     its backend without running: the workers still importing are stopped, so the error
     is not delayed by their imports."""
-    from joblib.externals.loky import get_reusable_executor
-
-    from clbench.orchestrate import LocalBackend
-
-    get_reusable_executor().shutdown(wait=True, kill_workers=True)
     backend = LocalBackend(2)
     backend.warm_up()
     assert len(_loky_workers()) == 2
