@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -70,6 +71,24 @@ class Registry(Generic[T]):
             return target
 
         return _add if obj is None else _add(obj)
+
+    @contextmanager
+    def scoped(self) -> Iterator[Registry[T]]:
+        """Undo, on leaving the block, every registration made inside it.
+
+        For tests and notebooks that try out a method or dataset without leaving it
+        registered: ``with METHODS.scoped(): METHODS.register("mine", MyTrainer)``.
+        """
+        saved = (dict(self._entries), dict(self._display), dict(self._aliases),
+                 self._entry_points_loaded)
+        try:
+            yield self
+        finally:
+            for current, before in zip((self._entries, self._display, self._aliases),
+                                       saved[:3], strict=True):
+                current.clear()
+                current.update(before)
+            self._entry_points_loaded = saved[3]
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:

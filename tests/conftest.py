@@ -37,13 +37,9 @@ def _isolated_registries():
     from clbench.datasets import DATASETS
     from clbench.methods import METHODS
 
-    saved = [(r, dict(r._entries), dict(r._display), dict(r._aliases),
-              r._entry_points_loaded) for r in (METHODS, DATASETS)]
     plugins = {m for m in sys.modules if m.startswith("clbench_plugin_")}
-    yield
-    for registry, entries, display, aliases, loaded in saved:
-        registry._entries, registry._display, registry._aliases = entries, display, aliases
-        registry._entry_points_loaded = loaded
+    with METHODS.scoped(), DATASETS.scoped():
+        yield
     for name in [m for m in sys.modules if m.startswith("clbench_plugin_")]:
         if name not in plugins:
             del sys.modules[name]
