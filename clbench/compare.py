@@ -20,9 +20,10 @@ cell, the difference (clbench - reference) and whether it is within a tolerance.
 The Markdown always records, per (method, dataset), the hyperparameters of the
 shown configuration (the sweep's selection and its varying keys when there is
 one), the number of runs and their summed run time (grid and final seeds), and
-for the whole table: the git commit, the wall time (first run started to last
-run ended, from MLflow), torch threads per job, package versions, the command
-that produced the runs and the command that wrote the table.
+for the whole table: the git commit, the wall time (the time at least one run was in
+progress, from MLflow's run start and end times, with its parts when a sweep was spread
+over work sessions), torch threads per job, package versions, the command that
+produced the runs and the command that wrote the table.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +50,8 @@ CSV_METRICS = ("AP", "AF", "BWT", "FWT", "INT", "val_AP", "time_total_seconds", 
 SHOWN_PROTOCOL_KEYS = ("lr", "dropout", "weight_decay", "epochs")
 #: The default tolerance on |clbench AP - reference AP| (issue 6's target).
 DEFAULT_TOLERANCE = 0.02
+MAX_PARTS_SHOWN = 12  # a table lists the busy stretches of a sweep up to this many
+PAUSE_SECONDS = 600.0  # a longer time with no run in progress splits the wall time in parts
 
 
 @dataclass
@@ -102,7 +105,9 @@ class Provenance:
     commit: str = ""
     commit_source: str = ""
     code: str = ""
-    wall_seconds: float | None = None
+    wall_seconds: float | None = None  # first run's start to last run's end
+    busy_seconds: float | None = None  # at least one run in progress
+    parts: list[tuple[str, str]] = field(default_factory=list)  # busy stretches (UTC)
     first_start: str = ""
     last_end: str = ""
     runs: int = 0
@@ -279,6 +284,24 @@ def _utc(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def busy_intervals(spans: Iterable[tuple[float, float]], join_gap: float = 0.0
+                   ) -> list[tuple[float, float]]:
+    """The union of ``(start, end)`` spans, as sorted disjoint intervals.
+
+    Spans that overlap, or are less than ``join_gap`` apart, merge: with a gap of a few
+    minutes, the stretches of a sweep spread over work sessions come out one interval
+    each, while the short gaps inside a command (start-up, selection, logging between
+    jobs) count as part of its work.
+    """
+    out: list[tuple[float, float]] = []
+    for start, end in sorted((s, max(s, e)) for s, e in spans):
+        if out and start - out[-1][1] <= join_gap:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
 def _run_commit(run: tr.RunRecord) -> str:
     """The git revision a run logged ("" if none), marked when its tree was dirty."""
     rev = run.params.get("git_commit") or run.tags.get("clbench.git_commit") or ""
@@ -326,6 +349,10 @@ def provenance(tracker: tr.Tracker, rows: Sequence[Row], *, commit: str | None =
         start = min(c.start_time for c in children)
         end = max((c.end_time or c.start_time) for c in children)
         prov.wall_seconds = (end - start) / 1000.0
+        busy = busy_intervals(((c.start_time, c.end_time or c.start_time) for c in children),
+                              join_gap=PAUSE_SECONDS * 1000.0)
+        prov.busy_seconds = sum(e - s for s, e in busy) / 1000.0
+        prov.parts = [(_utc(s), _utc(e)) for s, e in busy]
         prov.first_start, prov.last_end = _utc(start), _utc(end)
         prov.runs = len(children)
         prov.run_seconds = float(sum(c.metrics.get("time_total_seconds", 0.0)
@@ -358,6 +385,20 @@ def _duration(seconds: float | None) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
+
+
+def _wall_time(p: Provenance) -> str:
+    """The wall-time sentence: busy time, its parts, and the whole span."""
+    span = (f"from the first run's start ({p.first_start}) to the last run's end "
+            f"({p.last_end})")
+    if len(p.parts) <= 1:
+        return f"{_duration(p.wall_seconds)}, {span}"
+    shown = p.parts if len(p.parts) <= MAX_PARTS_SHOWN else []
+    listed = (": " + ", ".join(f"{a} to {b}" for a, b in shown)) if shown else ""
+    return (f"{_duration(p.busy_seconds)} with at least one run in progress, in "
+            f"{len(p.parts)} parts{listed} (pauses of over {PAUSE_SECONDS / 60:.0f} min "
+            f"between runs excluded; "
+            f"{_duration(p.wall_seconds)} {span})")
 
 
 def _fraction(stats: Mapping[str, float] | None) -> str:
@@ -436,11 +477,9 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
         if p.code:
             lines.append(f"- Code the runs recorded: {p.code}.")
         if p.wall_seconds is not None:
-            lines.append(
-                f"- Wall time: {_duration(p.wall_seconds)}, from the first run's start "
-                f"({p.first_start}) to the last run's end ({p.last_end}); {p.runs} finished "
-                f"runs, {_duration(p.run_seconds)} of summed run time; torch threads per job: "
-                f"{', '.join(p.threads)}.")
+            lines.append(f"- Wall time: {_wall_time(p)}; {p.runs} finished runs, "
+                         f"{_duration(p.run_seconds)} of summed run time; torch threads per "
+                         f"job: {', '.join(p.threads)}.")
         if p.run_command:
             lines.append(f"- Runs produced by: `{p.run_command}` ({p.run_command_source}).")
         if p.compare_command:

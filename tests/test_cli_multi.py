@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from clbench.cli import ui_command
+from clbench.compare import PAUSE_SECONDS, _duration, busy_intervals
 
 try:
     from datahelpers import copy_shared
@@ -125,7 +127,16 @@ def test_sweep_selects_by_val_ap_reruns_on_final_seeds_and_marks(workdir, capsys
     assert "| finetune |" in md and "(n=2)" in md  # only the selected configuration
 
     # the saved JSONs alone rebuild the sweep in an empty store: nothing is retrained,
-    # the same configuration is selected, and compare writes the same table
+    # the same configuration is selected, and compare writes the same table. One record
+    # is moved a day back, as if an earlier work session had made it: the table's wall
+    # time is then the two stretches of work, not the day between them.
+    saved = sorted((workdir / "results" / "runs" / exp).glob("*.json"))
+    early = json.loads(saved[0].read_text())
+    for key in ("started_at", "finished_at"):
+        early["clbench"][key] -= 86400.0
+    saved[0].write_text(json.dumps(early))
+    spans = [(r["clbench"]["started_at"], r["clbench"]["finished_at"])
+             for r in (json.loads(f.read_text()) for f in saved)]
     rebuilt = f"sqlite:///{workdir / 'rebuilt.db'}"
     capsys.readouterr()
     assert cli("sweep", "s.toml", "--tracking-uri", rebuilt, "--dry-run") == 0
@@ -147,6 +158,14 @@ def test_sweep_selects_by_val_ap_reruns_on_final_seeds_and_marks(workdir, capsys
                "--out", str(workdir / "rebuilt")) == 0
     table = (workdir / "rebuilt" / f"compare-{exp}.md").read_text()
     assert table.split("## Configurations")[0] == md.split("## Configurations")[0]
+    parts = busy_intervals(spans, join_gap=PAUSE_SECONDS)
+    assert len(parts) == 2
+    busy = sum(e - s for s, e in parts)
+    first = datetime.fromtimestamp(early["clbench"]["started_at"], tz=timezone.utc)
+    assert (f"- Wall time: {_duration(busy)} with at least one run in progress, in 2 parts: "
+            f"{first:%Y-%m-%d %H:%M} UTC to ") in table, table
+    assert "(pauses of over 10 min between runs excluded; 24 h" in table
+    assert "in progress, in" not in md  # one command's runs: one stretch, its whole span
 
 
 def test_dry_run_of_a_new_sweep_or_grid_counts_every_job_and_creates_nothing(workdir, capsys):

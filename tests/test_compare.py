@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from mlflow.tracking import MlflowClient
 
-from clbench.compare import _counted
+from clbench.compare import _counted, busy_intervals
 from clbench.orchestrate import git_commit, source_digest
 
 try:
@@ -192,3 +192,14 @@ def test_code_versions_are_listed_with_their_run_counts():
             == "clbench source digests: def (3 runs), no digest (older clbench) (2 runs), "
                "abc (1 run)")
     assert _counted(Counter({"r1": 2, "r2": 1}), "", "not logged") == "r1 (2 runs), r2 (1 run)"
+
+
+def test_busy_intervals_merge_overlapping_and_touching_spans_only():
+    # two jobs side by side, a third starting as the first ends, then a pause
+    spans = [(10.0, 50.0), (0.0, 30.0), (50.0, 60.0), (100.0, 130.0), (110.0, 120.0)]
+    assert busy_intervals(spans) == [(0.0, 60.0), (100.0, 130.0)]
+    assert busy_intervals([]) == []
+    assert busy_intervals([(5.0, 3.0)]) == [(5.0, 5.0)]  # a clock step back: no time
+    # a short gap between jobs of one command is work; a long one is a pause
+    assert busy_intervals(spans, join_gap=40.0) == [(0.0, 130.0)]
+    assert busy_intervals(spans, join_gap=39.0) == [(0.0, 60.0), (100.0, 130.0)]
