@@ -88,7 +88,7 @@ class Row:
         if s is None:
             return "-"
         k = 100.0 if percent else 1.0
-        return f"{s['mean'] * k:.1f} ± {s['std'] * k:.1f}"
+        return f"{_signless_zero(s['mean'] * k, 1)} ± {s['std'] * k:.1f}"
 
     def delta(self, metric: str = "AP") -> float | None:
         """clbench's mean minus the reference (0-1 scale), or None."""
@@ -401,8 +401,15 @@ def _wall_time(p: Provenance) -> str:
             f"{_duration(p.wall_seconds)} {span})")
 
 
+def _signless_zero(value: float, digits: int) -> str:
+    """``value`` to ``digits`` decimals, without the sign of a negative value that rounds
+    to zero (joint training's AF is often -0.0001: a table should say 0.0, not -0.0)."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def _fraction(stats: Mapping[str, float] | None) -> str:
-    return "-" if stats is None else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+    return "-" if stats is None else f"{_signless_zero(stats['mean'], 3)} ± {stats['std']:.3f}"
 
 
 def markdown_table(rows: Sequence[Row], experiment: str, *,
@@ -448,7 +455,7 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
                 f"{'-' if ref_ap is None else f'{ref_ap:.3f}'} | "
                 f"{'-' if d is None else f'{d:+.3f}'} | {ok} | "
                 f"{_fraction(r.stats.get('AF'))} | "
-                f"{'-' if ref_af is None else f'{ref_af:.3f}'} | {len(r.seeds)} |")
+                f"{'-' if ref_af is None else _signless_zero(ref_af, 3)} | {len(r.seeds)} |")
     lines += [
         "",
         "## Configurations",

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from mlflow.tracking import MlflowClient
 
-from clbench.compare import _counted, busy_intervals
+from clbench.compare import Row, _counted, busy_intervals, markdown_table
 from clbench.orchestrate import git_commit, source_digest
 
 try:
@@ -203,3 +203,18 @@ def test_busy_intervals_merge_overlapping_and_touching_spans_only():
     # a short gap between jobs of one command is work; a long one is a pause
     assert busy_intervals(spans, join_gap=40.0) == [(0.0, 130.0)]
     assert busy_intervals(spans, join_gap=39.0) == [(0.0, 60.0), (100.0, 130.0)]
+
+
+def test_a_mean_that_rounds_to_zero_is_printed_without_a_sign():
+    """Joint training's AF is often a hair below zero; the table says 0.0, not -0.0,
+    while a real negative AF (backward transfer) keeps its sign."""
+    row = Row("joint", "cora", "h", "joint", [0, 1000],
+              stats={"AP": {"mean": 0.95, "std": 0.01}, "AF": {"mean": -0.0004, "std": 0.0002}},
+              reference={"AP": 0.93, "AF": -0.00001})
+    assert row.cell("AF") == "0.0 ± 0.0"
+    assert row.cell("AF", percent=False) == "0.0 ± 0.0"
+    table = markdown_table([row], "exp")
+    assert "AF 0.0 ± 0.0 (n=2)" in table and "-0.0" not in table
+    assert "| 0.000 ± 0.000 |" in table  # the reference section's clbench AF
+    row.stats["AF"] = {"mean": -0.012, "std": 0.003}
+    assert row.cell("AF") == "-1.2 ± 0.3"
