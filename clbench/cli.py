@@ -86,24 +86,33 @@ def render_result(result: dict) -> None:
 
 # --------------------------------------------------------------------------- orchestration
 class RichReporter:
-    """One bar over jobs (stderr) and a line per finished job with its AP/AF (stdout)."""
+    """One bar over jobs (stderr) and a line per finished job with its AP/AF (stdout).
+
+    Each line ends with the count of jobs ended so far, ``[k/n]``: the bar is not drawn
+    when stderr is not a terminal (a sweep logging to a file), and the lines are then the
+    only sign of how far the command has got.
+    """
 
     def __init__(self, quiet: bool = False) -> None:
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(),
                                  console=err_console, disable=quiet)
         self.bar = None
+        self.total = 0
+        self.ended = 0
 
     def start(self, total: int, skipped, recovered) -> None:
         if skipped:
             console.print(f"skipping {len(skipped)} job(s) that already have a FINISHED run "
                           f"(--force reruns them)", highlight=False)
+        self.total, self.ended = total, 0
         if total:
             self.progress.start()
             self.bar = self.progress.add_task("jobs", total=total)
 
     def _line(self, text: str) -> None:
-        console.print(text, highlight=False, soft_wrap=True)
+        self.ended += 1
+        console.print(f"{text}  [{self.ended}/{self.total}]", highlight=False, soft_wrap=True)
         if self.bar is not None:
             self.progress.advance(self.bar)
 

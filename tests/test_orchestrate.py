@@ -160,7 +160,11 @@ def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
     # --force reruns (one method, to stay quick)
     assert cli("run", "--method", "finetune", "--seeds", "0-1", "--epochs", "5", "--jobs", "2",
                "--experiment", exp, "--force", "-q") == 0
-    assert capsys.readouterr().out.count("done ") == 2
+    out = capsys.readouterr().out
+    assert out.count("done ") == 2
+    # each line counts the jobs ended so far (the only progress shown in a log file)
+    assert [line.rsplit("  ", 1)[-1] for line in out.splitlines() if "done " in line] == \
+        ["[1/2]", "[2/2]"]
     assert len(child_runs(client, eid)) == 6
     reaggregated = parent_state()
     assert reaggregated["joint"] == closed["joint"]
