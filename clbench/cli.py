@@ -601,9 +601,9 @@ def compare(
 ) -> None:
     """Table of AP and AF per method x dataset from MLflow (Markdown, CSV, bar chart).
 
-    AP and AF as mean ± std with the seed count, written as Markdown, CSV and a grouped
-    bar chart PNG, with the selected hyperparameters, commit, wall time and commands
-    (and a reference, if given).
+    AP and AF as mean ± std with the seed count, written as Markdown, CSV and
+    a grouped bar chart PNG, with the selected hyperparameters, commit, wall
+    time and commands (and a reference, if given).
     """
     import shlex
 
@@ -729,26 +729,16 @@ def list_(
 
 
 def main() -> None:
-    """Console entry point: user errors exit 2 with one line."""
+    """Console entry point: our errors exit 2 with one line; click's usage errors (an
+    unknown command or option, a value of the wrong type) exit 2 with click's own usage
+    message, formatted by Typer (which vendors its own click since 0.2x, so its errors are
+    not ``click.ClickException``s: letting Typer's standalone mode handle them is the one
+    way that works across Typer versions)."""
     try:
-        code = app(standalone_mode=False)  # click returns typer.Exit's code in this mode
+        app()  # standalone mode: exits with the command's code (typer.Exit) or 0
     except ClbenchError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-    if isinstance(code, int) and code != 0:
-        sys.exit(code)
 
 
 if __name__ == "__main__":

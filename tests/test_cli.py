@@ -66,6 +66,24 @@ def test_bad_input_exits_2_with_one_clear_line(monkeypatch, capsys, args, messag
     assert len([line for line in err.splitlines() if line.strip()]) <= 3
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["report"], "No such command 'report'"),
+        (["run", "--bogus"], "No such option: --bogus"),
+        (["run", "--epochs", "ten"], "Invalid value for '--epochs'"),
+        (["sweep"], "Missing argument"),
+    ],
+)
+def test_usage_errors_exit_2_with_clicks_message(monkeypatch, capsys, args, message):
+    """Typer vendors its own click (0.2x): its usage errors must still be reported as
+    usage errors, not escape as a traceback."""
+    code, _, err = invoke(monkeypatch, capsys, *args)
+    assert code == 2
+    assert message in " ".join(err.replace("│", " ").split())
+    assert "Traceback" not in err
+
+
 def test_unknown_method_lists_the_valid_ones(monkeypatch, capsys):
     _, _, err = invoke(monkeypatch, capsys, "run", "--method", "pigyback")
     err = " ".join(err.split())
