@@ -421,7 +421,7 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
         f"# {experiment}: AP and AF (mean ± std over seeds, in %)",
         "",
         "AP = average accuracy after the last task; AF = average forgetting (positive = "
-        "forgot); n = number of seeds.",
+        "forgot); n = number of seeds; std = population standard deviation (ddof 0).",
         "",
         "| method | " + " | ".join(datasets) + " |",
         "|---|" + "---|" * len(datasets),
