@@ -327,7 +327,8 @@ def test_a_worker_replaced_for_its_memory_growth_is_silent_and_loses_nothing(wor
     exp = unique("growing")
     proc = cli_process("run", "--plugin", "growing.py", "--method", "growing", "--seeds",
                        "0-5", "--epochs", "2", "--jobs", "2", "--tracking-uri", server.uri,
-                       "--experiment", exp, "-q", cwd=workdir)
+                       "--experiment", exp, "-q", cwd=workdir,
+                       timeout=900)  # a hang guard: ~60 s quiet, >300 s on a saturated host
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "worker stopped" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
     assert proc.stdout.count("done   growing") == 6
