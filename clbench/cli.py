@@ -161,10 +161,11 @@ def _existing_tracker(tracking_uri: str | None, experiment: str):
     SQLite file) does not exist yet: a dry run creates nothing."""
     from mlflow.tracking import MlflowClient
 
-    from clbench.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
+    from clbench.tracking import Tracker, check_tracking_uri, resolve_tracking_uri, sqlite_file
 
     uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+    path = sqlite_file(uri)
+    if path is not None and not path.exists():
         return uri, None
     check_tracking_uri(uri)
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
@@ -608,10 +609,11 @@ def compare(
     import shlex
 
     from clbench.compare import compare as do_compare
-    from clbench.tracking import Tracker
+    from clbench.tracking import Tracker, require_existing_store, resolve_tracking_uri
 
     if not 0.0 <= tolerance <= 1.0:
         raise ClbenchError(f"--tolerance is on a 0-1 scale, got {tolerance}")
+    require_existing_store(resolve_tracking_uri(tracking_uri))
     uri, _ = _open_tracking(tracking_uri, experiment)
     command = shlex.join(["clbench", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"] else ""
     report = do_compare(Tracker(uri, experiment, create=False), out, all_configs,

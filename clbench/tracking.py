@@ -106,6 +106,24 @@ def resolve_tracking_uri(cli_value: str | None = None) -> str:
     return mlflow.get_tracking_uri()
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def require_existing_store(uri: str) -> None:
+    """For ``compare``, which only reads: a SQLite store must exist already (MLflow
+    would create an empty one, and its directories, at a mistyped path)."""
+    path = sqlite_file(uri)
+    if path is not None and not path.is_file():
+        raise ClbenchError(
+            f"no MLflow store at {uri}: {path} does not exist (check --tracking-uri or "
+            f"MLFLOW_TRACKING_URI; `clbench run` and `clbench sweep` create a store)"
+        )
+
+
 @contextlib.contextmanager
 def quick_http(env: Mapping[str, str] = QUICK_HTTP_ENV) -> Iterator[None]:
     """Temporarily make MLflow's HTTP client fail in seconds instead of retrying."""

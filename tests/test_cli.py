@@ -113,3 +113,13 @@ def test_help_does_not_import_torch():
         helped = subprocess.run([sys.executable, "-m", module, "--help"],
                                 capture_output=True, text=True, check=True)
         assert "run" in helped.stdout and "sweep" in helped.stdout
+
+
+def test_compare_on_a_missing_sqlite_store_creates_nothing(monkeypatch, capsys, tmp_path):
+    # MLflow would create an empty store (and its directory) at a mistyped path
+    missing = tmp_path / "typo" / "mlflow.db"
+    code, _, err = invoke(monkeypatch, capsys, "compare", "--tracking-uri",
+                          f"sqlite:///{missing}", "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert f"no MLflow store at sqlite:///{missing}" in " ".join(err.split())
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "out").exists()
