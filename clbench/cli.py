@@ -147,11 +147,19 @@ def _render_aggregates(summary, title: str) -> None:
     console.print(table)
 
 
-def _open_tracking(tracking_uri: str | None, experiment: str):
-    """Resolve the store and fail fast (exit 2) if it is unusable."""
-    from clbench.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
+def _open_tracking(tracking_uri: str | None, experiment: str, must_exist: bool = False):
+    """Resolve the store and fail fast (exit 2) if it is unusable (or, ``must_exist``,
+    a SQLite store that is not there yet: for commands that only read)."""
+    from clbench.tracking import (
+        Tracker,
+        check_tracking_uri,
+        require_existing_store,
+        resolve_tracking_uri,
+    )
 
     uri = resolve_tracking_uri(tracking_uri)
+    if must_exist:
+        require_existing_store(uri)
     check_tracking_uri(uri)
     return uri, lambda: Tracker(uri, experiment)
 
@@ -609,12 +617,11 @@ def compare(
     import shlex
 
     from clbench.compare import compare as do_compare
-    from clbench.tracking import Tracker, require_existing_store, resolve_tracking_uri
+    from clbench.tracking import Tracker
 
     if not 0.0 <= tolerance <= 1.0:
         raise ClbenchError(f"--tolerance is on a 0-1 scale, got {tolerance}")
-    require_existing_store(resolve_tracking_uri(tracking_uri))
-    uri, _ = _open_tracking(tracking_uri, experiment)
+    uri, _ = _open_tracking(tracking_uri, experiment, must_exist=True)
     command = shlex.join(["clbench", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"] else ""
     report = do_compare(Tracker(uri, experiment, create=False), out, all_configs,
                         reference=reference, tolerance=tolerance, notes=notes, commit=commit,
