@@ -270,6 +270,9 @@ def test_warm_up_starts_the_workers_that_then_run_the_jobs(tmp_path, fresh_pool,
     assert [o.ok for o in outcomes] == [True, True], [o.error for o in outcomes]
     assert len(backend.warm_pids) == 2  # loky's pool has 2 workers even at --jobs 1
     assert {o.pid for o in outcomes} <= backend.warm_pids
+    # close() kills the idle workers (loky would keep them, and their shutdown at exit
+    # took seconds): none of them is left running
+    assert not backend.warm_pids & _loky_workers()
 
 
 def _loky_workers() -> set[int]:
