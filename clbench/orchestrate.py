@@ -678,13 +678,16 @@ class LocalBackend(Backend):
         from joblib.externals.loky import get_reusable_executor
 
         warming, self._warming = self._warming, None
-        with warnings.catch_warnings(), contextlib.suppress(Exception):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if warming is not None:  # no run came: joblib stops the workers mid-import
-                warming.close()
+                with contextlib.suppress(Exception):
+                    warming.close()
             # returns joblib's pool, or, as joblib built it with other arguments, kills
             # it (kill_workers) and returns a new one with no processes yet: shut down
-            get_reusable_executor(kill_workers=True).shutdown(wait=True, kill_workers=True)
+            with contextlib.suppress(Exception):
+                get_reusable_executor(kill_workers=True).shutdown(wait=True,
+                                                                  kill_workers=True)
 
     @staticmethod
     def _death_reason(exc: BaseException) -> str:
