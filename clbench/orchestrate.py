@@ -552,6 +552,16 @@ class Backend:
 _EXIT_CODES = re.compile(r"exit codes of the workers are (\{[^}]*\})")
 
 
+def stop_loky_pool() -> None:
+    """Kill the workers of this process's loky pool (joblib's, which it keeps for reuse).
+    ``get_reusable_executor`` returns that pool, or, as joblib built it with other
+    arguments, kills it (``kill_workers``) and returns a new one with no processes yet;
+    either is then shut down."""
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor(kill_workers=True).shutdown(wait=True, kill_workers=True)
+
+
 class LocalBackend(Backend):
     """joblib's loky process pool on this machine: ``jobs`` workers, each with
     ``cores // jobs`` torch threads (cores as joblib counts them, cgroup-aware)."""
@@ -675,19 +685,14 @@ class LocalBackend(Backend):
         and PyG, which added about 3 s to the end of every command on a 2-core machine.
         Killed here, idle as they are after a run, they take a fraction of a second; a
         later run in the same process starts a new pool."""
-        from joblib.externals.loky import get_reusable_executor
-
         warming, self._warming = self._warming, None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if warming is not None:  # no run came: joblib stops the workers mid-import
                 with contextlib.suppress(Exception):
                     warming.close()
-            # returns joblib's pool, or, as joblib built it with other arguments, kills
-            # it (kill_workers) and returns a new one with no processes yet: shut down
             with contextlib.suppress(Exception):
-                get_reusable_executor(kill_workers=True).shutdown(wait=True,
-                                                                  kill_workers=True)
+                stop_loky_pool()
 
     @staticmethod
     def _death_reason(exc: BaseException) -> str:

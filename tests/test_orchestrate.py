@@ -23,6 +23,7 @@ from clbench.orchestrate import (
     parse_seeds,
     read_saved_result,
     result_path,
+    stop_loky_pool,
     write_json_atomic,
 )
 
@@ -249,9 +250,7 @@ def test_crash_and_killed_worker_are_failed_runs_others_finish(workdir):
 def fresh_pool():
     """No loky pool left by earlier tests: a command's first pool, whose workers each
     take one warm-up task."""
-    from joblib.externals.loky import get_reusable_executor
-
-    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    stop_loky_pool()
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
