@@ -29,6 +29,10 @@ class DatasetCard:
         num_tasks, classes_per_task: the default Task-IL split.
         stats: published sizes (``nodes``, ``edges``, ``features``, ``classes``).
         files: paths below the data root whose presence means "available offline".
+        sha256: published sha256 digests of files that are fixed public downloads
+            (paths as in ``files``). The loader reads a file that matches as it is and
+            vets any other one (Planetoid: restricted unpickling); a file without a
+            digest here is never trusted by its name alone.
         split: how train/val/test are defined.
     """
 
@@ -44,6 +48,7 @@ class DatasetCard:
     files: tuple[str, ...] = ()
     undirected: bool = True
     aliases: tuple[str, ...] = ()
+    sha256: dict[str, str] = field(default_factory=dict)
 
     def is_local(self, root: Path) -> bool:
         """True when every file the loader needs is already under ``root``."""

@@ -12,9 +12,14 @@ own loader it adds what a benchmark run needs:
   the files to put there; partial downloads and empty folders are removed;
 * **damaged files** - a read error is traced to the corrupt or truncated file,
   which the error names, suggesting to delete it;
-* **no unsafe unpickling** - every ``torch.load`` the libraries make runs with
-  ``weights_only=True``: PyG's own ``weights_only=False`` calls (its marker files,
-  its fallback for unexpected processed files) are overridden;
+* **no code from data files** - nothing under the data root is unpickled
+  without restriction: Planetoid's pickled raw files are checked against their
+  published sha256 and otherwise read through a restricted unpickler
+  (:mod:`clbench.datasets.planetoid`); every ``torch.load`` the libraries make
+  runs with ``weights_only=True`` (PyG's own ``weights_only=False`` calls, its
+  marker files and its fallback for unexpected processed files, are overridden),
+  and only after :func:`~clbench.datasets.safe_pickle.check_torch_file` has found
+  no global in the file beyond torch's own allow-list and PyG's ``Data`` classes;
 * **a preprocessing cache** - the protocol's preprocessing (self-loops removed,
   undirected where the card says so, duplicates merged) runs once; the result is
   saved as plain tensors in ``<dataset folder>/processed/clbench_<name>.pt`` and
@@ -42,6 +47,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from clbench.datasets.base import DATASETS, DatasetCard, data_root, stratified_split
+from clbench.datasets.safe_pickle import check_torch_file, file_path_of, forbidden_torch_globals
 from clbench.errors import DataError
 from clbench.graph import Graph, prepare_graph
 from clbench.registry import normalize_name
@@ -144,7 +150,8 @@ class FileSource:
         before = set() if local else _snapshot(top)
         root_existed = root.exists()
         try:
-            with _download_limits() if not local else nullcontext(), _weights_only_loads():
+            with (_download_limits() if not local else nullcontext(),
+                  _weights_only_loads(self.name)):
                 if self.prepare is not None:
                     self.prepare(root)
                 return self.read(root)
@@ -178,9 +185,13 @@ class FileSource:
     def _read_error(self, root: Path, exc: BaseException) -> DataError | None:
         folder = (root / self.folder).resolve()
         if "Weights only load failed" in str(exc):
+            refused = sorted(p for p in (folder / "processed").glob("*.pt")
+                             if not p.name.startswith(CACHE_PREFIX) and forbidden_torch_globals(p))
+            where = (", ".join(map(str, refused)) if refused
+                     else f"a processed file in {folder / 'processed'}")
             return DataError(
-                f"{self.name}: a processed file in {folder / 'processed'} holds Python objects "
-                "that torch.load(weights_only=True) refuses, and clbench never unpickles data "
+                f"{self.name}: {where} holds Python objects that "
+                "torch.load(weights_only=True) refuses, and clbench never unpickles data "
                 f"with weights_only=False. Delete {folder / 'processed'} and run again to "
                 "rebuild it from the raw files."
             )
@@ -246,8 +257,8 @@ _LOAD_LOCK = threading.RLock()
 
 
 @contextmanager
-def _weights_only_loads() -> Iterator[None]:
-    """Run the library's loader with every ``torch.load`` forced to ``weights_only=True``.
+def _weights_only_loads(label: str = "") -> Iterator[None]:
+    """Run the library's loader with every ``torch.load`` vetted and ``weights_only=True``.
 
     PyG reads its ``processed/pre_transform.pt`` markers with ``weights_only=False``
     and, when a processed file holds unexpected objects, warns and retries with
@@ -255,15 +266,23 @@ def _weights_only_loads() -> Iterator[None]:
     warning becomes an exception, and ``torch.load`` is wrapped so an explicit
     ``weights_only=False`` is overridden (the markers hold a plain string, which
     loads fine). OGB's bare ``torch.load`` calls default to ``weights_only=True``
-    on torch >= 2.6 and get it explicitly here on older versions.
+    on torch >= 2.6 and get it explicitly here on older versions. Before any of
+    them reads a file, :func:`~clbench.datasets.safe_pickle.check_torch_file`
+    refuses it if it names a global beyond torch's allow-list and PyG's ``Data``
+    classes (``label``, the dataset name, starts that message).
     """
     with _LOAD_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("error", message="Weights only load failed", category=UserWarning)
         original = torch.load
 
-        def load(*args, **kwargs):
+        def load(f, *args, **kwargs):
+            path = file_path_of(f)
+            if path is not None and path.is_file():
+                check_torch_file(path, f"{label + ': ' if label else ''}file {path.resolve()}",
+                                 "delete it and run again to rebuild it from the raw files "
+                                 "(or to re-download it)")
             kwargs["weights_only"] = True
-            return original(*args, **kwargs)
+            return original(f, *args, **kwargs)
 
         torch.load = load
         try:
@@ -369,6 +388,7 @@ def _read_cache(path: Path, source: FileSource, card: DatasetCard, root: Path) -
     if not path.is_file():
         return None
     try:
+        check_torch_file(path, "it")
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         warnings.warn(f"ignoring unreadable cache {path} ({_short(exc)}); rebuilding it",

@@ -16,7 +16,13 @@ never block or unpickle unsafely:
   ``torch.load``, which now means ``weights_only=True``; the file holds a PyG
   ``Data`` object. Exactly the classes in that pickle are allow-listed with
   ``torch.serialization.add_safe_globals`` (:data:`SAFE_GLOBALS`);
-  ``weights_only`` is never turned off.
+  ``weights_only`` is never turned off. Like every torch file read under
+  :class:`~clbench.datasets.loading.FileSource`, the processed file (and a
+  ``split_dict.pt``, which OGB prefers to the split CSVs when present) is first
+  checked to name no other registered class
+  (:func:`~clbench.datasets.safe_pickle.check_torch_file`). OGB's other reads are
+  gzip CSVs (pandas) and, for some datasets, ``numpy.load`` with ``allow_pickle``
+  off.
 * **Undirected.** ogbn-arxiv's citation edges are directed; like BeGin, clbench
   makes the graph undirected (``DatasetCard.undirected``), removing self-loops
   and duplicate edges. ogbn-products is stored undirected already.
@@ -33,16 +39,15 @@ from pathlib import Path
 
 import torch
 from torch_geometric.data import Data
-from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
-from torch_geometric.data.storage import GlobalStorage
 
 from clbench.datasets.base import DatasetCard, register_dataset
 from clbench.datasets.loading import FileSource
+from clbench.datasets.safe_pickle import DATA_CLASSES
 from clbench.errors import DataError
 
 #: The globals in the pickle of OGB's ``processed/geometric_data_processed.pt``
 #: (``torch.serialization.get_unsafe_globals_in_checkpoint`` lists exactly these).
-SAFE_GLOBALS = [Data, GlobalStorage, DataEdgeAttr, DataTensorAttr]
+SAFE_GLOBALS = list(DATA_CLASSES)
 torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 OGB_VERSION = 1  # RELEASE_v1.txt: the version in ogb 1.3.6's master.csv for both datasets

@@ -8,6 +8,13 @@ and so on. The CitationFull graphs (including CoraFull) live one level down, in
 folders would collide with Planetoid's ``Cora/`` and ``CiteSeer/`` on
 case-insensitive file systems.
 
+Planetoid's raw files are pickles: they are checked against their published
+sha256 (on the cards) and, if they differ, unpickled only through a restricted
+unpickler (see :mod:`clbench.datasets.planetoid`). The other datasets here are
+``.npz`` archives, which PyG reads with ``numpy.load``, whose ``allow_pickle``
+is off. Processed files are read under the guards of
+:mod:`clbench.datasets.loading`.
+
 Planetoid datasets keep their public split; every other dataset here has no
 official split and gets the stratified 60/20/20 split drawn from the split seed.
 Default Task-IL splits use two classes per task (BeGin's for Cora and CiteSeer;
@@ -17,12 +24,19 @@ number of classes is odd. See ``datasets/README.md``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from torch_geometric.data import Data
 
 from clbench.datasets.base import DatasetCard, register_dataset
 from clbench.datasets.loading import FileSource
+from clbench.datasets.planetoid import (
+    DIGESTS,
+    raw_file_names,
+    verified_planetoid_class,
+    verify_raw_files,
+)
 
 PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data"
 SHCHUR_URL = "https://github.com/shchur/gnn-benchmark/raw/master/data/npz/"
@@ -44,25 +58,32 @@ def _plain(data: Data, masks: bool) -> Data:
 def _register(
     *, name: str, read, folder: str, files: tuple[str, ...], url: str, official: bool,
     tasks: tuple[int, int], stats: dict[str, int], description: str, source: str,
-    license: str, split: str,
+    license: str, split: str, sha256: Mapping[str, str] | None = None,
 ) -> DatasetCard:
+    """Register a PyG dataset; ``sha256`` maps file names (as in ``files``) to digests."""
     loader = FileSource(name=name, read=read, folder=folder, files=files, url=url,
                         official_split=official)
+    digests = {f"{folder}/{f}": d for f, d in (sha256 or {}).items()}
     return register_dataset(
         DatasetCard(
             name=name, load=loader, num_tasks=tasks[0], classes_per_task=tasks[1],
             description=description, source=source, license=license, split=split,
-            stats=stats, files=loader.card_files(), undirected=True,
+            stats=stats, files=loader.card_files(), undirected=True, sha256=digests,
         )
     )
 
 
 # -- Planetoid (public split) ---------------------------------------------------------
-def _planetoid_reader(pyg_name: str):
-    def read(root: Path) -> Data:
-        from torch_geometric.datasets import Planetoid
+def _planetoid_reader(pyg_name: str, name: str, digests: Mapping[str, str]):
+    """PyG's Planetoid, with the raw files vetted (``digests``: file name -> sha256)."""
 
-        return _plain(Planetoid(str(root), pyg_name, split="public")[0], masks=True)
+    def read(root: Path) -> Data:
+        # files already here are vetted before PyG opens (or announces) anything;
+        # VerifiedPlanetoid vets them again, with any it downloaded, before reading
+        verify_raw_files(root / pyg_name / "raw", pyg_name.lower(), digests, name)
+        dataset = verified_planetoid_class()(str(root), pyg_name, split="public",
+                                             digests=digests, label=name)
+        return _plain(dataset[0], masks=True)
 
     return read
 
@@ -85,9 +106,9 @@ for _name, _pyg, _stats, _tasks, _desc in [
      "Diabetes citation network, TF-IDF features (Namata et al. 2012; Planetoid version)"),
 ]:
     _register(
-        name=_name, read=_planetoid_reader(_pyg), folder=_pyg,
-        files=tuple(f"raw/ind.{_pyg.lower()}.{part}"
-                    for part in ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")),
+        name=_name, read=_planetoid_reader(_pyg, _name, DIGESTS[_name]), folder=_pyg,
+        files=tuple(f"raw/{f}" for f in raw_file_names(_pyg.lower())),
+        sha256={f"raw/{f}": d for f, d in DIGESTS[_name].items()},
         url=PLANETOID_URL, official=True, tasks=_tasks, stats=_stats, description=_desc,
         source=f"torch_geometric.datasets.Planetoid(root, {_pyg!r}, split='public'), "
                f"files from {PLANETOID_URL}",
