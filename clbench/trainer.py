@@ -15,10 +15,13 @@ in memory), no model copies at evaluation, and only Task-IL (the restriction of
 logits to a node's task lives in :class:`~clbench.scenario.NodeBatch`).
 
 Resume points. ``run(..., resume_file=path)`` saves the whole training state after
-every task (the trainer's attributes but the scenario, callbacks and factories, with
-the training states, the partial result and the random number generators) and, when
-the file exists, continues after its last task: the continuation does exactly what
-the uninterrupted run would have done, so its numbers are bit-identical.
+every task (:meth:`NCTrainer.state_dict`: the model and the trainer's attributes but
+the scenario, callbacks, loss and factories, with the training states; the partial
+result and the random number generators) and, when the file exists, continues after
+its last task: the continuation does exactly what the uninterrupted run would have
+done, so its numbers are bit-identical. The file holds only tensors and plain data
+(:mod:`clbench.statefile`) and is read with ``weights_only=True``: loading it never
+runs code, whoever wrote it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from torch.func import functional_call
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from clbench import statefile
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 
 OptimizerFn = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -65,6 +69,7 @@ def plateau_scheduler(patience: int = 20, min_lr_ratio: float = 0.002) -> Callab
     return make
 
 
+@statefile.allow_object
 @dataclass
 class TrainerResult:
     """What :meth:`NCTrainer.run` returns. ``R_*[i, j]``: score on task j after task i."""
@@ -83,8 +88,9 @@ class TrainerResult:
     """Time the interrupted attempts spent up to their last resume point."""
 
 
-RESUME_FORMAT = 1
-_NOT_SAVED = frozenset({"scenario", "callbacks", "optimizer_fn", "scheduler_fn"})
+RESUME_FORMAT = 2
+#: Attributes the constructor sets from its arguments: not part of a resume point.
+_NOT_SAVED = frozenset({"scenario", "callbacks", "optimizer_fn", "scheduler_fn", "loss_fn"})
 
 
 class NCTrainer:
@@ -199,44 +205,72 @@ class NCTrainer:
         return out
 
     # ================================================================== resume points
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next tasks depend on, as tensors and plain data.
+
+        The model's tensors, and the trainer's attributes (optimizers, training states,
+        a method's own attributes) encoded by :func:`clbench.statefile.encode`: what a
+        method keeps needs no code of its own to be saved, as long as it is made of
+        tensors, NumPy arrays, plain containers, ``torch.optim`` optimizers and
+        schedulers. Attributes that the constructor sets from its arguments (the
+        scenario, the factories, the loss, the callbacks) are not saved. Raises
+        :class:`clbench.statefile.Unsupported` for anything else; a method holding such
+        objects overrides this pair.
+        """
+        attrs = {k: v for k, v in vars(self).items() if k not in _NOT_SAVED and k != "model"}
+        return {"model": statefile.model_state(self.model),
+                "attrs": statefile.encode(attrs, self.model)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (into the same model, built the same way)."""
+        statefile.load_model_state(self.model, state["model"])
+        for name, value in statefile.decode(state["attrs"], self.model).items():
+            setattr(self, name, value)
+
     def _save_resume_point(self, path: Path, tag: str, out: TrainerResult) -> None:
-        """One ``torch.save`` of everything the next tasks depend on (one pickle, so the
-        optimizers, frozen entries and states keep pointing at the same model tensors)."""
+        """Write the trainer's :meth:`state_dict`, the partial result and the random
+        generators to ``path`` atomically (one ``torch.save`` of tensors and plain data,
+        read back with ``weights_only=True``)."""
         if getattr(self, "_resume_unsupported", False):
             return
-        payload = {
-            "format": RESUME_FORMAT, "tag": tag, "epoch_per_task": self.epoch_per_task,
-            "num_tasks": self.num_tasks, "result": out,
-            "trainer": {k: v for k, v in vars(self).items() if k not in _NOT_SAVED},
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+        try:
+            payload = {
+                "format": RESUME_FORMAT, "tag": tag, "epoch_per_task": self.epoch_per_task,
+                "num_tasks": self.num_tasks, "trainer": self.state_dict(),
+                "result": statefile.encode(out),
+                "rng": statefile.encode({
+                    "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                     "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
-                    else None},
-        }
+                    else None}),
+            }
+        except statefile.Unsupported as exc:  # e.g. a user method keeps a lambda
+            self._resume_unsupported = True
+            warnings.warn(f"{type(self).__name__} cannot save a resume point (it keeps "
+                          f"{exc}); the run goes on without", stacklevel=2)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            torch.save(payload, tmp)
-        except Exception as exc:  # e.g. a user method keeps a lambda: no resume, same run
-            tmp.unlink(missing_ok=True)
-            self._resume_unsupported = True
-            warnings.warn(f"{type(self).__name__} cannot save a resume point ({exc}); the "
-                          "run goes on without", stacklevel=2)
-            return
+        torch.save(payload, tmp)
         os.replace(tmp, path)
 
     def _load_resume_point(self, resume_file: str | Path, tag: str) -> TrainerResult | None:
-        """Restore the state saved in ``resume_file``; None (start over) if there is none
-        or it belongs to another run."""
+        """Restore the state saved in ``resume_file``; None (start over, with a warning)
+        if there is none, it belongs to another run, or it is not a file of ours.
+
+        The file is read with ``weights_only=True``: a file holding anything but tensors
+        and plain data (a pickle that would run code) is refused before any of it is used.
+        """
         path = Path(resume_file)
         if not path.is_file():
             return None
         try:
-            # our own file, written by _save_resume_point: it holds the trainer's objects
-            payload = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:
-            warnings.warn(f"resume point {path} is unreadable ({type(exc).__name__}: {exc}); "
-                          "starting the run over", stacklevel=2)
+            payload = statefile.load(path, map_location=self.device)
+        except Exception as exc:  # torch's message suggests weights_only=False: not shown
+            why = f": {exc}" if isinstance(exc, statefile.Malformed) else ""
+            warnings.warn(f"resume point {path} is unreadable or holds more than tensors and "
+                          f"plain data ({type(exc).__name__}{why}); refused, starting the run "
+                          "over", stacklevel=2)
             return None
         expected = {"format": RESUME_FORMAT, "tag": tag, "epoch_per_task": self.epoch_per_task,
                     "num_tasks": self.num_tasks}
@@ -246,15 +280,27 @@ class NCTrainer:
             warnings.warn(f"resume point {path} belongs to another run or version (its "
                           f"{', '.join(wrong)} differ); starting the run over", stacklevel=2)
             return None
-        for name, value in payload["trainer"].items():
-            setattr(self, name, value)
-        rng = payload["rng"]
+        try:
+            result = statefile.decode(payload["result"])
+            rng = statefile.decode(payload["rng"])
+            if not isinstance(result, TrainerResult):
+                raise statefile.Malformed("no result")
+            snapshot = self.state_dict()
+            try:
+                self.load_state_dict(payload["trainer"])
+            except Exception:
+                self.load_state_dict(snapshot)  # leave the trainer as it was
+                raise
+        except Exception as exc:
+            warnings.warn(f"resume point {path} is damaged ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}); starting the run over", stacklevel=2)
+            return None
         torch.set_rng_state(rng["torch"].cpu())
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
-        return payload["result"]
+        return result
 
     @torch.no_grad()
     def _evaluate(self, splits: Sequence[str], eval_fn: Callable | None = None

@@ -23,9 +23,9 @@ from clbench.tracking import Tracker
 from clbench.trainer import TrainerCallback
 
 try:
-    from mlflow_server import shared_server, unique
+    from mlflow_server import cli_process, shared_server, unique
 except ImportError:  # tests/ imported as a package
-    from tests.mlflow_server import shared_server, unique
+    from tests.mlflow_server import cli_process, shared_server, unique
 
 # dropout draws random numbers every step, so a wrongly restored generator shows
 PARAMS = {"epochs": 8, "hidden": 32, "dropout": 0.5}
@@ -158,3 +158,116 @@ def test_resume_tag_covers_a_plugin_methods_source(tmp_path):
 
     builtin = backend.prepare(expand_jobs(["finetune"], ["synthetic"], [0], params=PARAMS))[0]
     assert external_code_digest(builtin) == "" and " code=" not in resume_tag(builtin)
+
+
+class _Evil:
+    """What a planted pickle holds: unpickling it runs a shell command."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_planted_malicious_resume_point_is_refused_and_runs_nothing(tmp_path):
+    """A file planted where a resume point would be (an object whose ``__reduce__`` runs
+    a command) is refused with a warning, never unpickled, and the run starts over."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "run.resume.pt"
+    torch.save(_Evil(marker), path)
+    reference = run_experiment(method="ewc", seed=1, params=PARAMS)
+    with pytest.warns(UserWarning, match="holds more than tensors and plain data.*refused"):
+        fresh = run_experiment(method="ewc", seed=1, params=PARAMS, resume_file=path,
+                               resume_tag="t")
+    assert not marker.exists()
+    assert "resumed" not in fresh
+    same_run(fresh, reference)
+
+
+def test_a_resume_point_may_not_call_classes_pyg_registers_as_safe(tmp_path, monkeypatch):
+    """``weights_only=True`` alone accepts every class a library registered with
+    ``add_safe_globals``; PyG registers ClusterData, whose constructor reads and writes
+    files. A resume point naming it is refused before it is loaded."""
+    from torch_geometric.data import Data
+    from torch_geometric.loader import ClusterData
+
+    calls = []
+    monkeypatch.setattr(ClusterData, "__init__", lambda self, *a, **k: calls.append(a))
+
+    class _Cluster:
+        def __reduce__(self):
+            return ClusterData, (Data(edge_index=torch.zeros(2, 0, dtype=torch.long)), 2)
+
+    path = tmp_path / "run.resume.pt"
+    torch.save({"format": 2, "trainer": _Cluster()}, path)
+    with pytest.warns(UserWarning, match="refused"):
+        fresh = run_experiment(method="finetune", seed=1, params=PARAMS, resume_file=path,
+                               resume_tag="t")
+    assert calls == [] and "resumed" not in fresh
+
+
+def test_a_planted_resume_point_through_the_command(tmp_path):
+    """As a user would meet it: `clbench run --track` with a malicious file where the job's
+    resume point goes. The job starts over (exit 0, the warning on stderr), nothing runs."""
+    marker = tmp_path / "pwned"
+    args = ["--method", "finetune", "--dataset", "synthetic", "--param", "epochs=3",
+            "--param", "hidden=16"]
+    job = LocalBackend(1).prepare(expand_jobs(["finetune"], ["synthetic"], [0],
+                                              params={"epochs": 3, "hidden": 16}))[0]
+    path = resume_path(tmp_path / "results", "clbench", job)
+    path.parent.mkdir(parents=True)
+    torch.save(_Evil(marker), path)
+    proc = cli_process("run", *args, "--track", "--tracking-uri",
+                       f"sqlite:///{tmp_path / 'm.db'}", "--results-dir", tmp_path / "results",
+                       "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+    assert "refused" in proc.stderr
+    assert "AP" in proc.stdout
+
+
+def test_state_files_hold_plain_data_only(tmp_path):
+    """The encoding round-trips what trainers keep (shared objects stay shared), refuses
+    what it cannot store, and a crafted tree cannot name a class outside its allow-lists."""
+    from torch import nn
+
+    from clbench import statefile
+    from clbench.trainer import TrainerResult
+
+    model = nn.Linear(3, 2)
+    extra = nn.Parameter(torch.randn(4))
+    opt = torch.optim.Adam([extra], lr=0.01)
+    extra.grad = torch.ones(4)
+    opt.step()
+    main = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(main, patience=3)
+    sched.step(1.0)
+    states = {"masks": {"w": extra}, "opt": opt, "sched": sched, "packed": np.arange(5),
+              "rng": np.random.get_state(), "dtype": torch.int8, 3: (1.5, None, "x"),
+              "frozen": [(model.weight, torch.ones(2, 3).bool(), model.weight.detach().clone())],
+              "result": TrainerResult(np.eye(2), np.eye(2), np.ones(2), np.ones(2))}
+    tree = statefile.encode(states, model)
+    torch.save(tree, tmp_path / "s.pt")
+    back = statefile.decode(torch.load(tmp_path / "s.pt", weights_only=True), model)
+    assert back["frozen"][0][0] is model.weight  # the model's own parameter, by name
+    assert back["opt"].param_groups[0]["params"][0] is back["masks"]["w"]  # shared object
+    assert back["sched"].optimizer.param_groups[0]["params"][0] is model.weight
+    assert back["sched"].patience == 3 and back["sched"].best == 1.0
+    assert torch.equal(back["opt"].state_dict()["state"][0]["exp_avg"],
+                       opt.state_dict()["state"][0]["exp_avg"])
+    assert np.array_equal(back["packed"], np.arange(5)) and back[3] == (1.5, None, "x")
+    assert back["rng"][0] == "MT19937" and np.array_equal(back["rng"][1], states["rng"][1])
+    assert isinstance(back["result"], TrainerResult) and back["dtype"] is torch.int8
+
+    for bad in (lambda: 0, nn.ReLU(), object(), np.array([object()])):
+        with pytest.raises(statefile.Unsupported):
+            statefile.encode({"x": bad}, model)
+    crafted = {statefile.KIND: "object", "id": 0, "class": "os.system", "vars": {}}
+    with pytest.raises(statefile.Malformed):
+        statefile.decode(crafted)
+    with pytest.raises(statefile.Malformed):
+        statefile.decode({statefile.KIND: "optimizer", "id": 0, "class": "__init__",
+                          "params": [], "state": {}})
