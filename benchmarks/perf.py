@@ -34,7 +34,7 @@ of a shared machine hit every contestant alike. ``--out`` writes the table, the
 machine and the command as Markdown; a section of the existing file after the
 line ``<!-- notes: kept by perf.py -->`` is kept.
 
-Shared data (``../shared/data``) is only read; Cora is copied into a temporary
+The real data shipped in ``tests/data`` is only read; Cora is copied into a temporary
 data root.
 """
 
@@ -674,7 +674,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          "throughput and 2 for the suite")
     ap.add_argument("--out", type=Path, help="write the results as Markdown here")
     ap.add_argument("--data", type=Path, default=SHARED_DATA,
-                    help="shared data folder (read only)")
+                    help="real data folder (read only; default: tests/data)")
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--max-load", type=float, default=math.inf,

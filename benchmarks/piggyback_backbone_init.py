@@ -1,6 +1,6 @@
 """Choose Piggyback's default ``backbone_init`` by validation AP on real Cora and CiteSeer.
 
-Usage: python benchmarks/piggyback_backbone_init.py [--seeds 0,1,2] [--data ../shared/data]
+Usage: python benchmarks/piggyback_backbone_init.py [--seeds 0,1,2] [--data tests/data]
 
 Copies the Planetoid raw files into a temporary root (never writes beside them),
 runs Piggyback with each backbone initialisation (BeGin's protocol: 3 tasks x 2
@@ -34,7 +34,7 @@ DATASETS = {"cora": ("Cora", "cora"), "citeseer": ("CiteSeer", "citeseer")}
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "tests" / "data"))
     ap.add_argument("--inits", default="random,first_task,dgi")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]

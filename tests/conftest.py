@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = REPO / "tests" / "data"  # shipped real data (tests/data/README.md)
 
 #: Short runs for tests: enough epochs to learn the synthetic tasks.
 FAST = {"epochs": 40, "hidden": 64}
@@ -18,7 +18,7 @@ FAST = {"epochs": 40, "hidden": 64}
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"real test data not found at {SHARED_DATA} (../shared/data beside the repo)")
+        pytest.fail(f"real test data not found at {SHARED_DATA} (shipped in tests/data)")
     return SHARED_DATA
 
 
@@ -43,3 +43,24 @@ def _isolated_registries():
     for name in [m for m in sys.modules if m.startswith("clbench_plugin_")]:
         if name not in plugins:
             del sys.modules[name]
+
+
+def _shipped_files() -> set[str]:
+    return {str(p.relative_to(SHARED_DATA)) for p in SHARED_DATA.rglob("*")}
+
+
+def pytest_sessionstart(session) -> None:
+    session.config._clbench_shipped = _shipped_files() if SHARED_DATA.is_dir() else set()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Fail the run if a test wrote into the shipped data (loaders write ``processed/``
+    next to ``raw/``: tests must copy the files to a temporary root first)."""
+    before = getattr(session.config, "_clbench_shipped", None)
+    if before is None or not SHARED_DATA.is_dir():
+        return
+    added = sorted(_shipped_files() - before)
+    if added:
+        session.config.get_terminal_writer().line(
+            f"tests wrote into the shipped data {SHARED_DATA}: {', '.join(added[:5])}", red=True)
+        session.exitstatus = 1

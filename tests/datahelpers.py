@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-#: Real dataset files provided next to the repository (see its README.md). Never written to.
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: Real dataset files shipped in tests/data (see its README.md). Never written to.
+SHARED_DATA = Path(__file__).resolve().parent / "data"
 
 #: shared folder -> folder below the data root where clbench (PyG) expects the raw files
 SHARED_LAYOUT = {
@@ -28,7 +28,7 @@ def shared_or_skip(sub: str) -> Path:
     """The shared folder ``sub``; a missing one fails the test (real data is required)."""
     path = SHARED_DATA / sub
     if not path.is_dir():
-        pytest.fail(f"shared test data not found at {path} (../shared/data beside the repo)")
+        pytest.fail(f"real test data not found at {path} (shipped in tests/data)")
     return path
 
 

@@ -20,7 +20,7 @@ from clbench.scenario import NCScenarioLoader
 from clbench.trainer import TrainerCallback, plateau_scheduler
 
 FAST = {"epochs": 30, "hidden": 64}
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -210,7 +210,7 @@ def clbench_run(method: str, **kwargs):
 def cora_graph(tmp_path_factory):
     raw = SHARED_DATA / "cora" / "raw"
     if not raw.is_dir():  # real data is required, as in the dataset tests
-        pytest.fail(f"shared test data not found at {raw} (../shared/data beside the repo)")
+        pytest.fail(f"real test data not found at {raw} (shipped in tests/data)")
     from torch_geometric.datasets import Planetoid
 
     from clbench.graph import prepare_graph

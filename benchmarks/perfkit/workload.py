@@ -32,7 +32,7 @@ from clbench.graph import Graph, prepare_graph
 from clbench.scenario import NCScenarioLoader
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = REPO / "tests" / "data"  # the real data shipped with the tests
 ARXIV_RAW = "ogbn-arxiv-labels-only/raw"
 
 #: ogbn-arxiv's size: directed citation edges (before making them undirected).
