@@ -7,10 +7,11 @@ accuracy matrix and the metrics, and ``--json`` writes everything to a file.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -18,44 +19,88 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from clbench.errors import ClbenchError
+from clbench.errors import ClbenchError, clip, quote
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_error(message: object) -> None:
+    """``error: <message>`` on stderr, on one line. The message is plain text, never
+    Rich markup: it quotes user input (names, paths, values) verbatim, each word cut to
+    300 characters (a 5,000-character name is not echoed whole)."""
+    text = " ".join(clip(word, 300) for word in str(message).split())
+    err_console.print(Text.assemble(("error:", "bold red"), " ", text), highlight=False,
+                      soft_wrap=True)
+
+
+class ClbenchGroup(TyperGroup):
+    """Typer's command group, reporting a :class:`ClbenchError` raised by any command as
+    its one-line message with exit status 2, so the console entry point, ``python -m
+    clbench`` and Typer's ``CliRunner`` all see bad input the same way."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClbenchError as exc:
+            print_error(exc)
+            raise typer.Exit(2) from None
+
 
 app = typer.Typer(
+    cls=ClbenchGroup,
     add_completion=False,
     no_args_is_help=False,
     help="clbench: continual-learning benchmarks on graphs (Task-IL node classification).",
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(2)
 
 
-def parse_tasks(text: str | None) -> tuple[int | None, int | None]:
-    """``"5"`` -> 5 tasks; ``"3x2"`` -> 3 tasks of 2 classes."""
+def parse_tasks(text: str | None, option: str = "--tasks") -> tuple[int | None, int | None]:
+    """``"5"`` -> 5 tasks; ``"3x2"`` -> 3 tasks of 2 classes (each at least 1)."""
     if text is None:
         return None, None
-    t, sep, c = text.lower().partition("x")
+    t, sep, c = str(text).strip().lower().partition("x")
     try:
-        return int(t), (int(c) if sep else None)
+        tasks, per_task = int(t), (int(c) if sep else None)
     except ValueError:
         raise ClbenchError(
-            f"--tasks expects a number of tasks or TASKSxCLASSES (e.g. 3x2), got {text!r}"
+            f"{option} expects a number of tasks or TASKSxCLASSES (e.g. 3x2), got {quote(text)}"
         ) from None
+    if tasks < 1:
+        raise ClbenchError(f"{option}: the number of tasks must be at least 1, got {quote(text)}")
+    if per_task is not None and per_task < 1:
+        raise ClbenchError(f"{option}: classes per task must be at least 1, got {quote(text)}")
+    return tasks, per_task
 
 
 def parse_int_list(text: str | None, option: str) -> list[int] | None:
+    """``"3,0,1"`` -> ``[3, 0, 1]``: distinct non-negative integers (a class order)."""
     if text is None:
         return None
     try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
+        values = [int(v) for v in str(text).replace(" ", "").split(",") if v]
     except ValueError:
-        raise ClbenchError(f"{option} expects comma-separated integers, got {text!r}") from None
+        raise ClbenchError(f"{option} expects comma-separated integers, got {quote(text)}"
+                           ) from None
+    if not values:
+        raise ClbenchError(f"{option} names no class: {quote(text)}")
+    if min(values) < 0:
+        raise ClbenchError(f"{option} lists a negative class: {clip(min(values), 20)}")
+    seen: set[int] = set()
+    for v in values:
+        if v in seen:
+            raise ClbenchError(f"{option} lists class {clip(v, 20)} twice")
+        seen.add(v)
+    return values
 
 
 def render_result(result: dict) -> None:
@@ -120,10 +165,11 @@ class RichReporter:
         m = result["metrics"]
         t = result.get("timing", {}).get("total_seconds", float("nan"))
         how = "  (recovered from its saved result)" if recovered else f"  {t:.1f}s"
-        self._line(f"[green]done[/]   {job.label}  AP {m['AP']:.4f}  AF {m['AF']:+.4f}{how}")
+        self._line(f"[green]done[/]   {escape(job.label)}  AP {m['AP']:.4f}  "
+                   f"AF {m['AF']:+.4f}{how}")
 
     def job_failed(self, job, error: str) -> None:
-        self._line(f"[red]FAILED[/] {job.label}  {error}")
+        self._line(f"[red]FAILED[/] {escape(job.label)}  {escape(error)}")
 
     def stop(self) -> None:
         self.progress.stop()
@@ -143,13 +189,37 @@ def _render_aggregates(summary, title: str) -> None:
             v = agg.get(name)
             return "-" if v is None else f"{v['mean']:.4f} ± {v['std']:.4f}"
         n = agg.get("AP", {}).get("n", 0)
-        table.add_row(method, dataset, str(n), cell("AP"), cell("AF"), cell("INT"))
+        table.add_row(escape(method), escape(dataset), str(n), cell("AP"), cell("AF"),
+                      cell("INT"))
     console.print(table)
 
 
-def _open_tracking(tracking_uri: str | None, experiment: str, must_exist: bool = False):
+def _resolve_uri(tracking_uri: str | None) -> str:
+    from clbench.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(tracking_uri)
+
+
+def _sqlite_store(uri: str) -> bool | None:
+    """Whether the SQLite file of ``uri`` exists (None for other stores); a path the
+    file system refuses (e.g. a name too long) is an error."""
+    from clbench.tracking import sqlite_file
+
+    path = sqlite_file(uri)
+    try:
+        return None if path is None else path.exists()
+    except OSError as exc:
+        raise ClbenchError(f"--tracking-uri {clip(uri)}: {exc.strerror or exc}") from None
+
+
+def _open_tracking(tracking_uri: str | None, experiment: str, must_exist: bool = False,
+                   load_data=None):
     """Resolve the store and fail fast (exit 2) if it is unusable (or, ``must_exist``,
-    a SQLite store that is not there yet: for commands that only read)."""
+    a SQLite store that is not there yet: for commands that only read).
+
+    ``load_data()`` (the datasets' loading) runs after that check, or before it when the
+    check would create a new SQLite store: a dataset that fails to load then leaves no
+    store behind."""
     from clbench.tracking import (
         Tracker,
         check_tracking_uri,
@@ -158,9 +228,14 @@ def _open_tracking(tracking_uri: str | None, experiment: str, must_exist: bool =
     )
 
     uri = resolve_tracking_uri(tracking_uri)
+    new_store = _sqlite_store(uri) is False
     if must_exist:
         require_existing_store(uri)
+    if load_data is not None and new_store:
+        load_data()
     check_tracking_uri(uri)
+    if load_data is not None and not new_store:
+        load_data()
     return uri, lambda: Tracker(uri, experiment)
 
 
@@ -169,11 +244,10 @@ def _existing_tracker(tracking_uri: str | None, experiment: str):
     SQLite file) does not exist yet: a dry run creates nothing."""
     from mlflow.tracking import MlflowClient
 
-    from clbench.tracking import Tracker, check_tracking_uri, resolve_tracking_uri, sqlite_file
+    from clbench.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    path = sqlite_file(uri)
-    if path is not None and not path.exists():
+    if _sqlite_store(uri) is False:
         return uri, None
     check_tracking_uri(uri)
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
@@ -219,7 +293,7 @@ def _render_plan(title: str, plan, seconds: dict, after_grid: dict | None = None
             total += left * typical
         elif left:
             unknown += left
-        table.add_row(method, dataset, str(done), str(saved), str(left),
+        table.add_row(escape(method), escape(dataset), str(done), str(saved), str(left),
                       "-" if typical is None else _hours(typical) + mark,
                       "-" if typical is None or not left else _hours(left * typical) + mark)
     if rows:
@@ -262,7 +336,8 @@ def _plan_sweep(spec, tracking_uri: str | None, runner, results_dir: Path, force
     uri, tracker = _existing_tracker(tracking_uri, spec.experiment)
     plan = plan_sweep(spec, tracker, results_dir=results_dir, force=force)
     console.print(f"sweep {spec.path} -> MLflow experiment {spec.experiment!r} at {uri} "
-                  "(dry run: nothing runs or is logged)", highlight=False, soft_wrap=True)
+                  "(dry run: nothing runs or is logged)", markup=False, highlight=False,
+                  soft_wrap=True)
     saved = [*plan.grid.saved, *plan.final.saved]
     seconds = typical_run_seconds(plan.children, saved)
     stages = [_render_plan("grid: every configuration on the grid seeds", plan.grid, seconds)]
@@ -271,8 +346,8 @@ def _plan_sweep(spec, tracking_uri: str | None, runner, results_dir: Path, force
         for col in ("method", "dataset", "config", "grid val AP"):
             table.add_column(col)
         for sel in plan.selections:
-            table.add_row(sel.method, sel.dataset, sel.label or sel.config_hash,
-                          f"{sel.mean_val_ap:.4f}")
+            table.add_row(escape(sel.method), escape(sel.dataset),
+                          escape(sel.label or sel.config_hash), f"{sel.mean_val_ap:.4f}")
         console.print(table)
     stages.append(_render_plan(
         "final: the selected configurations on the final seeds", plan.final, seconds,
@@ -282,11 +357,11 @@ def _plan_sweep(spec, tracking_uri: str | None, runner, results_dir: Path, force
 
 def _finish(summaries: list, results_dir: Path, experiment: str, uri: str) -> None:
     """Print where things are; exit 130 when interrupted, 1 when a job failed."""
-    from clbench.orchestrate import slug
+    from clbench.orchestrate import results_folder
 
     console.print(f"MLflow experiment {experiment!r} at {uri} (browse: clbench ui); "
-                  f"results: {results_dir / 'runs' / slug(experiment)}", highlight=False,
-                  soft_wrap=True)
+                  f"results: {results_folder(results_dir, experiment)}", markup=False,
+                  highlight=False, soft_wrap=True)
     abandoned = sum(len(s.abandoned) for s in summaries)
     if abandoned:
         console.print(f"closed {abandoned} MLflow run(s) that an earlier command left RUNNING "
@@ -301,7 +376,7 @@ def _finish(summaries: list, results_dir: Path, experiment: str, uri: str) -> No
     if failed:
         err_console.print(f"[bold red]{len(failed)} job(s) failed:[/]", highlight=False)
         for line in failed:
-            err_console.print(f"  {line}", highlight=False, soft_wrap=True)
+            err_console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -379,13 +454,15 @@ def run(
     --jobs/--backend/--tracking-uri/--experiment/--force/--track, go through the
     orchestrator: parallel jobs, MLflow runs, resume, result JSONs under results/runs/.
     """
-    from clbench.config import parse_assignments
-    from clbench.experiment import ExperimentSpec, default_method, run_experiment
+    from clbench.config import check_seed, parse_assignments
+    from clbench.experiment import ExperimentSpec, default_method, run_experiment, validate_spec
     from clbench.orchestrate import parse_names, parse_seeds
     from clbench.plugins import load_plugin
 
     for p in plugin or []:
         load_plugin(p)
+    _check_given(tracking_uri=tracking_uri, experiment=experiment, data_dir=data_dir)
+    _check_output_file(json_out, "--json")
     num_tasks, per_task = parse_tasks(tasks)
     params: dict = parse_assignments(param or [])
     if epochs is not None:
@@ -394,13 +471,12 @@ def run(
         params["epochs"] = epochs
     if model is not None:
         params["model"] = model
-    methods = parse_names(method) or [default_method()]
-    datasets = parse_names(dataset)
-    if not datasets:
-        raise ClbenchError("--dataset names no dataset")
+    methods = parse_names(method, "--method") or [default_method()]
+    datasets = parse_names(dataset, "--dataset")
     if seed is not None and seeds is not None:
         raise ClbenchError("give either --seed or --seeds, not both")
-    seed_list = parse_seeds(seeds) if seeds is not None else [seed or 0]
+    seed_list = parse_seeds(seeds) if seeds is not None else [check_seed(seed or 0, "--seed")]
+    check_seed(split_seed, "--split-seed")
     orchestrated = (len(methods) * len(datasets) * len(seed_list) > 1 or seeds is not None
                     or track or force or dry_run or any(v is not None for v in (
                         jobs, backend, scheduler, tracking_uri, experiment)))
@@ -422,19 +498,65 @@ def run(
     )
     from clbench.progress import RichProgress
 
+    validate_spec(spec)  # before the progress bars: bad input gets its one line alone
     with RichProgress.bars(err_console, disable=quiet) as progress:
         result = run_experiment(spec, callbacks=[RichProgress(progress)])
     render_result(result)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {json_out}", markup=False)
+
+
+def _check_given(**options: str | None) -> None:
+    """Options given as an empty string are an error (not their default)."""
+    for name, value in options.items():
+        if value is not None and not value.strip():
+            raise ClbenchError(f"--{name.replace('_', '-')} is empty")
+
+
+def _check_output_file(path: Path | None, option: str) -> None:
+    """Fail before anything runs when ``path`` cannot be written as a file: it is a
+    directory, or one of its parents is a file."""
+    if path is None:
+        return
+    try:
+        if path.is_dir():
+            raise ClbenchError(f"{option} {clip(path)} is a directory")
+        parent = next((d for d in path.parents if d.exists()), None)
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ClbenchError(f"{option} {clip(path)}: {exc.strerror or exc}") from None
+    if parent is not None and not parent.is_dir():
+        raise ClbenchError(f"{option} {clip(path)}: {clip(parent)} is not a directory")
+
+
+def _check_local_device(backend: str | None, jobs: int | None, scheduler: str | None,
+                        device: str) -> None:
+    """Jobs that run on this machine need ``device`` here (a Dask cluster's workers are
+    checked when they run)."""
+    from clbench.experiment import check_device
+    from clbench.orchestrate import check_backend_options
+
+    if check_backend_options(backend, jobs, scheduler)[0] == "loky":
+        check_device(device)
+
+
+def _check_output_dir(path: Path, option: str) -> None:
+    """Fail before anything is read when ``path`` cannot be a directory to write into."""
+    try:
+        clash = next((d for d in (path, *path.parents) if d.exists() and not d.is_dir()),
+                     None)
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ClbenchError(f"{option} {clip(path)}: {exc.strerror or exc}") from None
+    if clash is not None:
+        raise ClbenchError(f"{option} {clip(path)}: {clip(clash)} is not a directory")
 
 
 def _plugin_paths(plugins: list[str]) -> list[str]:
     """Plugin files as absolute paths (workers may not share the working directory)."""
-    return [str(Path(p).resolve()) if p.endswith(".py") or Path(p).is_file() else p
-            for p in plugins]
+    from clbench.plugins import is_plugin_file
+
+    return [str(Path(p).resolve()) if is_plugin_file(p) else p for p in plugins]
 
 
 def _run_grid(methods, datasets, seeds, *, params, num_tasks, per_task, class_order, graph,
@@ -458,6 +580,7 @@ def _run_grid(methods, datasets, seeds, *, params, num_tasks, per_task, class_or
         graph=graph, metric=metric, data_dir=data_dir, device=device,
         plugins=_plugin_paths(plugins),
     )
+    _check_local_device(backend, jobs, scheduler, device)
     experiment = experiment or DEFAULT_EXPERIMENT
     if dry_run:
         from clbench.orchestrate import plan_jobs, typical_run_seconds
@@ -467,20 +590,26 @@ def _run_grid(methods, datasets, seeds, *, params, num_tasks, per_task, class_or
         children = tracker.children() if tracker else []
         plan = plan_jobs(job_list, children, results_dir, experiment, force=force)
         console.print(f"{len(job_list)} job(s) in MLflow experiment {experiment!r} at {uri} "
-                      "(dry run: nothing runs or is logged)", highlight=False, soft_wrap=True)
+                      "(dry run: nothing runs or is logged)", markup=False, highlight=False,
+                      soft_wrap=True)
         seconds = typical_run_seconds(children, plan.saved)
         _print_estimate([_render_plan("jobs", plan, seconds)], runner)
         return
+    from clbench.orchestrate import check_results_dir
+
+    _sqlite_store(_resolve_uri(tracking_uri))  # a refused path, before anything is made
+    check_results_dir(results_dir, experiment, create=False)  # before anything starts
     runner = make_backend(backend, jobs, scheduler)
     runner.warm_up()  # workers import torch & co. while the store and the datasets open
     try:
-        uri, open_tracker = _open_tracking(tracking_uri, experiment)
-        if isinstance(runner, LocalBackend):
-            prepare_datasets(job_list)
+        uri, open_tracker = _open_tracking(
+            tracking_uri, experiment,
+            load_data=(lambda: prepare_datasets(job_list))
+            if isinstance(runner, LocalBackend) else None)
         tracker = open_tracker()
         console.print(f"{len(job_list)} job(s): {len(methods)} method(s) x {len(datasets)} "
                       f"dataset(s) x {len(seeds)} seed(s); {runner.describe()}",
-                      highlight=False, soft_wrap=True)
+                      markup=False, highlight=False, soft_wrap=True)
         summary = run_jobs(job_list, tracker, runner, results_dir=results_dir, force=force,
                            reporter=RichReporter(quiet))
     finally:
@@ -488,12 +617,12 @@ def _run_grid(methods, datasets, seeds, *, params, num_tasks, per_task, class_or
     if len(job_list) == 1 and summary.finished:
         render_result(summary.finished[0][1])
     elif summary.aggregates:
-        _render_aggregates(summary, f"{experiment}: mean ± std over seeds")
+        _render_aggregates(summary, escape(f"{experiment}: mean ± std over seeds"))
     if json_out is not None and summary.finished:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         payload = [r for _, r in summary.finished]
         json_out.write_text(json.dumps(payload[0] if len(job_list) == 1 else payload, indent=2))
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {json_out}", markup=False)
     _finish([summary], results_dir, experiment, uri)
 
 
@@ -533,6 +662,7 @@ def sweep(
     from clbench.sweep import grid_jobs, load_sweep, run_sweep
 
     check_backend_options(backend, jobs, scheduler)
+    _check_given(tracking_uri=tracking_uri, experiment=experiment, data_dir=data_dir)
     spec = load_sweep(file)
     spec.plugins = _plugin_paths([*spec.plugins, *(plugin or [])])
     for p in spec.plugins:
@@ -542,10 +672,15 @@ def sweep(
     if data_dir:
         spec.protocol["data_dir"] = data_dir
     first, _, _ = grid_jobs(spec)  # validates every name and grid value before anything runs
+    _check_local_device(backend, jobs, scheduler, spec.protocol.get("device", "cpu"))
     if dry_run:
         _plan_sweep(spec, tracking_uri, make_backend(backend, jobs, scheduler), results_dir,
                     force)
         return
+    from clbench.orchestrate import check_results_dir
+
+    _sqlite_store(_resolve_uri(tracking_uri))  # a refused path, before anything is made
+    check_results_dir(results_dir, spec.experiment, create=False)  # before anything starts
     runner = make_backend(backend, jobs, scheduler)
     runner.warm_up()  # workers import torch & co. while the store and the datasets open
 
@@ -555,18 +690,19 @@ def sweep(
         console.print(f"[bold]{what}[/] ({n} job(s))", highlight=False)
 
     try:
-        uri, open_tracker = _open_tracking(tracking_uri, spec.experiment)
-        if isinstance(runner, LocalBackend):
-            prepare_datasets(first)
+        uri, open_tracker = _open_tracking(
+            tracking_uri, spec.experiment,
+            load_data=(lambda: prepare_datasets(first))
+            if isinstance(runner, LocalBackend) else None)
         tracker = open_tracker()
         console.print(f"sweep {file} -> MLflow experiment {spec.experiment!r}; "
-                      f"{runner.describe()}", highlight=False, soft_wrap=True)
+                      f"{runner.describe()}", markup=False, highlight=False, soft_wrap=True)
         result = run_sweep(spec, tracker, runner, results_dir=results_dir, force=force,
                            reporter=RichReporter(quiet), on_stage=stage)
     finally:
         runner.close()
     if result.selections:
-        table = Table(title=f"{spec.experiment}: selected configurations")
+        table = Table(title=escape(f"{spec.experiment}: selected configurations"))
         for col in ("method", "dataset", "config", "grid val AP", "final AP", "final AF", "n"):
             table.add_column(col)
         finals = result.final.aggregates if result.final else {}
@@ -577,7 +713,7 @@ def sweep(
                 v = agg.get(name)
                 return "-" if v is None else f"{v['mean']:.4f} ± {v['std']:.4f}"
 
-            table.add_row(s.method, s.dataset, s.label or s.config_hash,
+            table.add_row(escape(s.method), escape(s.dataset), escape(s.label or s.config_hash),
                           f"{s.mean_val_ap:.4f}", cell("AP"), cell("AF"),
                           str(agg.get("AP", {}).get("n", 0)))
         console.print(table)
@@ -619,8 +755,10 @@ def compare(
     from clbench.compare import compare as do_compare
     from clbench.tracking import Tracker
 
-    if not 0.0 <= tolerance <= 1.0:
+    if not (math.isfinite(tolerance) and 0.0 <= tolerance <= 1.0):
         raise ClbenchError(f"--tolerance is on a 0-1 scale, got {tolerance}")
+    _check_given(tracking_uri=tracking_uri, experiment=experiment)
+    _check_output_dir(out, "--out")
     uri, _ = _open_tracking(tracking_uri, experiment, must_exist=True)
     command = shlex.join(["clbench", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"] else ""
     report = do_compare(Tracker(uri, experiment, create=False), out, all_configs,
@@ -629,10 +767,10 @@ def compare(
     if not report.rows:
         raise ClbenchError(f"experiment {experiment!r} at {uri} has no finished runs to compare")
     datasets = list(dict.fromkeys(r.dataset for r in report.rows))
-    table = Table(title=f"{experiment}: AP / AF in % (mean ± std, n seeds)")
+    table = Table(title=escape(f"{experiment}: AP / AF in % (mean ± std, n seeds)"))
     table.add_column("method")
     for d in datasets:
-        table.add_column(d, justify="right")
+        table.add_column(escape(d), justify="right")
     cells = {(r.label, r.dataset): r for r in report.rows}
     for label in dict.fromkeys(r.label for r in report.rows):
         row = []
@@ -646,10 +784,10 @@ def compare(
             if delta is not None:
                 text += f"\nref {r.reference['AP'] * 100:.1f}, Δ {delta * 100:+.1f}"
             row.append(text)
-        table.add_row(label, *row)
+        table.add_row(escape(label), *row)
     console.print(table)
     for path in (report.markdown, report.csv, report.figure):
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", markup=False, highlight=False)
 
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -669,19 +807,22 @@ def ui(
         = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
 ) -> None:
-    """Start the MLflow UI on the store clbench logs to (Ctrl-C stops it)."""
-    import subprocess
+    """Start the MLflow UI on the store clbench logs to (Ctrl-C stops it).
 
+    The server and every process it starts stop with this command: on Ctrl-C or
+    SIGTERM, and within seconds if the command itself is killed.
+    """
+    from clbench.serve import serve
     from clbench.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
-        console.print(f"{uri} is an MLflow server already: open it in a browser.")
+        console.print(f"{uri} is an MLflow server already: open it in a browser.", markup=False)
         return
     cmd = ui_command(uri, host, port)
     console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)",
-                  highlight=False, soft_wrap=True)
-    raise typer.Exit(subprocess.call(cmd))
+                  highlight=False, soft_wrap=True, markup=False)
+    raise typer.Exit(serve(cmd))
 
 
 @app.command("list")
@@ -694,15 +835,18 @@ def list_(
     """List methods (with hyperparameters), datasets (with sizes) and models."""
     from clbench.config import PROTOCOL_DEFAULTS, load_card
     from clbench.datasets import DATASETS, data_root
+    from clbench.experiment import check_data_dir
     from clbench.methods import METHODS
     from clbench.models import MODELS
     from clbench.plugins import load_plugin
 
     for p in plugin or []:
         load_plugin(p)
+    _check_given(data_dir=data_dir)
+    check_data_dir(data_dir)
     choices = ("all", "methods", "datasets", "models")
     if what not in choices:
-        raise ClbenchError(f"unknown list {what!r}; choose one of {', '.join(choices)}")
+        raise ClbenchError(f"unknown list {quote(what)}; choose one of {', '.join(choices)}")
     if what in ("all", "methods"):
         table = Table(title="methods (hyperparameter=default; override with --param)")
         table.add_column("method")
@@ -712,21 +856,23 @@ def list_(
         for name in METHODS.names():
             card = load_card(name)
             hp = ", ".join(f"{k}={v}" for k, v in card.params.items()) or "-"
-            table.add_row(name, ", ".join(METHODS.aliases_of(name)) or "-", hp, card.summary)
+            table.add_row(escape(name), escape(", ".join(METHODS.aliases_of(name)) or "-"),
+                          escape(hp), escape(card.summary))
         console.print(table)
         console.print("shared protocol parameters: "
-                      + ", ".join(f"{k}={v}" for k, v in PROTOCOL_DEFAULTS.items()))
+                      + ", ".join(f"{k}={v}" for k, v in PROTOCOL_DEFAULTS.items()),
+                      markup=False)
     if what in ("all", "datasets"):
         root = data_root(data_dir)
         try:
             from clbench.datasets.info import print_dataset_table
         except ImportError:
-            table = Table(title=f"datasets (data root: {root})")
+            table = Table(title=escape(f"datasets (data root: {root})"))
             for col in ("dataset", "nodes", "features", "classes", "default tasks", "local"):
                 table.add_column(col)
             for name in DATASETS.names():
                 c = DATASETS.get(name)
-                table.add_row(name, str(c.stats.get("nodes", "?")),
+                table.add_row(escape(name), str(c.stats.get("nodes", "?")),
                               str(c.stats.get("features", "?")), str(c.stats.get("classes", "?")),
                               f"{c.num_tasks} x {c.classes_per_task}",
                               "yes" if c.is_local(root) else "no")
@@ -734,11 +880,12 @@ def list_(
         else:
             print_dataset_table(root, console)
     if what in ("all", "models"):
-        console.print("models: " + ", ".join(MODELS.names()))
+        console.print("models: " + ", ".join(MODELS.names()), markup=False)
 
 
 def main() -> None:
-    """Console entry point: our errors exit 2 with one line; click's usage errors (an
+    """Console entry point: our errors exit 2 with one line (:class:`ClbenchGroup` reports
+    those of the commands; this catches any raised outside them); click's usage errors (an
     unknown command or option, a value of the wrong type) exit 2 with click's own usage
     message, formatted by Typer (which vendors its own click since 0.2x, so its errors are
     not ``click.ClickException``s: letting Typer's standalone mode handle them is the one
@@ -746,7 +893,7 @@ def main() -> None:
     try:
         app()  # standalone mode: exits with the command's code (typer.Exit) or 0
     except ClbenchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(exc)
         sys.exit(2)
 
 

@@ -21,3 +21,36 @@ class UnknownNameError(ClbenchError, KeyError):
 
 class DataError(ClbenchError):
     """A dataset file that is missing, corrupt or malformed."""
+
+
+#: How much of a user's text (a name, a path, a value) an error message quotes.
+CLIP = 80
+
+
+def _text(value: object) -> str:
+    try:
+        return str(value)
+    except ValueError:  # an int past Python's limit on digits to print
+        return f"<an integer of {value.bit_length():,} bits>"  # type: ignore[attr-defined]
+
+
+def _cut(text: object, limit: int) -> tuple[str, str]:
+    text = _text(text)
+    if len(text) <= limit:
+        return text, ""
+    return text[:limit], f"... ({len(text):,} characters)"
+
+
+def clip(text: object, limit: int = CLIP) -> str:
+    """``text`` shortened to ``limit`` characters for an error message: a 5,000-character
+    name is reported by its start and its length, not echoed whole."""
+    head, rest = _cut(text, limit)
+    return head + rest
+
+
+def quote(text: object, limit: int = CLIP) -> str:
+    """A user's value for an error message, shortened as :func:`clip` does; strings are
+    quoted and escaped like ``repr``, so control characters and newlines keep the message
+    on one line."""
+    head, rest = _cut(text, limit)
+    return (repr(head) if isinstance(text, str) else head) + rest

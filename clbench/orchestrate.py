@@ -57,31 +57,48 @@ CODE_TAGS = ("git_commit", "git_dirty", "source_digest", "external_code_digest")
 
 
 # ============================================================================ parsing
-def parse_seeds(text: str) -> list[int]:
-    """``"0-9"`` -> 0..9; ``"0,3,5-7"`` -> [0, 3, 5, 6, 7] (order kept, duplicates dropped)."""
-    seeds: list[int] = []
+def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
+    """``"0-9"`` -> 0..9; ``"0,3,5-7"`` -> [0, 3, 5, 6, 7] (order kept, duplicates dropped).
+
+    Seeds lie in ``[0, 2**32)`` (numpy's range) and one list names at most
+    ``MAX_SEEDS``; ``option`` names the setting in error messages.
+    """
+    from clbench.config import MAX_SEEDS, check_seed
+    from clbench.errors import quote
+
+    seeds: dict[int, None] = {}
     for part in str(text).replace(" ", "").split(","):
         if not part:
             continue
         m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
         if m is None:
-            raise ClbenchError(f"--seeds expects e.g. 0-9 or 0,2,5-7; got {text!r}")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
+            raise ClbenchError(f"{option} expects e.g. 0-9 or 0,2,5-7; got {quote(text)}")
+        if any(len(g) > 12 for g in m.groups(default="")):
+            raise ClbenchError(f"{option}: seeds must be in [0, 2**32), got {quote(part)}")
+        lo = check_seed(int(m.group(1)), option)
+        hi = check_seed(int(m.group(2)), option) if m.group(2) is not None else lo
         if hi < lo:
-            raise ClbenchError(f"--seeds range {part!r} is empty (end before start)")
-        seeds.extend(s for s in range(lo, hi + 1) if s not in seeds)
+            raise ClbenchError(f"{option} range {quote(part)} is empty (end before start)")
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            raise ClbenchError(f"{option} names more than {MAX_SEEDS:,} seeds ({quote(part)})")
+        seeds.update(dict.fromkeys(range(lo, hi + 1)))
     if not seeds:
-        raise ClbenchError(f"--seeds names no seed: {text!r}")
-    return seeds
+        raise ClbenchError(f"{option} names no seed: {quote(text)}")
+    return list(seeds)
 
 
-def parse_names(text: str | Sequence[str] | None) -> list[str]:
-    """``"piggyback,ewc"`` -> ``["piggyback", "ewc"]``."""
+def parse_names(text: str | Sequence[str] | None, option: str = "the list") -> list[str]:
+    """``"piggyback,ewc"`` -> ``["piggyback", "ewc"]``; ``None`` -> ``[]``. Given text
+    that names nothing (``""``, ``",,"``) is an error, not a default."""
+    from clbench.errors import quote
+
     if text is None:
         return []
     parts = text.split(",") if isinstance(text, str) else [p for t in text for p in t.split(",")]
-    return [p.strip() for p in parts if p.strip()]
+    names = [p.strip() for p in parts if p.strip()]
+    if not names:
+        raise ClbenchError(f"{option} names nothing: {quote(text)}")
+    return names
 
 
 def is_graph_file(dataset: str) -> bool:
@@ -90,6 +107,15 @@ def is_graph_file(dataset: str) -> bool:
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "x"
+
+
+def experiment_folder(experiment: str) -> str:
+    """The results folder name of an experiment: a readable slug (at most 60
+    characters, never ``.`` or ``..``) and 8 hex digits of the sha256 of the exact
+    name, so that two names never share a folder (``a/b`` and ``a b`` both slug to
+    ``a-b``) and no name leaves ``<results-dir>/runs``."""
+    readable = slug(experiment)[:60].strip(".-") or "x"
+    return f"{readable}-{hashlib.sha256(str(experiment).encode()).hexdigest()[:8]}"
 
 
 def stable_hash(payload: Any, n: int = 12) -> str:
@@ -215,8 +241,10 @@ def expand_jobs(
     ``method_params[m]`` adds overrides for method ``m``. Raises
     :class:`~clbench.errors.ClbenchError` on any bad input, before anything runs.
     """
-    from clbench.config import resolve_params
+    from clbench.config import check_seed, resolve_params
     from clbench.datasets import DATASETS
+    from clbench.errors import clip, quote
+    from clbench.experiment import check_data_dir, check_device, check_task_split
     from clbench.methods import METHODS
 
     if not methods or not datasets or not seeds:
@@ -225,16 +253,27 @@ def expand_jobs(
     canon_datasets: list[str] = []
     for d in datasets:
         if is_graph_file(d):
-            if not Path(d).is_file():
-                raise ClbenchError(f"dataset file not found: {d}")
+            try:
+                found = Path(d).is_file()
+            except OSError:  # e.g. a name too long for the file system
+                found = False
+            if not found:
+                raise ClbenchError(f"dataset file not found: {clip(d)}")
             canon_datasets.append(str(d))
         else:
             canon_datasets.append(DATASETS.canonical(d))
     canon_datasets = list(dict.fromkeys(canon_datasets))
     if graph not in ("full", "task"):
-        raise ClbenchError(f"--graph must be full or task, got {graph!r}")
+        raise ClbenchError(f"--graph must be full or task, got {quote(graph)}")
     if metric not in ("accuracy", "balanced_accuracy"):
-        raise ClbenchError(f"--metric must be accuracy or balanced_accuracy, got {metric!r}")
+        raise ClbenchError(f"--metric must be accuracy or balanced_accuracy, got {quote(metric)}")
+    for seed in seeds:
+        check_seed(seed, "--seeds")
+    check_seed(split_seed, "--split-seed")
+    check_device(device, available=False)  # whether it exists: where the jobs run
+    check_data_dir(data_dir)
+    for dataset in canon_datasets:
+        check_task_split(dataset, num_tasks, classes_per_task, class_order)
     shared, per = split_overrides(params or {}, canon_methods)
     for m, extra in (method_params or {}).items():
         per.setdefault(METHODS.canonical(m), {}).update(extra)
@@ -295,14 +334,21 @@ def _reset_peak_rss() -> None:
         fh.write("5")
 
 
-def execute_job(job: Job, marker_dir: str | None = None, worker: bool = True) -> Outcome:
+def execute_job(job: Job, marker_dir: str | None = None, worker: bool = True,
+                parent_pid: int | None = None) -> Outcome:
     """Run one job in a worker; exceptions become a failed :class:`Outcome`.
 
     In a worker process (``worker``) Ctrl-C is left to the orchestrating parent, which
     stops the pool and records what was running as KILLED. The previous SIGINT handler
     is put back afterwards, so a process that runs a job in-process (and the programs
     it starts later, which inherit an ignored SIGINT) still stops on Ctrl-C.
+    ``parent_pid``: the orchestrating process; the worker exits soon after it dies
+    (:func:`clbench.lifeline.die_with`).
     """
+    if parent_pid is not None:
+        from clbench.lifeline import die_with
+
+        die_with(parent_pid)
     if not (worker and threading.current_thread() is threading.main_thread()):
         return _execute_job(job, marker_dir)
     with _ctrl_c_ignored():
@@ -319,8 +365,13 @@ def _ctrl_c_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _import_training_stack() -> int:
-    """:meth:`LocalBackend.warm_up`'s task in a worker: import what every job needs."""
+def _import_training_stack(parent_pid: int | None = None) -> int:
+    """:meth:`LocalBackend.warm_up`'s task in a worker: import what every job needs (and
+    tie the worker's life to ``parent_pid``'s, as :func:`execute_job` does)."""
+    if parent_pid is not None:
+        from clbench.lifeline import die_with
+
+        die_with(parent_pid)
     with _ctrl_c_ignored():
         import clbench.experiment  # noqa: F401
     return os.getpid()
@@ -452,7 +503,9 @@ def execute_job_isolated(job: Job, threads_by_host: Mapping[str, int] | None = N
     """Run one job in a fresh child process (used on Dask workers).
 
     A job that kills its process (segfault, OOM killer, ``os._exit``) then comes back
-    as a failed :class:`Outcome` instead of taking the Dask worker down with it.
+    as a failed :class:`Outcome` instead of taking the Dask worker down with it. The
+    child gets this worker's pid and exits when the worker dies (the thread that starts
+    it waits for it here, so it may also ask the kernel for a SIGKILL then).
     """
     threads = job.threads
     if threads is None:
@@ -464,7 +517,8 @@ def execute_job_isolated(job: Job, threads_by_host: Mapping[str, int] | None = N
             json.dump(job.to_dict(), fh)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         with open(err, "w") as err_fh:
-            proc = subprocess.Popen([sys.executable, "-m", "clbench.orchestrate", inp, out],
+            proc = subprocess.Popen([sys.executable, "-m", "clbench.orchestrate", inp, out,
+                                     str(os.getpid())],
                                     stdout=subprocess.DEVNULL, stderr=err_fh, env=env)
             with _CHILDREN_LOCK:
                 _CHILDREN.add(proc)
@@ -506,8 +560,13 @@ def _dask_threads(threads_by_host: Mapping[str, int]) -> int:
 
 
 def _job_process_main(argv: Sequence[str]) -> int:
-    """Entry point of ``python -m clbench.orchestrate JOB.json OUTCOME.json``."""
-    inp, out = argv
+    """Entry point of ``python -m clbench.orchestrate JOB.json OUTCOME.json [PARENT_PID]``;
+    with ``PARENT_PID`` (the Dask worker that started it) it exits when that process dies."""
+    inp, out, *parent = argv
+    if parent:
+        from clbench.lifeline import die_with
+
+        die_with(int(parent[0]), signal_on_death=True)
     with open(inp) as fh:
         job = Job.from_dict(json.load(fh))
     if job.threads:
@@ -588,7 +647,10 @@ class LocalBackend(Backend):
 
     @staticmethod
     def _parallel(jobs: Sequence[Job], n_jobs: int, marker_dir: str) -> Iterator[Outcome]:
-        return LocalBackend._pool(n_jobs, execute_job, [(job, marker_dir) for job in jobs])
+        # the workers are children of this process: they exit when it dies (lifeline)
+        me = os.getpid()
+        return LocalBackend._pool(n_jobs, execute_job,
+                                  [(job, marker_dir, True, me) for job in jobs])
 
     @staticmethod
     def _pool(n_jobs: int, fn: Callable[..., Any], calls: Sequence[tuple]) -> Iterator[Any]:
@@ -610,7 +672,7 @@ class LocalBackend(Backend):
             n = max(2, self.jobs)
             with contextlib.suppress(Exception):
                 # joblib dispatches before it returns the generator
-                self._warming = self._pool(n, _import_training_stack, [()] * n)
+                self._warming = self._pool(n, _import_training_stack, [(os.getpid(),)] * n)
 
     def _wait_warm_up(self) -> None:
         warming, self._warming = self._warming, None
@@ -809,9 +871,14 @@ def write_json_atomic(path: Path, payload: Any) -> Path:
     return path
 
 
+def results_folder(results_dir: str | Path, experiment: str) -> Path:
+    """``<results_dir>/runs/<experiment folder>`` (see :func:`experiment_folder`)."""
+    return Path(results_dir) / "runs" / experiment_folder(experiment)
+
+
 def result_path(results_dir: str | Path, experiment: str, job: Job) -> Path:
-    """``<results_dir>/runs/<experiment>/<method>__<dataset>__<config hash>__seed<s>.json``."""
-    return Path(results_dir) / "runs" / slug(experiment) / f"{job.uid}.json"
+    """``<results folder>/<method>__<dataset>__<config hash>__seed<s>.json``."""
+    return results_folder(results_dir, experiment) / f"{job.uid}.json"
 
 
 def resume_path(results_dir: str | Path, experiment: str, job: Job) -> Path:
@@ -820,15 +887,43 @@ def resume_path(results_dir: str | Path, experiment: str, job: Job) -> Path:
 
 
 def read_saved_result(path: Path, job: Job) -> dict[str, Any] | None:
-    """A result saved by an earlier, interrupted command for exactly this job, if any."""
+    """A result saved by an earlier, interrupted command for exactly this job, if any
+    (the folder may have been copied from another experiment's: its runs are reused)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     meta = data.get("clbench", {}) if isinstance(data, dict) else {}
+    if not isinstance(meta, dict):
+        return None
     if meta.get("config_hash") != job.config_hash or data.get("seed") != job.seed:
         return None
     return data
+
+
+def check_results_dir(results_dir: str | Path, experiment: str, create: bool = True) -> Path:
+    """Prove the experiment's results folder usable before anything trains (a job that
+    cannot save its resume point or result would fail after its first task). With
+    ``create`` the folder is made; without, nothing is left behind: the nearest existing
+    folder on its path is probed with a temporary file (which also catches read-only
+    file systems, where permission bits say nothing to root). Raises
+    :class:`ClbenchError` naming the folder."""
+    folder = results_folder(results_dir, experiment)
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe_in = folder
+        else:
+            probe_in = next(p for p in (folder, *folder.parents) if p.exists())
+            if not probe_in.is_dir():
+                raise NotADirectoryError(20, "Not a directory")
+        with tempfile.NamedTemporaryFile(dir=probe_in, prefix=".clbench-write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ClbenchError(f"results directory {folder} is not writable ({reason}); "
+                           "choose another with --results-dir") from None
+    return folder
 
 
 def prepare_datasets(jobs: Sequence[Job]) -> None:
@@ -989,6 +1084,7 @@ def run_jobs(
     from clbench import tracking as tr
 
     reporter = reporter or Reporter()
+    check_results_dir(results_dir, tracker.experiment_name)
     summary = Summary(tracker.experiment_name, tracker.uri)
     jobs = backend.prepare(jobs)
     uids = [j.uid for j in jobs]
@@ -1039,6 +1135,7 @@ def run_jobs(
 
     def finish(job: Job, result: dict[str, Any], recovered: bool) -> None:
         if not recovered:
+            result.setdefault("clbench", {})["experiment"] = tracker.experiment_name
             write_json_atomic(result_path(results_dir, tracker.experiment_name, job), result)
         resume_path(results_dir, tracker.experiment_name, job).unlink(missing_ok=True)
         info = result.get("clbench", {})
@@ -1103,7 +1200,7 @@ def run_jobs(
         if not isinstance(exc, MlflowException):
             raise
         backend.interrupt()
-        saved_dir = Path(results_dir) / "runs" / slug(tracker.experiment_name)
+        saved_dir = results_folder(results_dir, tracker.experiment_name)
         first = next((ln for ln in str(exc).splitlines() if ln.strip()), "")[:200]
         raise ClbenchError(
             f"MLflow failed while logging ({first}); finished results are saved under "

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
-from clbench.errors import ClbenchError, UnknownNameError
+from clbench.errors import ClbenchError, UnknownNameError, quote
 
 T = TypeVar("T")
 
@@ -122,7 +122,7 @@ class Registry(Generic[T]):
         keys = {normalize_name(n): n for n in names}
         close = difflib.get_close_matches(normalize_name(name), list(keys), n=1, cutoff=0.75)
         hint = f" Did you mean {keys[close[0]]!r}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Valid {self.kind}s: {', '.join(names)}"
+        return f"unknown {self.kind} {quote(name)}.{hint} Valid {self.kind}s: {', '.join(names)}"
 
     def names(self) -> list[str]:
         """Registered primary names, sorted."""

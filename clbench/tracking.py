@@ -124,6 +124,58 @@ def require_existing_store(uri: str) -> None:
         )
 
 
+#: How long a command waits for another that is creating (or opening) the same SQLite
+#: store before it gives up.
+STORE_LOCK_TIMEOUT = 300.0
+
+
+def store_lock_file(uri: str) -> Path | None:
+    """``<store>.db.lock`` beside a SQLite store's file (None for other stores)."""
+    path = sqlite_file(uri)
+    if path is None or path.name in ("", ":memory:"):
+        return None
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def store_lock(uri: str, timeout: float = STORE_LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold an exclusive file lock beside a SQLite store while MLflow opens it.
+
+    MLflow creates a new SQLite store's tables and runs its schema migrations when it
+    first opens the file, unguarded: two commands doing that at once both migrate,
+    and one (or both) fails (``Online migration expected to match one row``, ``table
+    ... already exists``) and can leave the schema half-migrated. Under this lock the
+    second command waits and then finds the store complete. MLflow keeps an opened
+    store for the process, so only a process's first opening takes long. A lock that
+    cannot be created (a read-only folder, where no store can be created either) is
+    skipped; other stores need none.
+    """
+    lock_file = store_lock_file(uri)
+    if lock_file is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(lock_file, timeout=timeout)
+    held = False
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would
+        lock.acquire()
+        held = True
+    except Timeout:
+        raise ClbenchError(
+            f"another process has been creating or opening the MLflow store {uri} for "
+            f"{timeout:.0f} s (it holds {lock_file}); try again when it is done"
+        ) from None
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        if held:
+            lock.release()
+
+
 @contextlib.contextmanager
 def quick_http(env: Mapping[str, str] = QUICK_HTTP_ENV) -> Iterator[None]:
     """Temporarily make MLflow's HTTP client fail in seconds instead of retrying."""
@@ -176,7 +228,7 @@ def check_tracking_uri(uri: str) -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    with quick_http():
+    with quick_http(), store_lock(uri):
         try:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except Exception as exc:
@@ -473,7 +525,8 @@ class Tracker:
 
         self.uri = uri
         self.experiment_name = experiment
-        self.client: MlflowClient = MlflowClient(tracking_uri=uri)
+        with store_lock(uri):  # opening a new SQLite store creates it: one process at a time
+            self.client: MlflowClient = MlflowClient(tracking_uri=uri)
         self.experiment_id = self._open_experiment(experiment, create)
 
     # ------------------------------------------------------------ experiment & search

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from clbench.cli import ui_command
 from clbench.compare import PAUSE_SECONDS, _duration, busy_intervals
+from clbench.orchestrate import results_folder
 
 try:
     from datahelpers import copy_shared
@@ -130,7 +131,7 @@ def test_sweep_selects_by_val_ap_reruns_on_final_seeds_and_marks(workdir, capsys
     # the same configuration is selected, and compare writes the same table. One record
     # is moved a day back, as if an earlier work session had made it: the table's wall
     # time is then the two stretches of work, not the day between them.
-    saved = sorted((workdir / "results" / "runs" / exp).glob("*.json"))
+    saved = sorted((results_folder(workdir / "results", exp)).glob("*.json"))
     early = json.loads(saved[0].read_text())
     for key in ("started_at", "finished_at"):
         early["clbench"][key] -= 86400.0
@@ -193,7 +194,7 @@ def test_sweep_data_dir_option_reads_that_root(workdir, tmp_path_factory, monkey
     server = shared_server()
     assert cli("sweep", "s.toml", "--data-dir", str(root), "--tracking-uri", server.uri,
                "-q") == 0
-    saved = list((workdir / "results" / "runs" / exp).glob("*.json"))
+    saved = list((results_folder(workdir / "results", exp)).glob("*.json"))
     assert saved
     for path in saved:
         result = json.loads(path.read_text())

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from clbench.orchestrate import results_folder
+
 distributed = pytest.importorskip("dask.distributed")
 
 try:
@@ -24,7 +26,7 @@ def workdir(tmp_path, monkeypatch):
 
 def _results(workdir, exp):
     out = {}
-    for path in sorted((workdir / "results" / "runs" / exp).glob("*.json")):
+    for path in sorted((results_folder(workdir / "results", exp)).glob("*.json")):
         data = json.loads(path.read_text())
         out[(data["method"], data["seed"])] = data
     return out

@@ -19,10 +19,12 @@ from clbench.orchestrate import (
     Job,
     LocalBackend,
     expand_jobs,
+    experiment_folder,
     parse_names,
     parse_seeds,
     read_saved_result,
     result_path,
+    results_folder,
     stop_loky_pool,
     write_json_atomic,
 )
@@ -98,10 +100,43 @@ def test_expand_jobs_rejects_bad_input_before_running():
     assert jobs[0].config["lr"] == 1e-3 and jobs[1].config["lr"] == 0.1  # method-only override
 
 
+def test_experiment_names_never_share_a_results_folder(workdir, capsys):
+    """``a/b`` and ``a b`` once shared ``runs/a-b``: the second command "recovered" the
+    first's result instead of running. ``..`` wrote to ``<results-dir>/<uid>.json``."""
+    args = ("run", "--method", "finetune", "--param", "epochs=2", "--param", "hidden=16",
+            "--tracking-uri", f"sqlite:///{workdir / 'm.db'}", "-q")
+    names = ("a/b", "a b", "..")
+    for name in names:
+        assert cli(*args, "--experiment", name) == 0
+    out = capsys.readouterr().out
+    assert "recovered" not in out and out.count("AP") >= 3
+    assert not list((workdir / "results").glob("*.json"))
+    assert sorted(p.name for p in (workdir / "results" / "runs").iterdir()) == \
+        sorted(experiment_folder(n) for n in names)
+    assert len({experiment_folder(n) for n in names}) == 3
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "unwritable"])
+def test_an_unwritable_results_dir_fails_before_anything_runs(workdir, capsys, where):
+    """Found up front (exit 2, one line, no store created), not after the first task."""
+    blocker = workdir / "blocker"
+    blocker.write_text("")
+    results = {"a file": blocker, "under a file": blocker / "sub",
+               "unwritable": Path("/proc/clbench-results")}[where]
+    code = cli("run", "--method", "finetune", "--param", "epochs=2", "--tracking-uri",
+               f"sqlite:///{workdir / 'm.db'}", "--results-dir", results, "-q")
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert "not writable" in captured.err and "Traceback" not in captured.err
+    assert len(captured.err.strip().splitlines()) <= 3
+    assert not (workdir / "m.db").exists() and "done" not in captured.out
+
+
 def test_atomic_result_write(tmp_path):
     job = expand_jobs(["finetune"], ["synthetic"], [3])[0]
     path = result_path(tmp_path, "my exp", job)
-    assert path.parent == tmp_path / "runs" / "my-exp"
+    assert path.parent == tmp_path / "runs" / experiment_folder("my exp")
+    assert experiment_folder("my exp").startswith("my-exp-")
     write_json_atomic(path, {"seed": 3, "clbench": {"config_hash": job.config_hash}})
     assert os.listdir(path.parent) == [path.name]  # no temporary file left behind
     assert read_saved_result(path, job) is not None
@@ -123,13 +158,13 @@ def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
     children = child_runs(client, eid)
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert len(parent_runs(client, eid)) == 2
-    saved = sorted((workdir / "results" / "runs" / exp).glob("*.json"))
+    saved = sorted((results_folder(workdir / "results", exp)).glob("*.json"))
     assert len(saved) == 4
 
     def saved_result(experiment: str, run) -> dict:
         """The result JSON on disk for an MLflow child run."""
         t = run.data.tags
-        return json.loads((workdir / "results" / "runs" / experiment /
+        return json.loads((results_folder(workdir / "results", experiment) /
                            f"{t['clbench.method']}__synthetic__{t['clbench.config_hash']}__seed"
                            f"{t['clbench.seed']}.json").read_text())
 
@@ -173,7 +208,8 @@ def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
 
     # results saved on disk by an interrupted command are logged, not recomputed
     exp2 = "recovered"
-    shutil.copytree(workdir / "results" / "runs" / exp, workdir / "results" / "runs" / exp2)
+    shutil.copytree(results_folder(workdir / "results", exp),
+                    results_folder(workdir / "results", exp2))
     assert cli("run", "--method", "finetune,joint", "--seeds", "0-1", "--epochs", "5",
                "--jobs", "2", "--experiment", exp2, "-q") == 0
     assert capsys.readouterr().out.count("recovered from its saved result") == 4
@@ -236,7 +272,7 @@ def test_crash_and_killed_worker_are_failed_runs_others_finish(workdir):
     statuses = {p.data.tags["clbench.method"]: p.info.status
                 for p in parent_runs(client, eid)}
     assert statuses == {"raiser": "FAILED", "killer": "FAILED"}
-    saved = sorted(p.name for p in (workdir / "results" / "runs" / exp).iterdir())
+    saved = sorted(p.name for p in (results_folder(workdir / "results", exp)).iterdir())
     # results of the finished jobs; the failed ones keep their resume point (saved after
     # task 0), so a retry would continue from task 1
     jsons = [n for n in saved if n.endswith(".json")]
@@ -334,7 +370,7 @@ def test_a_worker_replaced_for_its_memory_growth_is_silent_and_loses_nothing(wor
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "worker stopped" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
     assert proc.stdout.count("done   growing") == 6
-    assert len(list((workdir / "results" / "runs" / exp).glob("*.json"))) == 6
+    assert len(list((results_folder(workdir / "results", exp)).glob("*.json"))) == 6
 
 def test_runs_abandoned_by_a_dead_command_are_closed(workdir):
     """A command killed without a chance to clean up (SIGKILL, a session that ended)
@@ -429,7 +465,7 @@ def as_foreground_job() -> None:
 def test_ctrl_c_marks_running_killed_and_keeps_finished(workdir):
     server = shared_server()
     exp = unique("ctrl-c")
-    out_dir = workdir / "results" / "runs" / exp
+    out_dir = results_folder(workdir / "results", exp)
     proc = subprocess.Popen(
         [sys.executable, "-m", "clbench.cli", "run", "--method", "finetune", "--seeds", "0-3",
          "--epochs", "40", "--jobs", "2", "--tracking-uri", server.uri, "--experiment", exp,

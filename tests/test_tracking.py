@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from clbench.config import resolve_params
+from clbench.orchestrate import results_folder
 from clbench.tracking import (
     aggregate,
     check_tracking_uri,
@@ -79,7 +80,7 @@ def test_server_run_logs_parents_children_metrics_and_artifacts(workdir, capsys)
         if method == "finetune":  # a joint run of the same dataset and seed exists
             assert "INT" in metrics
 
-        saved = json.loads((workdir / "results" / "runs" / exp /
+        saved = json.loads((results_folder(workdir / "results", exp) /
                             f"{method}__synthetic__{tags['clbench.config_hash']}__seed"
                             f"{tags['clbench.seed']}.json").read_text())
         R = np.asarray(saved["R_test"])

@@ -60,10 +60,11 @@ def _num(value: int | None) -> str:
 def print_dataset_table(root: Path, console: Any = None) -> None:
     """Print :func:`dataset_rows` as a rich table on ``console`` (a new one by default)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"Datasets (data root: {Path(root).resolve()})")
+    table = Table(title=escape(f"Datasets (data root: {Path(root).resolve()})"))
     table.add_column("name", style="bold", no_wrap=True)
     for col in ("nodes", "edges", "features", "classes"):
         table.add_column(col, justify="right")
