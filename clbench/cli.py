@@ -401,7 +401,8 @@ DryRunOpt = Annotated[bool, typer.Option(
 @app.command()
 def run(
     method: Annotated[str | None, typer.Option(
-        "--method", "-m", help="Method name, or several comma-separated.")] = None,
+        "--method", "-m", help="Method name, or several comma-separated. Default: piggyback.")]
+        = None,
     dataset: Annotated[str, typer.Option("--dataset", "-d",
                        help="Dataset name or .pt/.npz graph file; several comma-separated.")]
         = "synthetic",
@@ -411,8 +412,10 @@ def run(
         help="Several seeds, e.g. 0-9 or 0,2,5-7 (runs through the orchestrator).")] = None,
     tasks: Annotated[str | None, typer.Option(
         help="Number of tasks, or TASKSxCLASSES (e.g. 3x2). Default: the dataset card.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per task.")] = None,
-    model: Annotated[str | None, typer.Option(help="Backbone: gcn, sage or gat.")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Maximum epochs per task. Default: 1000 (the protocol's epochs).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Backbone: gcn, sage or gat. Default: gcn.")] = None,
     param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="Hyperparameter override key=value, or method.key=value for one "
                               "method only (repeatable).")] = None,

@@ -22,3 +22,29 @@ def test_every_registered_builtin_method_is_documented():
     for name in METHODS.names():
         if name in ("finetune", "joint", "piggyback", "packnet", "ewc"):
             assert f"`{name}`" in readme
+
+
+def test_readme_python_snippets_are_ruff_clean(tmp_path):
+    """A newcomer copies these: no unused imports or other lint."""
+    import subprocess
+    import sys
+
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        (tmp_path / f"snippet_{i}.py").write_text(block)
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache",
+                           "--config", str(REPO / "pyproject.toml"), str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_run_help_states_the_defaults():
+    from typer.testing import CliRunner
+
+    from clbench.cli import app
+
+    out = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    for text in ("Default: piggyback", "Default: 1000", "Default: gcn"):
+        assert text in out, text
