@@ -31,6 +31,7 @@ import contextlib
 import csv
 import functools
 import json
+import logging
 import math
 import os
 import socket
@@ -137,6 +138,13 @@ def store_lock_file(uri: str) -> Path | None:
     return path.with_name(path.name + ".lock")
 
 
+def _quiet_store_creation() -> None:
+    """MLflow logs "Creating initial MLflow database tables..." and "Updating database
+    tables" at INFO when it creates a SQLite store: bookkeeping, not news for a user."""
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @contextlib.contextmanager
 def store_lock(uri: str, timeout: float = STORE_LOCK_TIMEOUT) -> Iterator[None]:
     """Hold an exclusive file lock beside a SQLite store while MLflow opens it.
@@ -150,6 +158,7 @@ def store_lock(uri: str, timeout: float = STORE_LOCK_TIMEOUT) -> Iterator[None]:
     cannot be created (a read-only folder, where no store can be created either) is
     skipped; other stores need none.
     """
+    _quiet_store_creation()
     lock_file = store_lock_file(uri)
     if lock_file is None:
         yield

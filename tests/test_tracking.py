@@ -20,11 +20,20 @@ from clbench.tracking import (
 )
 
 try:
-    from mlflow_server import child_runs, cli, free_port, parent_runs, shared_server, unique
+    from mlflow_server import (
+        child_runs,
+        cli,
+        cli_process,
+        free_port,
+        parent_runs,
+        shared_server,
+        unique,
+    )
 except ImportError:  # tests/ imported as a package
     from tests.mlflow_server import (
         child_runs,
         cli,
+        cli_process,
         free_port,
         parent_runs,
         shared_server,
@@ -158,3 +167,14 @@ def test_aggregate_and_seed_selection():
     assert list(select_seed_runs(runs, {1})) == [1]
     agg = aggregate([r.metrics for r in chosen.values()] + [{"AP": float("nan")}])
     assert agg["AP"] == {"mean": pytest.approx(0.8), "std": pytest.approx(0.1), "n": 2}
+
+
+def test_creating_a_store_prints_no_mlflow_bookkeeping(tmp_path):
+    """MLflow's INFO lines about creating the database tables stay out of the output."""
+    proc = cli_process("run", "--method", "finetune", "--param", "epochs=2", "--param",
+                       "hidden=16", "--track", "--tracking-uri",
+                       f"sqlite:///{tmp_path / 'new.db'}", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "new.db").is_file()
+    assert "database tables" not in proc.stdout + proc.stderr
+    assert " INFO " not in proc.stdout + proc.stderr
