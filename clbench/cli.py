@@ -499,11 +499,12 @@ def run(
         params=params, data_dir=data_dir, split_seed=split_seed, graph=graph, metric=metric,
         device=device,
     )
-    from clbench.progress import RichProgress
+    from clbench.progress import RichProgress, TaskLines
 
     validate_spec(spec)  # before the progress bars: bad input gets its one line alone
     with RichProgress.bars(err_console, disable=quiet) as progress:
-        result = run_experiment(spec, callbacks=[RichProgress(progress)])
+        lines = [] if console.is_terminal else [TaskLines(console)]  # a log file's progress
+        result = run_experiment(spec, callbacks=[RichProgress(progress), *lines])
     render_result(result)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,9 @@
-"""Rich progress bars for a single run (``clbench run`` without the orchestrator)."""
+"""Progress of a single run (``clbench run`` without the orchestrator): rich bars on a
+terminal, and a line per finished task where the output goes to a file or a pipe."""
 
 from __future__ import annotations
+
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -37,3 +40,27 @@ class RichProgress(TrainerCallback):
 
     def on_task_end(self, trainer, task_id: int, test_row) -> None:
         self.progress.advance(self.tasks_bar)
+
+
+class TaskLines(TrainerCallback):
+    """A line per finished task on ``console``: the bars are not drawn into a log file,
+    so without these a long run's log stays empty until it ends."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.started = 0.0
+        self.epochs = 0
+
+    def on_task_start(self, trainer, task_id: int) -> None:
+        self.started, self.epochs = time.perf_counter(), 0
+
+    def on_epoch_end(self, trainer, task_id: int, epoch: int, results: dict) -> None:
+        self.epochs = epoch + 1
+
+    def on_task_end(self, trainer, task_id: int, test_row) -> None:
+        seen = test_row[: task_id + 1]
+        self.console.print(
+            f"task {task_id + 1}/{trainer.num_tasks} done: test acc on it "
+            f"{test_row[task_id]:.4f}, AP so far {sum(seen) / len(seen):.4f}, "
+            f"{self.epochs} epochs, {time.perf_counter() - self.started:.1f} s",
+            markup=False, highlight=False)

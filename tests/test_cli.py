@@ -123,3 +123,19 @@ def test_compare_on_a_missing_sqlite_store_creates_nothing(monkeypatch, capsys, 
     assert code == 2
     assert f"no MLflow store at sqlite:///{missing}" in " ".join(err.split())
     assert not (tmp_path / "typo").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_single_run_into_a_log_file_prints_a_line_per_task(tmp_path):
+    """The bars are not drawn into a file: a line per finished task shows progress."""
+    import subprocess
+
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.run([sys.executable, "-m", "clbench.cli", "run", "--method",
+                               "finetune", "--param", "epochs=3", "--param", "hidden=16"],
+                              cwd=tmp_path, stdout=log, stderr=subprocess.PIPE, text=True,
+                              timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    done = [ln for ln in lines if " done: test acc on it " in ln]
+    assert [ln.split()[1] for ln in done] == [f"{k}/5" for k in range(1, 6)]
+    assert lines.index(done[-1]) < next(i for i, ln in enumerate(lines) if ln.startswith("AP "))
