@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+#: One colour per method, the same in every panel (matplotlib's tab10).
+_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -100,22 +105,42 @@ def grouped_bars(
     path: str | Path,
     title: str = "",
     refs: Mapping[tuple[str, str], Mapping[str, float]] | None = None,
+    scale: float = 100.0,
+    unit: str = "%",
 ) -> Path:
     """Grouped bar chart: one panel per metric, datasets on x, one bar per method.
 
-    ``values[metric][(method, dataset)] = (mean, std, n)``; missing cells are left out.
+    ``values[metric][(method, dataset)] = (mean, std, n)`` on a 0-1 scale, drawn times
+    ``scale`` (in %); missing cells are left out. A method keeps its colour in every
+    panel; a mean that rounds to zero is marked by a diamond on the axis (a bar of
+    height 0 would be invisible); the legend sits outside the panels.
     ``refs[(method, dataset)][metric]`` (e.g. published numbers) are drawn as black
     markers on the bars.
     """
+    fig = grouped_bars_figure(datasets, methods, values, title, refs, scale, unit)
+    return _save(fig, path)
+
+
+def grouped_bars_figure(
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    values: Mapping[str, Mapping[tuple[str, str], tuple[float, float, int]]],
+    title: str = "",
+    refs: Mapping[tuple[str, str], Mapping[str, float]] | None = None,
+    scale: float = 100.0,
+    unit: str = "%",
+) -> Figure:
+    """The figure :func:`grouped_bars` saves."""
     refs = refs or {}
     metrics = list(values)
-    fig = Figure(figsize=(max(4.0, 1.2 + 1.1 * len(datasets) * max(len(methods), 1) * 0.45)
-                          * len(metrics), 3.8), layout="constrained")
+    colours = {m: _COLOURS[k % len(_COLOURS)] for k, m in enumerate(methods)}
+    panel = max(3.6, 1.0 + 0.5 * len(datasets) * max(len(methods), 1) * 0.45)
+    fig = Figure(figsize=(panel * len(metrics) + 1.8, 3.8), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(datasets))
+    handles: dict[str, Any] = {}
     for ax, metric in zip(axes, metrics, strict=True):
-        marked = False
         for k, method in enumerate(methods):
             means, stds, xs, rx, ry = [], [], [], [], []
             for d, dataset in enumerate(datasets):
@@ -123,25 +148,38 @@ def grouped_bars(
                 ref = refs.get((method, dataset), {}).get(metric)
                 if ref is not None:
                     rx.append(pos)
-                    ry.append(ref)
+                    ry.append(ref * scale)
                 cell = values[metric].get((method, dataset))
                 if cell is None or not np.isfinite(cell[0]):
                     continue
                 xs.append(pos)
-                means.append(cell[0])
-                stds.append(cell[1] if np.isfinite(cell[1]) else 0.0)
+                means.append(cell[0] * scale)
+                stds.append(cell[1] * scale if np.isfinite(cell[1]) else 0.0)
             if xs:
-                ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3, label=method)
+                handles[method] = ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3,
+                                         color=colours[method], label=method)
+                zero = [p for p, m in zip(xs, means, strict=True) if abs(m) < 0.05]
+                if zero:
+                    ax.scatter(zero, [0.0] * len(zero), marker="D", s=28, zorder=6,
+                               color=colours[method], edgecolors="black", linewidths=0.6)
             if rx:
-                ax.scatter(rx, ry, marker="_", s=220, color="black", linewidths=2, zorder=5,
-                           label=None if marked else "reference")
-                marked = True
+                handles["reference"] = ax.scatter(rx, ry, marker="_", s=220, color="black",
+                                                  linewidths=2, zorder=5, label="reference")
         ax.set_xticks(x)
         ax.set_xticklabels(datasets, rotation=20 if len(datasets) > 3 else 0)
-        ax.set_title(f"{metric} (mean ± std over seeds)", fontsize=9)
+        ax.set_xlabel("dataset")
+        ax.set_ylabel(f"{metric} ({unit})")
+        ax.set_title(f"{metric}: mean ± std over seeds", fontsize=9)
         ax.axhline(0.0, color="black", linewidth=0.6)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower left" if refs else "best")
+    if handles:
+        if any(abs(c[0]) * scale < 0.05 for v in values.values() for c in v.values()):
+            handles["mean 0 (no bar)"] = axes[0].scatter(
+                [], [], marker="D", s=28, color="white", edgecolors="black", linewidths=0.6)
+        order = [m for m in methods if m in handles] + [
+            k for k in ("reference", "mean 0 (no bar)") if k in handles]
+        fig.legend([handles[k] for k in order], order, loc="outside right upper",
+                   fontsize=8, title="method", title_fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return fig

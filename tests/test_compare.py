@@ -218,3 +218,30 @@ def test_a_mean_that_rounds_to_zero_is_printed_without_a_sign():
     assert "| 0.000 ± 0.000 |" in table  # the reference section's clbench AF
     row.stats["AF"] = {"mean": -0.012, "std": 0.003}
     assert row.cell("AF") == "-1.2 ± 0.3"
+
+
+def test_bar_chart_is_readable():
+    """Axes labelled in %, one colour per method in both panels, a mean of 0 marked (a
+    zero-height bar is invisible), the legend outside the panels."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.colors import to_hex
+
+    from clbench.plots import grouped_bars_figure
+
+    values = {"AP": {("piggyback", "cora"): (0.93, 0.02, 5), ("finetune", "cora"): (0.9, 0.01, 5)},
+              "AF": {("piggyback", "cora"): (0.0, 0.0, 5), ("finetune", "cora"): (0.05, 0.01, 5)}}
+    fig = grouped_bars_figure(["cora"], ["finetune", "piggyback"], values)
+    ap, af = fig.axes
+    assert ap.get_ylabel() == "AP (%)" and af.get_ylabel() == "AF (%)"
+    assert ap.get_xlabel() == "dataset"
+    heights = sorted(round(p.get_height(), 6) for p in ap.patches)
+    assert heights == [90.0, 93.0]  # in %, not 0-1
+    colour = {ax: {c.get_label(): to_hex(c.patches[0].get_facecolor())
+                   for c in ax.containers if hasattr(c, "patches")} for ax in (ap, af)}
+    assert colour[ap] == colour[af]  # same colour per method across panels
+    zero_marks = [c for c in af.collections
+                  if isinstance(c, PathCollection) and len(c.get_offsets())]
+    assert [tuple(c.get_offsets()[0])[1] for c in zero_marks] == [0.0]
+    assert ap.get_legend() is None and af.get_legend() is None and len(fig.legends) == 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["finetune", "piggyback", "mean 0 (no bar)"]
