@@ -342,3 +342,24 @@ def test_data_root_comes_from_env(tmp_path, monkeypatch, net):
     copy_shared("cora", tmp_path)
     monkeypatch.setenv("CLBENCH_DATA", str(tmp_path))
     assert load_graph("cora").num_nodes == 2708
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_list_datasets_keeps_every_number_at_any_width(tmp_path, width):
+    """At 80 columns (a pipe's default) the numbers must survive whole: the wide text
+    column goes first, with a note."""
+    import io
+
+    from rich.console import Console
+
+    from clbench.datasets.info import print_dataset_table
+
+    out = io.StringIO()
+    print_dataset_table(tmp_path, Console(file=out, width=width, color_system=None))
+    text = out.getvalue()
+    for number in ("2,449,029", "123,718,280", "169,343", "8,710", "built-in"):
+        assert number in text, (width, number)
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert ("column left out" in text) == (width == 80)
+    assert ("60/20/20 %" in text) == (width == 200)

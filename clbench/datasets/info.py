@@ -58,28 +58,42 @@ def _num(value: int | None) -> str:
 
 
 def print_dataset_table(root: Path, console: Any = None) -> None:
-    """Print :func:`dataset_rows` as a rich table on ``console`` (a new one by default)."""
+    """Print :func:`dataset_rows` as a rich table on ``console`` (a new one by default).
+
+    The numbers never shrink (their columns do not wrap); on a console narrower than
+    the whole table (80 columns, a pipe) the split column is left out, and said so."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=escape(f"Datasets (data root: {Path(root).resolve()})"))
-    table.add_column("name", style="bold", no_wrap=True)
-    for col in ("nodes", "edges", "features", "classes"):
-        table.add_column(col, justify="right")
-    table.add_column("split", no_wrap=True)
-    table.add_column("tasks", justify="center", no_wrap=True)
-    table.add_column("local", justify="center", no_wrap=True)
-    for row in dataset_rows(root):
+    rows = dataset_rows(root)
+    cells = [[row["name"], _num(row["nodes"]), _num(row["edges"]), _num(row["features"]),
+              _num(row["classes"]), row["split"], row["tasks"]] for row in rows]
+    headers = ["name", "nodes", "edges", "features", "classes", "split", "tasks", "local"]
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers[:-1])]
+    full = sum(widths) + len("built-in") + 3 * len(headers) + 1
+    with_split = console.width >= full
+    table = Table(title=escape(f"Datasets (data root: {Path(root).resolve()})"),
+                  show_edge=with_split)
+    short = {} if with_split else {"features": "feats", "classes": "cls"}
+    for i, head in enumerate(headers[:-1]):
+        if head == "split" and not with_split:
+            continue
+        width = widths[i] if with_split else max(len(c[i]) for c in cells)
+        table.add_column(short.get(head, head), no_wrap=True, min_width=width,
+                         justify="left" if head in ("name", "split") else "right")
+    table.add_column("local", justify="center", no_wrap=True, min_width=len("built-in"))
+    for row, cell in zip(rows, cells, strict=True):
         if row["folder"] is None:
             local = "[cyan]built-in[/]"
         else:
             local = "[green]yes[/]" if row["local"] else "[yellow]no[/]"
-        table.add_row(row["name"], _num(row["nodes"]), _num(row["edges"]),
-                      _num(row["features"]), _num(row["classes"]), row["split"], row["tasks"],
-                      local)
+        shown = [escape(c) for i, c in enumerate(cell) if with_split or i != 5]
+        table.add_row(*shown, local)
     console.print(table)
     console.print("split: train/val/test nodes (official split) or stratified percentages "
-                  "drawn from the split seed. Missing datasets are downloaded on first use; "
-                  "offline, put their files where datasets/README.md says.")
+                  "drawn from the split seed" + ("" if with_split else
+                  f" (column left out below {full} columns)") + ". Missing datasets are "
+                  "downloaded on first use; offline, put their files where "
+                  "datasets/README.md says.", markup=False)
