@@ -91,6 +91,9 @@ def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:
         module.training = bool(state["training"].get(name, module.training))
 
 
+_PLAIN = (bool, int, float, str, bytes)
+
+
 class _Encoder:
     def __init__(self, model: nn.Module | None) -> None:
         self.model = model
@@ -110,7 +113,7 @@ class _Encoder:
         return k
 
     def __call__(self, obj: Any) -> Any:
-        if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        if obj is None or type(obj) in _PLAIN:  # exact types: np.float64 is a float too
             return obj
         ref = self._ref(obj)
         if ref is not None:

@@ -247,6 +247,7 @@ def test_state_files_hold_plain_data_only(tmp_path):
     sched.step(1.0)
     states = {"masks": {"w": extra}, "opt": opt, "sched": sched, "packed": np.arange(5),
               "rng": np.random.get_state(), "dtype": torch.int8, 3: (1.5, None, "x"),
+              "scalar": np.float64(0.25), "count": np.int64(7),
               "frozen": [(model.weight, torch.ones(2, 3).bool(), model.weight.detach().clone())],
               "result": TrainerResult(np.eye(2), np.eye(2), np.ones(2), np.ones(2))}
     tree = statefile.encode(states, model)
@@ -261,6 +262,8 @@ def test_state_files_hold_plain_data_only(tmp_path):
     assert np.array_equal(back["packed"], np.arange(5)) and back[3] == (1.5, None, "x")
     assert back["rng"][0] == "MT19937" and np.array_equal(back["rng"][1], states["rng"][1])
     assert isinstance(back["result"], TrainerResult) and back["dtype"] is torch.int8
+    assert type(back["scalar"]) is np.float64 and back["scalar"] == 0.25
+    assert type(back["count"]) is np.int64 and back["count"] == 7
 
     for bad in (lambda: 0, nn.ReLU(), object(), np.array([object()])):
         with pytest.raises(statefile.Unsupported):
