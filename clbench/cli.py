@@ -742,7 +742,9 @@ def compare(
     notes: Annotated[Path | None, typer.Option(
         help="Markdown file appended to the table as its notes.")] = None,
     commit: Annotated[str | None, typer.Option(
-        help="Git revision the runs used (default: `git rev-parse HEAD` now, said so).")]
+        help="Git revision the runs used (default: the commit the runs logged, each version "
+             "with its run count if they differ; if none logged one, `git rev-parse HEAD` "
+             "now, said so).")]
         = None,
     run_command: Annotated[str | None, typer.Option(
         help="The exact command that produced the runs (default: reconstructed from the "

@@ -48,3 +48,16 @@ def test_run_help_states_the_defaults():
     out = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
     for text in ("Default: piggyback", "Default: 1000", "Default: gcn"):
         assert text in out, text
+
+
+def test_compare_commit_help_matches_the_behaviour():
+    """Without --commit the table takes the commit the runs logged (the README says so)."""
+    from typer.testing import CliRunner
+
+    from clbench.cli import app
+
+    out = " ".join(CliRunner().invoke(app, ["compare", "--help"],
+                                      env={"COLUMNS": "300"}).output.split())
+    assert "the commit the runs logged" in out
+    assert "the git commit the runs logged" in " ".join(
+        (REPO / "README.md").read_text().split())
