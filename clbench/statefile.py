@@ -29,6 +29,7 @@ at worst fail to decode.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -126,15 +127,16 @@ class _Encoder:
             return {KIND: "device", "value": str(obj)}
         if isinstance(obj, torch.dtype):
             return {KIND: "dtype", "value": str(obj).removeprefix("torch.")}
-        if isinstance(obj, tuple):
+        if type(obj) is tuple:
             return tuple(self(v) for v in obj)
-        if isinstance(obj, list):
+        if type(obj) is list:
             k = self._new_id(obj)
             return {KIND: "list", "id": k, "items": [self(v) for v in obj]}
-        if isinstance(obj, dict):
+        if type(obj) in (dict, OrderedDict):  # not defaultdict & co.: they would change
             k = self._new_id(obj)
-            return {KIND: "dict", "id": k, "items": [(self(a), self(b)) for a, b in obj.items()]}
-        if isinstance(obj, (set, frozenset)):
+            return {KIND: "dict", "id": k, "ordered": type(obj) is OrderedDict,
+                    "items": [(self(a), self(b)) for a, b in obj.items()]}
+        if type(obj) in (set, frozenset):
             return {KIND: type(obj).__name__, "items": [self(v) for v in obj]}
         if obj is self.model:
             return {KIND: "model"}
@@ -150,9 +152,9 @@ class _Encoder:
             k = self._new_id(t)
             return {KIND: "parameter", "id": k, "data": t.detach(),
                     "requires_grad": t.requires_grad}
-        if t.requires_grad and t.grad_fn is not None:
+        if t.grad_fn is not None:
             raise Unsupported("a tensor that is part of an autograd graph")
-        return t.detach() if t.requires_grad else t
+        return t  # a leaf keeps its requires_grad through torch.save
 
     @staticmethod
     def _ndarray(a: np.ndarray | np.generic) -> dict:
@@ -255,7 +257,7 @@ class _Decoder:
         return out
 
     def _dict(self, node: dict) -> dict:
-        out: dict = self._define(node, {})
+        out: dict = self._define(node, OrderedDict() if node.get("ordered") else {})
         for key, value in node["items"]:
             out[self(key)] = self(value)
         return out

@@ -265,7 +265,13 @@ def test_state_files_hold_plain_data_only(tmp_path):
     assert type(back["scalar"]) is np.float64 and back["scalar"] == 0.25
     assert type(back["count"]) is np.int64 and back["count"] == 7
 
-    for bad in (lambda: 0, nn.ReLU(), object(), np.array([object()])):
+    from collections import OrderedDict, defaultdict
+
+    ordered = statefile.decode(statefile.encode({"o": OrderedDict(a=1), "leaf":
+                                                 torch.ones(2, requires_grad=True)}))
+    assert type(ordered["o"]) is OrderedDict and ordered["leaf"].requires_grad
+    for bad in (lambda: 0, nn.ReLU(), object(), np.array([object()]), defaultdict(int),
+                torch.ones(2, requires_grad=True) * 2):
         with pytest.raises(statefile.Unsupported):
             statefile.encode({"x": bad}, model)
     crafted = {statefile.KIND: "object", "id": 0, "class": "os.system", "vars": {}}
