@@ -72,20 +72,21 @@ def _is_ancestor(pid: int) -> bool:
     return True
 
 
-def die_with(parent_pid: int, *, interval: float = 1.0, signal_on_death: bool = False) -> None:
+def die_with(parent_pid: int | None, *, interval: float = 1.0,
+             signal_on_death: bool = False) -> None:
     """Exit this process (``os._exit``) within ``interval`` seconds of ``parent_pid``'s death.
 
     ``parent_pid`` is normally this process's parent, captured by the parent itself
     (``os.getpid()`` when it builds the call), so a parent that died before this runs
     is noticed too: the process then exits at once. Nothing happens when
-    ``parent_pid`` is this process (a job run in-process). Idempotent per process: a
+    ``parent_pid`` is None or this process (a job run in-process). Idempotent per process: a
     second call only changes the watched pid; a forked child starts watching afresh.
 
     ``signal_on_death`` also asks the kernel (Linux) for SIGKILL when the parent goes;
     only for a child whose starting thread outlives it (see the module docstring).
     """
     me = os.getpid()
-    if parent_pid == me:
+    if parent_pid is None or parent_pid == me:
         return
     with _lock:
         started = me in _watching

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clbench.errors import ClbenchError
+from clbench.lifeline import die_with
 
 if TYPE_CHECKING:  # pragma: no cover
     from clbench.tracking import Tracker
@@ -345,10 +346,7 @@ def execute_job(job: Job, marker_dir: str | None = None, worker: bool = True,
     ``parent_pid``: the orchestrating process; the worker exits soon after it dies
     (:func:`clbench.lifeline.die_with`).
     """
-    if parent_pid is not None:
-        from clbench.lifeline import die_with
-
-        die_with(parent_pid)
+    die_with(parent_pid)
     if not (worker and threading.current_thread() is threading.main_thread()):
         return _execute_job(job, marker_dir)
     with _ctrl_c_ignored():
@@ -368,10 +366,7 @@ def _ctrl_c_ignored() -> Iterator[None]:
 def _import_training_stack(parent_pid: int | None = None) -> int:
     """:meth:`LocalBackend.warm_up`'s task in a worker: import what every job needs (and
     tie the worker's life to ``parent_pid``'s, as :func:`execute_job` does)."""
-    if parent_pid is not None:
-        from clbench.lifeline import die_with
-
-        die_with(parent_pid)
+    die_with(parent_pid)
     with _ctrl_c_ignored():
         import clbench.experiment  # noqa: F401
     return os.getpid()
@@ -564,8 +559,6 @@ def _job_process_main(argv: Sequence[str]) -> int:
     with ``PARENT_PID`` (the Dask worker that started it) it exits when that process dies."""
     inp, out, *parent = argv
     if parent:
-        from clbench.lifeline import die_with
-
         die_with(int(parent[0]), signal_on_death=True)
     with open(inp) as fh:
         job = Job.from_dict(json.load(fh))
