@@ -1,6 +1,8 @@
-"""Issue 6's regression guard: the committed reproduction table still holds.
+"""Regression guard of the BeGin reproduction: the committed reproduction table still holds.
 
-* The sweep file and the reference are what issue 6 describes (fast checks).
+* The sweep file is BeGin's Task-IL protocol (Cora and CiteSeer, 3 tasks x 2 classes,
+  BeGin's grid, 10 final seeds) and the reference is BeGin's published Task-IL AP
+  (fast checks).
 * One small cell is re-run for real (slow, but part of the default ``python -m pytest``
   run, which includes slow tests; under a minute on 2 cores): finetune and Piggyback on the
   real Cora, at the configuration the committed table records, on 2 of its seeds. Their mean
@@ -46,7 +48,7 @@ def committed_config(row: dict[str, str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in row["config"].split())
 
 
-def test_sweep_file_is_issue_6s_protocol():
+def test_sweep_file_is_the_begin_reproduction_protocol():
     from clbench.sweep import grid_jobs, load_sweep
 
     spec = load_sweep(SWEEP)
@@ -71,7 +73,7 @@ def test_sweep_file_is_issue_6s_protocol():
             ("gcn", 256, 3, True, "adam")
 
 
-def test_reference_is_issue_6s_table():
+def test_reference_is_begins_published_table():
     from clbench.compare import load_reference
 
     ref = load_reference(REFERENCE)

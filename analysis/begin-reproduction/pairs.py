@@ -1,7 +1,10 @@
 """Per class-pair final accuracy of the selected configurations over the 10 final seeds, and how
 often each pair occurs in the seeds' class orders."""
-import glob, json, statistics as st
+import glob
+import json
+import statistics as st
 from collections import defaultdict
+
 from mlflow.tracking import MlflowClient
 
 c = MlflowClient("sqlite:////work/repro-mlflow.db")
@@ -12,7 +15,8 @@ acc = defaultdict(list)
 occ = defaultdict(lambda: defaultdict(int))
 aps = defaultdict(list)
 for f in glob.glob("/work/repro-results/runs/begin-cora-citeseer/*.json"):
-    r = json.load(open(f))
+    with open(f) as fh:
+        r = json.load(fh)
     if r["clbench"]["config_hash"] not in sel or r["seed"] not in seeds:
         continue
     tc = r["scenario"]["task_classes"]
@@ -25,6 +29,7 @@ for f in glob.glob("/work/repro-results/runs/begin-cora-citeseer/*.json"):
 for ds in ("cora", "citeseer"):
     print(f"== {ds}: pairs drawn by the 10 final seeds (count): {dict(sorted(occ[ds].items()))}")
     for m in ("finetune", "ewc", "packnet", "piggyback", "joint"):
-        rows = sorted(((p, st.mean(v), len(v)) for (d, mm, p), v in acc.items() if d == ds and mm == m))
+        rows = sorted((p, st.mean(v), len(v))
+                      for (d, mm, p), v in acc.items() if d == ds and mm == m)
         print(f"  {m:9s} AP {st.mean(aps[(m, ds)]):.3f} (n={len(aps[(m, ds)])}) per pair:",
               " ".join(f"{p[0]}{p[1]}:{a:.2f}" for p, a, n in rows))

@@ -1,6 +1,8 @@
 """How large is EWC's penalty in clbench's BeGin-faithful setting? Runs EWC at a given config and
 records, per task, the Fisher's sum/max and the largest penalty term seen in training."""
-import json, sys
+import json
+import sys
+
 from clbench.experiment import ExperimentSpec, run_experiment
 from clbench.trainer import TrainerCallback
 
