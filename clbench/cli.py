@@ -59,50 +59,6 @@ app = typer.Typer(
 )
 
 
-def fail(message: str) -> None:
-    print_error(message)
-    raise typer.Exit(2)
-
-
-def parse_tasks(text: str | None, option: str = "--tasks") -> tuple[int | None, int | None]:
-    """``"5"`` -> 5 tasks; ``"3x2"`` -> 3 tasks of 2 classes (each at least 1)."""
-    if text is None:
-        return None, None
-    t, sep, c = str(text).strip().lower().partition("x")
-    try:
-        tasks, per_task = int(t), (int(c) if sep else None)
-    except ValueError:
-        raise ClbenchError(
-            f"{option} expects a number of tasks or TASKSxCLASSES (e.g. 3x2), got {quote(text)}"
-        ) from None
-    if tasks < 1:
-        raise ClbenchError(f"{option}: the number of tasks must be at least 1, got {quote(text)}")
-    if per_task is not None and per_task < 1:
-        raise ClbenchError(f"{option}: classes per task must be at least 1, got {quote(text)}")
-    return tasks, per_task
-
-
-def parse_int_list(text: str | None, option: str) -> list[int] | None:
-    """``"3,0,1"`` -> ``[3, 0, 1]``: distinct non-negative integers (a class order)."""
-    if text is None:
-        return None
-    try:
-        values = [int(v) for v in str(text).replace(" ", "").split(",") if v]
-    except ValueError:
-        raise ClbenchError(f"{option} expects comma-separated integers, got {quote(text)}"
-                           ) from None
-    if not values:
-        raise ClbenchError(f"{option} names no class: {quote(text)}")
-    if min(values) < 0:
-        raise ClbenchError(f"{option} lists a negative class: {clip(min(values), 20)}")
-    seen: set[int] = set()
-    for v in values:
-        if v in seen:
-            raise ClbenchError(f"{option} lists class {clip(v, 20)} twice")
-        seen.add(v)
-    return values
-
-
 def render_result(result: dict) -> None:
     R = np.asarray(result["R_test"])
     T = R.shape[0]
@@ -457,10 +413,17 @@ def run(
     --jobs/--backend/--tracking-uri/--experiment/--force/--track, go through the
     orchestrator: parallel jobs, MLflow runs, resume, result JSONs under results/runs/.
     """
-    from clbench.config import check_seed, parse_assignments
-    from clbench.experiment import ExperimentSpec, default_method, run_experiment, validate_spec
-    from clbench.orchestrate import parse_names, parse_seeds
+    from clbench.experiment import run_experiment
+    from clbench.parsing import (
+        check_seed,
+        parse_assignments,
+        parse_int_list,
+        parse_names,
+        parse_seeds,
+        parse_tasks,
+    )
     from clbench.plugins import load_plugin
+    from clbench.resolve import default_method, resolve_run
 
     for p in plugin or []:
         load_plugin(p)
@@ -493,15 +456,13 @@ def run(
                   experiment=experiment, force=force, results_dir=results_dir, quiet=quiet,
                   dry_run=dry_run)
         return
-    spec = ExperimentSpec(
-        method=methods[0], dataset=datasets[0], seed=seed_list[0], num_tasks=num_tasks,
-        classes_per_task=per_task, class_order=order,
-        params=params, data_dir=data_dir, split_seed=split_seed, graph=graph, metric=metric,
-        device=device,
-    )
+    # resolved before the progress bars: bad input gets its one line alone
+    spec = resolve_run(methods[0], datasets[0], seed_list[0], num_tasks=num_tasks,
+                       classes_per_task=per_task, class_order=order, params=params,
+                       data_dir=data_dir, split_seed=split_seed, graph=graph, metric=metric,
+                       device=device)
     from clbench.progress import RichProgress, TaskLines
 
-    validate_spec(spec)  # before the progress bars: bad input gets its one line alone
     with RichProgress.bars(err_console, disable=quiet) as progress:
         lines = [] if console.is_terminal else [TaskLines(console)]  # a log file's progress
         result = run_experiment(spec, callbacks=[RichProgress(progress), *lines])
@@ -538,8 +499,8 @@ def _check_local_device(backend: str | None, jobs: int | None, scheduler: str | 
                         device: str) -> None:
     """Jobs that run on this machine need ``device`` here (a Dask cluster's workers are
     checked when they run)."""
-    from clbench.experiment import check_device
     from clbench.orchestrate import check_backend_options
+    from clbench.resolve import check_device
 
     if check_backend_options(backend, jobs, scheduler)[0] == "loky":
         check_device(device)
@@ -839,12 +800,13 @@ def list_(
     plugin: Annotated[list[str] | None, typer.Option(help="Plugin to load first.")] = None,
 ) -> None:
     """List methods (with hyperparameters), datasets (with sizes) and models."""
-    from clbench.config import PROTOCOL_DEFAULTS, load_card
+    from clbench.config import load_card
     from clbench.datasets import DATASETS, data_root
-    from clbench.experiment import check_data_dir
     from clbench.methods import METHODS
     from clbench.models import MODELS
     from clbench.plugins import load_plugin
+    from clbench.resolve import check_data_dir
+    from clbench.spec import PROTOCOL_DEFAULTS
 
     for p in plugin or []:
         load_plugin(p)

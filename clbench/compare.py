@@ -39,7 +39,8 @@ from pathlib import Path
 from clbench import plots
 from clbench import tracking as tr
 from clbench.errors import ClbenchError
-from clbench.orchestrate import git_commit, slug
+from clbench.parsing import slug
+from clbench.provenance import git_commit
 
 TABLE_METRICS = ("AP", "AF")
 CSV_METRICS = ("AP", "AF", "BWT", "FWT", "INT", "val_AP", "time_total_seconds", "peak_rss_mb",
@@ -212,7 +213,7 @@ def _hparams(method: str, params: Mapping[str, str]) -> dict[str, str]:
 
 
 def _config(method: str, params: Mapping[str, str]) -> dict[str, str]:
-    from clbench.config import PROTOCOL_DEFAULTS
+    from clbench.spec import PROTOCOL_DEFAULTS
 
     keys = [*PROTOCOL_DEFAULTS, *_method_keys(method)]
     return {k: params[k] for k in dict.fromkeys(keys) if k in params}

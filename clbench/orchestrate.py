@@ -25,9 +25,6 @@ a task whose worker died, so every Dask job runs in a child process of its worke
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
-import inspect
 import json
 import os
 import re
@@ -47,254 +44,17 @@ from typing import TYPE_CHECKING, Any
 
 from clbench.errors import ClbenchError
 from clbench.lifeline import die_with
+from clbench.parsing import experiment_folder, is_graph_file
+from clbench.provenance import CODE_TAGS, code_version, external_code_digest, source_digest
+from clbench.resolve import resolve_grid
+from clbench.spec import RunSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from clbench.tracking import Tracker
 
-GRAPH_FILE_SUFFIXES = (".pt", ".pth", ".npz")
-#: Code identity of a result (``code_version`` and the plugin digest), logged as MLflow
-#: tags ``clbench.<key>`` when present.
-CODE_TAGS = ("git_commit", "git_dirty", "source_digest", "external_code_digest")
-
-
-# ============================================================================ parsing
-def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
-    """``"0-9"`` -> 0..9; ``"0,3,5-7"`` -> [0, 3, 5, 6, 7] (order kept, duplicates dropped).
-
-    Seeds lie in ``[0, 2**32)`` (numpy's range) and one list names at most
-    ``MAX_SEEDS``; ``option`` names the setting in error messages.
-    """
-    from clbench.config import MAX_SEEDS, check_seed
-    from clbench.errors import quote
-
-    seeds: dict[int, None] = {}
-    for part in str(text).replace(" ", "").split(","):
-        if not part:
-            continue
-        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
-        if m is None:
-            raise ClbenchError(f"{option} expects e.g. 0-9 or 0,2,5-7; got {quote(text)}")
-        if any(len(g) > 12 for g in m.groups(default="")):
-            raise ClbenchError(f"{option}: seeds must be in [0, 2**32), got {quote(part)}")
-        lo = check_seed(int(m.group(1)), option)
-        hi = check_seed(int(m.group(2)), option) if m.group(2) is not None else lo
-        if hi < lo:
-            raise ClbenchError(f"{option} range {quote(part)} is empty (end before start)")
-        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
-            raise ClbenchError(f"{option} names more than {MAX_SEEDS:,} seeds ({quote(part)})")
-        seeds.update(dict.fromkeys(range(lo, hi + 1)))
-    if not seeds:
-        raise ClbenchError(f"{option} names no seed: {quote(text)}")
-    return list(seeds)
-
-
-def parse_names(text: str | Sequence[str] | None, option: str = "the list") -> list[str]:
-    """``"piggyback,ewc"`` -> ``["piggyback", "ewc"]``; ``None`` -> ``[]``. Given text
-    that names nothing (``""``, ``",,"``) is an error, not a default."""
-    from clbench.errors import quote
-
-    if text is None:
-        return []
-    parts = text.split(",") if isinstance(text, str) else [p for t in text for p in t.split(",")]
-    names = [p.strip() for p in parts if p.strip()]
-    if not names:
-        raise ClbenchError(f"{option} names nothing: {quote(text)}")
-    return names
-
-
-def is_graph_file(dataset: str) -> bool:
-    return str(dataset).endswith(GRAPH_FILE_SUFFIXES)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "x"
-
-
-def experiment_folder(experiment: str) -> str:
-    """The results folder name of an experiment: a readable slug (at most 60
-    characters, never ``.`` or ``..``) and 8 hex digits of the sha256 of the exact
-    name, so that two names never share a folder (``a/b`` and ``a b`` both slug to
-    ``a-b``) and no name leaves ``<results-dir>/runs``."""
-    readable = slug(experiment)[:60].strip(".-") or "x"
-    return f"{readable}-{hashlib.sha256(str(experiment).encode()).hexdigest()[:8]}"
-
-
-def stable_hash(payload: Any, n: int = 12) -> str:
-    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-# ============================================================================ jobs
-@dataclass(frozen=True)
-class Job:
-    """One (method, dataset, seed) experiment with its fully resolved configuration.
-
-    ``config`` holds every resolved hyperparameter, ``protocol`` the task split and
-    evaluation settings. ``config_hash`` identifies (method, dataset, config,
-    protocol) without the seed; ``protocol_hash`` identifies the task sequence
-    (dataset and protocol) and is what a joint run must share for INT.
-    """
-
-    method: str
-    dataset: str
-    seed: int
-    config: dict[str, Any]
-    protocol: dict[str, Any]
-    config_hash: str
-    protocol_hash: str
-    data_dir: str | None = None
-    device: str = "cpu"
-    threads: int | None = None
-    plugins: tuple[str, ...] = ()
-    note: str = ""  # shown next to the job (e.g. a sweep's grid point); not part of any hash
-    resume_file: str | None = None  # where the worker keeps its resume point (see run_jobs)
-
-    @property
-    def uid(self) -> str:
-        """A file-name-safe unique id: method, dataset, config hash, seed."""
-        data = Path(self.dataset).stem if is_graph_file(self.dataset) else self.dataset
-        return f"{slug(self.method)}__{slug(data)}__{self.config_hash}__seed{self.seed}"
-
-    @property
-    def key(self) -> tuple[str, str, int, str]:
-        return self.method, self.dataset, self.seed, self.config_hash
-
-    @property
-    def group(self) -> tuple[str, str, str]:
-        """The parent run it belongs to."""
-        return self.method, self.dataset, self.config_hash
-
-    @property
-    def label(self) -> str:
-        note = f" [{self.note}]" if self.note else ""
-        return f"{self.method} · {self.dataset} · seed {self.seed}{note}"
-
-    def spec(self):
-        """The :class:`~clbench.experiment.ExperimentSpec` a worker runs."""
-        from clbench.experiment import ExperimentSpec
-
-        p = self.protocol
-        return ExperimentSpec(
-            method=self.method, dataset=self.dataset, seed=self.seed,
-            num_tasks=p.get("num_tasks"), classes_per_task=p.get("classes_per_task"),
-            class_order=p.get("class_order"), params=dict(self.config),
-            data_dir=self.data_dir, split_seed=p.get("split_seed", 0),
-            graph=p.get("graph", "full"), metric=p.get("metric", "accuracy"),
-            device=self.device, threads=self.threads,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["plugins"] = list(self.plugins)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Job:
-        return cls(**{**d, "plugins": tuple(d.get("plugins") or ())})
-
-
-def split_overrides(overrides: Mapping[str, Any], methods: Sequence[str]
-                    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """``{"lr": 1, "ewc.lamb": 5}`` -> shared ``{"lr": 1}``, per method ``{"ewc": {"lamb": 5}}``.
-
-    A ``method.key`` override applies to that method only, so
-    ``--method ewc,finetune --param ewc.lamb=100`` works.
-    """
-    from clbench.methods import METHODS
-
-    shared: dict[str, Any] = {}
-    per: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    for key, value in overrides.items():
-        prefix, dot, rest = key.partition(".")
-        if dot and prefix in METHODS:
-            name = METHODS.canonical(prefix)
-            if name not in per:
-                raise ClbenchError(
-                    f"--param {key} names method {name!r}, which is not among the methods run "
-                    f"({', '.join(methods)})"
-                )
-            per[name][rest] = value
-        else:
-            shared[key] = value
-    return shared, per
-
-
-def expand_jobs(
-    methods: Sequence[str],
-    datasets: Sequence[str],
-    seeds: Sequence[int],
-    *,
-    params: Mapping[str, Any] | None = None,
-    method_params: Mapping[str, Mapping[str, Any]] | None = None,
-    num_tasks: int | None = None,
-    classes_per_task: int | None = None,
-    class_order: Sequence[int] | None = None,
-    split_seed: int = 0,
-    graph: str = "full",
-    metric: str = "accuracy",
-    data_dir: str | None = None,
-    device: str = "cpu",
-    plugins: Sequence[str] = (),
-) -> list[Job]:
-    """One job per (method, dataset, seed), every name and hyperparameter validated now.
-
-    ``params`` apply to every method (``method.key`` entries only to that method);
-    ``method_params[m]`` adds overrides for method ``m``. Raises
-    :class:`~clbench.errors.ClbenchError` on any bad input, before anything runs.
-    """
-    from clbench.config import check_seed, resolve_params
-    from clbench.datasets import DATASETS
-    from clbench.errors import clip, quote
-    from clbench.experiment import check_data_dir, check_device, check_task_split
-    from clbench.methods import METHODS
-
-    if not methods or not datasets or not seeds:
-        raise ClbenchError("nothing to run: give at least one method, dataset and seed")
-    canon_methods = list(dict.fromkeys(METHODS.canonical(m) for m in methods))
-    canon_datasets: list[str] = []
-    for d in datasets:
-        if is_graph_file(d):
-            try:
-                found = Path(d).is_file()
-            except OSError:  # e.g. a name too long for the file system
-                found = False
-            if not found:
-                raise ClbenchError(f"dataset file not found: {clip(d)}")
-            canon_datasets.append(str(d))
-        else:
-            canon_datasets.append(DATASETS.canonical(d))
-    canon_datasets = list(dict.fromkeys(canon_datasets))
-    if graph not in ("full", "task"):
-        raise ClbenchError(f"--graph must be full or task, got {quote(graph)}")
-    if metric not in ("accuracy", "balanced_accuracy"):
-        raise ClbenchError(f"--metric must be accuracy or balanced_accuracy, got {quote(metric)}")
-    for seed in seeds:
-        check_seed(seed, "--seeds")
-    check_seed(split_seed, "--split-seed")
-    check_device(device, available=False)  # whether it exists: where the jobs run
-    check_data_dir(data_dir)
-    for dataset in canon_datasets:
-        check_task_split(dataset, num_tasks, classes_per_task, class_order)
-    shared, per = split_overrides(params or {}, canon_methods)
-    for m, extra in (method_params or {}).items():
-        per.setdefault(METHODS.canonical(m), {}).update(extra)
-    jobs: list[Job] = []
-    for method in canon_methods:
-        for dataset in canon_datasets:
-            key = None if is_graph_file(dataset) else dataset
-            config = resolve_params(method, key, {**shared, **per.get(method, {})})
-            protocol = {
-                "dataset": dataset, "num_tasks": num_tasks, "classes_per_task": classes_per_task,
-                "class_order": list(class_order) if class_order else None,
-                "split_seed": split_seed, "graph": graph, "metric": metric,
-            }
-            protocol_hash = stable_hash(protocol)
-            config_hash = stable_hash({"method": method, "config": config, "protocol": protocol})
-            for seed in seeds:
-                jobs.append(Job(method, dataset, int(seed), config, protocol, config_hash,
-                                protocol_hash, data_dir=data_dir, device=device,
-                                plugins=tuple(plugins)))
-    return jobs
+#: One job of the orchestrator is one run.
+Job = RunSpec
+expand_jobs = resolve_grid
 
 
 # ============================================================================ workers
@@ -381,72 +141,9 @@ def resume_tag(job: Job, external: str | None = None) -> str:
 
     tag = (f"{job.uid} {job.protocol_hash} threads={job.threads} torch={torch.__version__} "
            f"clbench={source_digest()}")
-    external = external_code_digest(job) if external is None else external
+    if external is None:
+        external = external_code_digest(job.method, job.dataset)
     return f"{tag} code={external}" if external else tag
-
-
-@functools.cache
-def source_digest() -> str:
-    """A hash of clbench's own source files (a resume point from other code is not used)."""
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def git_commit(where: str | Path | None = None) -> tuple[str, bool]:
-    """``(HEAD's revision, working tree has uncommitted changes to tracked files)`` of the
-    repository holding ``where`` (default: this package); ``("", False)`` outside git
-    (an installed wheel, a ``git archive`` snapshot)."""
-    cwd = Path(where) if where else Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=10)
-        if rev.returncode != 0:
-            return "", False
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, capture_output=True, text=True, timeout=10)
-        return rev.stdout.strip(), bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return "", False
-
-
-@functools.cache
-def code_version() -> dict[str, Any]:
-    """The code a worker runs, recorded with every result: the digest of clbench's source
-    (always known) and, in a git checkout, the commit and whether the tree was dirty."""
-    rev, dirty = git_commit()
-    return {"source_digest": source_digest(), "git_commit": rev, "git_dirty": dirty}
-
-
-def external_code_digest(job: Job) -> str:
-    """A hash of the files outside clbench that define the job's method (its class and
-    base classes) and dataset loader: a plugin, a package's entry point, a user's
-    script. Empty when both are clbench's own (``source_digest`` covers those).
-
-    Read on every call: a plugin edited between two attempts must not continue from a
-    resume point its old code saved.
-    """
-    from clbench.datasets import DATASETS
-    from clbench.methods import METHODS
-
-    objects: list[object] = list(METHODS.get(job.method).__mro__)
-    if not is_graph_file(job.dataset):
-        objects.append(DATASETS.get(job.dataset).load)
-    root = Path(__file__).resolve().parent
-    files: set[Path] = set()
-    for obj in objects:
-        with contextlib.suppress(TypeError, OSError):  # builtins have no source file
-            source = inspect.getsourcefile(obj)  # type: ignore[arg-type]
-            if source and not Path(source).resolve().is_relative_to(root):
-                files.add(Path(source).resolve())
-    if not files:
-        return ""
-    h = hashlib.sha256()
-    for path in sorted(files):
-        h.update(str(path).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _execute_job(job: Job, marker_dir: str | None) -> Outcome:
@@ -461,8 +158,8 @@ def _execute_job(job: Job, marker_dir: str | None) -> Outcome:
         from clbench.experiment import run_experiment
 
         _reset_peak_rss()
-        external = external_code_digest(job)
-        result = run_experiment(job.spec(), resume_file=job.resume_file,
+        external = external_code_digest(job.method, job.dataset)
+        result = run_experiment(job, resume_file=job.resume_file,
                                 resume_tag=resume_tag(job, external))
         # wall-clock start and end (Unix seconds): a store rebuilt from the saved JSON
         # (results recovered on another machine) keeps when each run really ran
@@ -933,7 +630,7 @@ def prepare_datasets(jobs: Sequence[Job]) -> None:
         seen.add(k)
         if not is_graph_file(job.dataset) and not getattr(DATASETS.get(job.dataset), "files", ()):
             continue  # generated in memory (synthetic): nothing to fetch
-        load_graph(job.dataset, job.data_dir, job.protocol.get("split_seed", 0))
+        load_graph(job.dataset, job.data_dir, job.protocol.split_seed)
 
 
 # ============================================================================ planning

@@ -95,8 +95,6 @@ class NCScenarioLoader:
         metric: per-task accuracy, ``"accuracy"`` or ``"balanced_accuracy"``.
     """
 
-    incr_type = "task"
-
     def __init__(
         self,
         graph: Graph,
@@ -117,7 +115,7 @@ class NCScenarioLoader:
         self.metric = metric
         C = graph.num_classes
         self.num_classes = C
-        T, K = _task_shape(C, num_tasks, classes_per_task, graph.name)
+        T, K = task_shape(C, num_tasks, classes_per_task, graph.name)
         self.num_tasks, self.classes_per_task = T, K
         if class_order is None:
             order = np.random.default_rng(seed).permutation(C).tolist()
@@ -254,7 +252,7 @@ class NCScenarioLoader:
         }
 
 
-def _task_shape(
+def task_shape(
     num_classes: int, num_tasks: int | None, classes_per_task: int | None, name: str
 ) -> tuple[int, int]:
     if num_tasks is not None and num_tasks < 1:

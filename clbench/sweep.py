@@ -52,9 +52,15 @@ from clbench.orchestrate import (
     Reporter,
     Summary,
     expand_jobs,
-    parse_seeds,
     plan_jobs,
     run_jobs,
+)
+from clbench.parsing import (
+    MAX_SEEDS,
+    check_seed,
+    parse_int_list,
+    parse_seeds,
+    parse_tasks,
     slug,
 )
 
@@ -130,8 +136,6 @@ def _table(raw: Any, path: Path, key: str) -> dict[str, Any]:
 
 def _seeds(raw: Any, path: Path, key: str) -> list[int]:
     """``"0-4"``, ``"0,2"``, ``3`` or ``[0, 1, 2]``, each seed in ``[0, 2**32)``."""
-    from clbench.config import MAX_SEEDS, check_seed
-
     if isinstance(raw, str):
         return parse_seeds(raw, f"{_where(path)}: {key}")
     values = [raw] if isinstance(raw, int) and not isinstance(raw, bool) else raw
@@ -179,9 +183,6 @@ def _grid(raw: Any, path: Path, key: str) -> dict[str, list[Any]]:
 def _protocol(raw: Any, path: Path) -> dict[str, Any]:
     """The ``[protocol]`` table, every value type-checked (``tasks`` and
     ``class_order`` parsed)."""
-    from clbench.cli import parse_int_list, parse_tasks
-    from clbench.config import check_seed
-
     protocol = _table(raw, path, "[protocol]")
     bad = set(protocol) - _PROTOCOL_KEYS
     if bad:
@@ -271,8 +272,6 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 
 def _protocol_kwargs(spec: SweepSpec) -> dict[str, Any]:
-    from clbench.cli import parse_tasks
-
     p = spec.protocol
     num_tasks, per_task = parse_tasks(str(p["tasks"])) if "tasks" in p else (None, None)
     return {

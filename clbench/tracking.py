@@ -48,11 +48,12 @@ import numpy as np
 from clbench import metrics as clmetrics
 from clbench import plots
 from clbench.errors import ClbenchError
+from clbench.parsing import is_graph_file, parse_seed_list, seeds_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.tracking import MlflowClient
 
-    from clbench.orchestrate import Job
+    from clbench.spec import RunSpec
 
 DEFAULT_EXPERIMENT = "clbench"
 
@@ -305,16 +306,6 @@ class RunRecord:
         return self.status == "FINISHED"
 
 
-def parse_seed_list(text: str | None) -> set[int] | None:
-    if not text:
-        return None
-    return {int(s) for s in text.split(",") if s.strip()}
-
-
-def seeds_text(seeds: Iterable[int]) -> str:
-    return ",".join(str(s) for s in sorted(set(seeds)))
-
-
 def select_seed_runs(children: Iterable[RunRecord],
                      seeds: set[int] | None = None) -> dict[int, RunRecord]:
     """The latest FINISHED child per seed (restricted to ``seeds`` when given)."""
@@ -361,10 +352,6 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[i : i + size]
 
 
-def is_graph_file(dataset: str) -> bool:
-    return str(dataset).endswith((".pt", ".pth", ".npz"))
-
-
 def dataset_card_info(dataset: str) -> dict[str, str]:
     """The dataset card as flat ``dataset.*`` params (or the file path for a user's file)."""
     if is_graph_file(dataset):
@@ -404,21 +391,21 @@ def read_matrix_csv(path: str | Path) -> np.ndarray:
     return np.array([[float(v) for v in row[1:]] for row in rows[1:]], dtype=float)
 
 
-def job_params(job: Job) -> dict[str, Any]:
+def job_params(job: RunSpec) -> dict[str, Any]:
     """Params known before a job runs: every resolved hyperparameter, protocol, data card."""
     p = job.protocol
     tasks = "card default"
-    if p.get("num_tasks") is not None or p.get("classes_per_task") is not None:
-        tasks = f"{p.get('num_tasks') or '?'}x{p.get('classes_per_task') or 'auto'}"
+    if p.num_tasks is not None or p.classes_per_task is not None:
+        tasks = f"{p.num_tasks or '?'}x{p.classes_per_task or 'auto'}"
     return {
         **job.config,
         "method": job.method,
         "dataset": job.dataset,
-        "split_seed": p["split_seed"],
-        "graph": p["graph"],
-        "metric": p["metric"],
+        "split_seed": p.split_seed,
+        "graph": p.graph,
+        "metric": p.metric,
         "tasks_requested": tasks,
-        "class_order_requested": p["class_order"] if p.get("class_order") else "from seed",
+        "class_order_requested": list(p.class_order) if p.class_order else "from seed",
         "config_hash": job.config_hash,
         "protocol_hash": job.protocol_hash,
         **dataset_card_info(job.dataset),
@@ -614,7 +601,7 @@ class Tracker:
                 existing[k] = rec
         return existing
 
-    def ensure_parents(self, jobs: Sequence[Job], labels: Mapping[tuple, str] | None = None
+    def ensure_parents(self, jobs: Sequence[RunSpec], labels: Mapping[tuple, str] | None = None
                        ) -> dict[tuple[str, str, str], str]:
         """The parent run of every (method, dataset, config hash) among ``jobs``.
 
@@ -641,7 +628,7 @@ class Tracker:
             self._log(run.info.run_id, params=job_params(job))
             self._log_folder(run.info.run_id, lambda d, j=job: (d / "config.json").write_text(
                 json.dumps({"method": j.method, "dataset": j.dataset, "config": j.config,
-                            "protocol": j.protocol, "config_hash": j.config_hash}, indent=2)))
+                            "protocol": j.task_protocol, "config_hash": j.config_hash}, indent=2)))
             out[k] = run.info.run_id
         return out
 
@@ -703,7 +690,7 @@ class Tracker:
         return agg
 
     # ------------------------------------------------------------ children
-    def start_child(self, job: Job, parent_id: str, started_at: float | None = None) -> str:
+    def start_child(self, job: RunSpec, parent_id: str, started_at: float | None = None) -> str:
         """Create a RUNNING child run for ``job`` with its params (closed by
         :meth:`log_result`, :meth:`fail_child` or :meth:`kill_child`).
         ``started_at`` (Unix seconds) backdates it to when the job started."""

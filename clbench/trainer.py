@@ -44,7 +44,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from clbench import statefile
+from clbench.cards import declared_params
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
+from clbench.spec import Protocol
 
 OptimizerFn = Callable[[Iterable[nn.Parameter]], Optimizer]
 
@@ -90,7 +92,8 @@ class TrainerResult:
 
 RESUME_FORMAT = 2
 #: Attributes the constructor sets from its arguments: not part of a resume point.
-_NOT_SAVED = frozenset({"scenario", "callbacks", "optimizer_fn", "scheduler_fn", "loss_fn"})
+_NOT_SAVED = frozenset({"scenario", "callbacks", "optimizer_fn", "scheduler_fn", "loss_fn",
+                        "protocol"})
 
 
 class NCTrainer:
@@ -103,9 +106,13 @@ class NCTrainer:
             at the start of every task, as in BeGin).
         loss_fn: loss over restricted logits and task-local labels (default cross-entropy).
         device: torch device.
-        **kwargs: ``scheduler_fn`` (``optimizer -> scheduler``; default
-            :func:`plateau_scheduler`), ``callbacks`` (list of :class:`TrainerCallback`),
-            and the method's hyperparameters (defaults come from its card).
+        protocol: the run's :class:`~clbench.spec.Protocol` (read-only; default: BeGin's).
+            Its ``patience`` and ``min_lr_ratio`` make the default scheduler.
+        scheduler_fn: ``optimizer -> scheduler`` (default :func:`plateau_scheduler` of
+            the protocol).
+        callbacks: :class:`TrainerCallback` s.
+        **hparams: the method's hyperparameters, in ``self.hparams``. A run passes every
+            one, resolved and validated; keys left out take the card's defaults.
     """
 
     def __init__(
@@ -115,18 +122,22 @@ class NCTrainer:
         optimizer_fn: OptimizerFn,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
         device: str | torch.device = "cpu",
-        **kwargs: Any,
+        *,
+        protocol: Protocol | None = None,
+        scheduler_fn: Callable | None = None,
+        callbacks: Sequence[TrainerCallback] = (),
+        **hparams: Any,
     ) -> None:
-        from clbench.config import card_defaults  # late: config imports the method registry
-
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.scenario = scenario.to(self.device)
+        self.protocol = protocol if protocol is not None else Protocol()
         self.optimizer_fn = optimizer_fn
         self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
-        self.scheduler_fn = kwargs.pop("scheduler_fn", None) or plateau_scheduler()
-        self.callbacks: list[TrainerCallback] = list(kwargs.pop("callbacks", []) or [])
-        self.hparams: dict[str, Any] = {**card_defaults(type(self)), **kwargs}
+        self.scheduler_fn = scheduler_fn or plateau_scheduler(self.protocol.patience,
+                                                              self.protocol.min_lr_ratio)
+        self.callbacks: list[TrainerCallback] = list(callbacks or [])
+        self.hparams: dict[str, Any] = {**declared_params(type(self)), **hparams}
         self.num_tasks = scenario.num_tasks
         self.optimizer = optimizer_fn(self.model.parameters())
         self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups]

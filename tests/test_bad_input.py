@@ -26,10 +26,17 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from clbench.cli import app, parse_int_list, parse_tasks
-from clbench.config import SEED_LIMIT, parse_assignments, resolve_params
+from clbench.cli import app
+from clbench.config import resolve_params
 from clbench.errors import ClbenchError
-from clbench.orchestrate import parse_names, parse_seeds
+from clbench.parsing import (
+    SEED_LIMIT,
+    parse_assignments,
+    parse_int_list,
+    parse_names,
+    parse_seeds,
+    parse_tasks,
+)
 
 LONG = "x" * 5000
 MARKER = "pwned-marker"
@@ -223,7 +230,7 @@ CASES = [
          message="afile is not a directory"),
     case("jobs-zero", *RUN, "--seeds", "0-1", "--jobs", "0", *ORCH,
          message="--jobs must be at least 1"),
-    case("graph-mode", *RUN, "--graph", "[partial]", message="graph mode '[partial]'"),
+    case("graph-mode", *RUN, "--graph", "[partial]", message="--graph must be full or task, got '[partial]'"),
     case("backend-long", *RUN, "--seeds", "0-1", "--backend", LONG, *ORCH,
          message="unknown --backend"),
     case("tracking-uri-long", *RUN, "--seeds", "0-1", "--tracking-uri",

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from clbench.compare import Row, _counted, busy_intervals, markdown_table
-from clbench.orchestrate import git_commit, source_digest
+from clbench.provenance import git_commit, source_digest
 
 try:
     from mlflow_server import cli, parent_runs, shared_server, unique

@@ -19,15 +19,13 @@ from clbench.orchestrate import (
     Job,
     LocalBackend,
     expand_jobs,
-    experiment_folder,
-    parse_names,
-    parse_seeds,
     read_saved_result,
     result_path,
     results_folder,
     stop_loky_pool,
     write_json_atomic,
 )
+from clbench.parsing import experiment_folder, parse_names, parse_seeds
 
 try:
     from mlflow_server import (
@@ -82,8 +80,8 @@ def test_expand_jobs_resolves_and_hashes():
     other = expand_jobs(["finetune"], ["synthetic"], [0], params={"epochs": 6, "lr": 0.01})
     assert other[0].config_hash != jobs[0].config_hash
     assert Job.from_dict(json.loads(json.dumps(jobs[0].to_dict()))) == jobs[0]
-    spec = jobs[0].spec()
-    assert (spec.method, spec.dataset, spec.seed, spec.params["epochs"]) == (
+    job = jobs[0]  # a job is the run spec a worker runs
+    assert (job.method, job.dataset, job.seed, job.protocol.epochs) == (
         "finetune", "synthetic", 0, 5)
 
 

@@ -13,12 +13,12 @@ from clbench.experiment import run_experiment
 from clbench.orchestrate import (
     LocalBackend,
     expand_jobs,
-    external_code_digest,
     resume_path,
     resume_tag,
     run_jobs,
 )
 from clbench.plugins import load_plugin
+from clbench.provenance import external_code_digest
 from clbench.tracking import Tracker
 from clbench.trainer import TrainerCallback
 
@@ -103,11 +103,11 @@ def test_orchestrator_resumes_a_stopped_job_and_removes_its_resume_point(tmp_pat
     job = backend.prepare(expand_jobs(["packnet"], ["synthetic"], [2], params=PARAMS))[0]
     path = resume_path(tmp_path, experiment, job)
     with pytest.raises(KeyboardInterrupt):
-        run_experiment(job.spec(), callbacks=[Stop()], resume_file=path,
+        run_experiment(job, callbacks=[Stop()], resume_file=path,
                        resume_tag=resume_tag(job))
     assert path.is_file()
     backup = shutil.copyfile(path, tmp_path / "backup.pt")
-    reference = run_experiment(job.spec())
+    reference = run_experiment(job)
 
     tracker = Tracker(server.uri, experiment)
     summary = run_jobs([job], tracker, backend, results_dir=tmp_path)
@@ -157,7 +157,8 @@ def test_resume_tag_covers_a_plugin_methods_source(tmp_path):
     assert before.split(" code=")[0] == after.split(" code=")[0]  # only the plugin part moved
 
     builtin = backend.prepare(expand_jobs(["finetune"], ["synthetic"], [0], params=PARAMS))[0]
-    assert external_code_digest(builtin) == "" and " code=" not in resume_tag(builtin)
+    assert external_code_digest(builtin.method, builtin.dataset) == ""
+    assert " code=" not in resume_tag(builtin)
 
 
 class _Evil:

@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from clbench.errors import ClbenchError
 from clbench.methods.base import register_method
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 from clbench.trainer import NCTrainer
@@ -49,17 +48,10 @@ class NCTaskILEWCTrainer(NCTrainer):
     def __init__(self, model, scenario, optimizer_fn, loss_fn=None, device="cpu",
                  **kwargs: Any) -> None:
         super().__init__(model, scenario, optimizer_fn, loss_fn, device, **kwargs)
-        self.lamb = float(self.hparams.get("lamb", 10000.0))
-        self.fisher_kind = str(self.hparams.get("fisher", "batch"))
-        self.online = bool(self.hparams.get("online", False))
-        self.gamma = float(self.hparams.get("gamma", 1.0))
-        if self.lamb < 0:
-            raise ClbenchError(f"parameter 'lamb' must be >= 0; got {self.lamb!r}")
-        if self.fisher_kind not in FISHER_KINDS:
-            raise ClbenchError(f"parameter 'fisher' must be one of {', '.join(FISHER_KINDS)}; "
-                               f"got {self.fisher_kind!r}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ClbenchError(f"parameter 'gamma' must be in [0, 1]; got {self.gamma!r}")
+        self.lamb = float(self.hparams["lamb"])
+        self.fisher_kind = str(self.hparams["fisher"])
+        self.online = bool(self.hparams["online"])
+        self.gamma = float(self.hparams["gamma"])
 
     # ------------------------------------------------------------------ helpers
     def _reg_params(self) -> list[nn.Parameter]:

@@ -46,7 +46,6 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from clbench.errors import ClbenchError
 from clbench.methods.base import register_method
 from clbench.models import batchnorm_modules, freeze_batchnorm
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
@@ -87,12 +86,8 @@ class NCTaskILPackNetTrainer(NCTrainer):
     def __init__(self, model, scenario, optimizer_fn, loss_fn=None, device="cpu",
                  **kwargs: Any) -> None:
         super().__init__(model, scenario, optimizer_fn, loss_fn, device, **kwargs)
-        keep = float(self.hparams.get("keep_ratio", 0.0))
-        ratio = float(self.hparams.get("train_ratio", 0.1))
-        if not 0.0 <= keep <= 1.0:
-            raise ClbenchError(f"parameter 'keep_ratio' must be in [0, 1]; got {keep!r}")
-        if not 0.0 < ratio < 1.0:
-            raise ClbenchError(f"parameter 'train_ratio' must be in (0, 1); got {ratio!r}")
+        keep = float(self.hparams["keep_ratio"])
+        ratio = float(self.hparams["train_ratio"])
         self.keep_ratio = keep if keep > 0 else begin_keep_ratio(self.num_tasks)
         self.train_ratio = ratio
         self.masked_names: list[str] = list(self.model.backbone_weight_names())

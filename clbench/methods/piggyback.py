@@ -110,7 +110,7 @@ class NCTaskILPiggybackTrainer(NCTrainer):
         dgi = DeepGraphInfomax(model.n_hidden, _Encoder(model, graph), _summary, _corrupt)
         dgi = dgi.to(self.device)
         optimizer = self.optimizer_fn(dgi.parameters())
-        scheduler = plateau_scheduler(self.hparams.get("patience", 20))(optimizer)
+        scheduler = plateau_scheduler(self.protocol.patience, self.protocol.min_lr_ratio)(optimizer)
         best, best_state = math.inf, None
         model.train()
         for _ in range(int(self.hparams["dgi_epochs"])):

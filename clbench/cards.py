@@ -1,0 +1,106 @@
+"""Method config cards: ``methods/<name>.toml``, or a trainer class's ``card`` attribute.
+
+A card holds a method's typed defaults (``[params]``), the allowed values of string
+parameters (``[choices]``), intervals of numeric ones (``[bounds]``), one line of help
+per parameter (``[help]``) and per-dataset overrides (``[datasets.<name>]``). This module
+only reads cards; :mod:`clbench.config` resolves a run's parameters from them. It does
+not import the method registry, so the trainer may use it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from clbench.errors import ClbenchError
+from clbench.parsing import Interval
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def cards_dir() -> Path:
+    """Where the method cards live: inside the wheel, or the repo's ``methods/``."""
+    packaged = Path(__file__).parent / "_cards" / "methods"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "methods"
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    """A method's config card."""
+
+    name: str
+    summary: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, tuple] = field(default_factory=dict)
+    bounds: dict[str, Interval] = field(default_factory=dict)
+    help: dict[str, str] = field(default_factory=dict)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def from_dict(cls, name: str, raw: dict, path: Path | None = None,
+                  numeric: dict[str, Any] | None = None) -> MethodCard:
+        """``numeric``: the shared defaults a ``[bounds]`` entry may also name."""
+        from clbench.registry import normalize_name
+
+        where = f"config card of {name!r}" + (f" ({path})" if path else "")
+        return cls(
+            name=name,
+            summary=str(raw.get("summary", "")),
+            params=dict(raw.get("params", {})),
+            choices={k: tuple(v) for k, v in raw.get("choices", {}).items()},
+            bounds=_card_bounds(raw, where, numeric or {}),
+            help=dict(raw.get("help", {})),
+            datasets={normalize_name(k): dict(v) for k, v in raw.get("datasets", {}).items()},
+            path=path,
+        )
+
+
+def _card_bounds(raw: dict, where: str, shared: dict[str, Any]) -> dict[str, Interval]:
+    """A card's ``[bounds]``: an interval per numeric hyperparameter."""
+    defaults = {**shared, **raw.get("params", {})}
+    bounds = {}
+    for key, text in raw.get("bounds", {}).items():
+        default = defaults.get(key)
+        if isinstance(default, bool) or not isinstance(default, int | float):
+            raise ClbenchError(f"{where}: [bounds] {key} names no numeric hyperparameter")
+        bounds[key] = Interval.parse(text, f"{where} [bounds] {key}")
+    return bounds
+
+
+@cache
+def _read_card_file(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, an oversized int
+        raise ClbenchError(f"config card {path} is not valid TOML: {exc}") from exc
+
+
+def read_card(name: str, trainer_cls: type | None = None,
+              numeric: dict[str, Any] | None = None) -> MethodCard:
+    """The card of the method registered as ``name``: its file if there is one, else the
+    ``card`` attribute of ``trainer_cls`` (empty without either)."""
+    path = cards_dir() / f"{name}.toml"
+    if path.is_file():
+        return MethodCard.from_dict(name, _read_card_file(path), path, numeric)
+    return MethodCard.from_dict(name, getattr(trainer_cls, "card", None) or {}, None, numeric)
+
+
+def declared_params(trainer_cls: type) -> dict[str, Any]:
+    """The default hyperparameters a trainer class's card declares ({} without a card).
+
+    A run passes every resolved hyperparameter to the trainer; this fills in those a
+    caller who builds a trainer by hand leaves out."""
+    name = getattr(trainer_cls, "method_name", None)
+    if name is None:
+        return dict((getattr(trainer_cls, "card", None) or {}).get("params", {}))
+    return dict(read_card(name, trainer_cls).params)

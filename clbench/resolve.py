@@ -1,0 +1,230 @@
+"""From what a user asked for to :class:`~clbench.spec.RunSpec` s: every check that needs
+no data, made once, before anything runs.
+
+:func:`resolve_run` validates one run (names, seeds, device, data root, hyperparameters,
+task split) and :func:`resolve_grid` a grid of methods x datasets x seeds; the command
+line, the sweep and :func:`clbench.experiment.run_experiment` all go through them. Bad
+input raises :class:`~clbench.errors.ClbenchError` with one line saying what is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from clbench.config import load_card, resolve_params
+from clbench.errors import ClbenchError, DataError, clip, quote
+from clbench.parsing import check_seed, is_graph_file
+from clbench.spec import TRAINING_KEYS, Protocol, RunSpec
+
+GRAPH_MODES = ("full", "task")
+METRICS = ("accuracy", "balanced_accuracy")
+
+
+def default_method() -> str:
+    """The method ``clbench run`` uses without ``--method``."""
+    from clbench.methods import METHODS
+
+    return "piggyback" if "piggyback" in METHODS else "finetune"
+
+
+def resolve_run(
+    method: str | None = None,
+    dataset: str = "synthetic",
+    seed: int = 0,
+    *,
+    params: Mapping[str, Any] | None = None,
+    num_tasks: int | None = None,
+    classes_per_task: int | None = None,
+    class_order: Sequence[int] | None = None,
+    split_seed: int = 0,
+    graph: str = "full",
+    metric: str = "accuracy",
+    data_dir: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    plugins: Sequence[str] = (),
+    device_here: bool = True,
+) -> RunSpec:
+    """One validated run. ``params``: ``--param`` overrides of protocol and method
+    settings (strings are parsed to the key's type). ``device_here``: the device must
+    exist on this machine (not so for jobs sent to a Dask cluster)."""
+    from clbench.methods import METHODS
+
+    method = METHODS.canonical(method or default_method())
+    check_seed(seed, "--seed")
+    check_seed(split_seed, "--split-seed")
+    dataset = canonical_dataset(dataset)
+    if graph not in GRAPH_MODES:
+        raise ClbenchError(f"--graph must be full or task, got {quote(graph)}")
+    if metric not in METRICS:
+        raise ClbenchError(f"--metric must be accuracy or balanced_accuracy, got {quote(metric)}")
+    check_device(device, available=device_here)
+    check_data_dir(data_dir)
+    check_task_split(dataset, num_tasks, classes_per_task, class_order)
+    resolved = resolve_params(method, None if is_graph_file(dataset) else dataset,
+                              dict(params or {}))
+    own = load_card(method).params
+    protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, num_tasks=num_tasks,
+                        classes_per_task=classes_per_task,
+                        class_order=tuple(class_order) if class_order else None,
+                        split_seed=split_seed, graph=graph, metric=metric)
+    return RunSpec(method, dataset, int(seed), protocol, {k: resolved[k] for k in own},
+                   data_dir=data_dir, device=device, threads=threads, plugins=tuple(plugins))
+
+
+def resolve_record(spec: Mapping[str, Any], **changes: Any) -> RunSpec:
+    """The run a result records (``result["spec"]``, :meth:`RunSpec.record`), re-resolved:
+    ``resolve_record(result["spec"], data_dir=...)`` runs it again."""
+    fields = {**spec, **changes}
+    return resolve_run(fields.pop("method"), fields.pop("dataset"), fields.pop("seed"),
+                       **fields)
+
+
+def canonical_dataset(dataset: str) -> str:
+    """A registered dataset's name as registered, or a user's graph file path as given."""
+    from clbench.datasets import DATASETS
+
+    return str(dataset) if is_graph_file(dataset) else DATASETS.canonical(dataset)
+
+
+def split_overrides(overrides: Mapping[str, Any], methods: Sequence[str]
+                    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``{"lr": 1, "ewc.lamb": 5}`` -> shared ``{"lr": 1}``, per method ``{"ewc": {"lamb": 5}}``.
+
+    A ``method.key`` override applies to that method only, so
+    ``--method ewc,finetune --param ewc.lamb=100`` works.
+    """
+    from clbench.methods import METHODS
+
+    shared: dict[str, Any] = {}
+    per: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for key, value in overrides.items():
+        prefix, dot, rest = key.partition(".")
+        if dot and prefix in METHODS:
+            name = METHODS.canonical(prefix)
+            if name not in per:
+                raise ClbenchError(
+                    f"--param {key} names method {name!r}, which is not among the methods run "
+                    f"({', '.join(methods)})"
+                )
+            per[name][rest] = value
+        else:
+            shared[key] = value
+    return shared, per
+
+
+def resolve_grid(
+    methods: Sequence[str],
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    params: Mapping[str, Any] | None = None,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    **settings: Any,
+) -> list[RunSpec]:
+    """One spec per (method, dataset, seed), every name and hyperparameter validated now.
+
+    ``params`` apply to every method (``method.key`` entries only to that method);
+    ``method_params[m]`` adds overrides for method ``m``; ``settings`` are
+    :func:`resolve_run`'s keyword arguments (the device need not exist here).
+    """
+    from clbench.methods import METHODS
+
+    if not methods or not datasets or not seeds:
+        raise ClbenchError("nothing to run: give at least one method, dataset and seed")
+    for seed in seeds:
+        check_seed(seed, "--seeds")
+    canon_methods = list(dict.fromkeys(METHODS.canonical(m) for m in methods))
+    canon_datasets = list(dict.fromkeys(canonical_dataset(d) for d in datasets))
+    shared, per = split_overrides(params or {}, canon_methods)
+    for m, extra in (method_params or {}).items():
+        per.setdefault(METHODS.canonical(m), {}).update(extra)
+    specs: list[RunSpec] = []
+    for method in canon_methods:
+        for dataset in canon_datasets:
+            first = resolve_run(method, dataset, int(seeds[0]), device_here=False,
+                                params={**shared, **per.get(method, {})}, **settings)
+            specs.extend(replace(first, seed=int(s)) for s in seeds)
+    return specs
+
+
+# ----------------------------------------------------------------------------- checks
+def check_device(device: object, available: bool = True) -> Any:
+    """``device`` parsed as a torch device clbench can run on (cpu, cuda, mps); with
+    ``available``, one this machine has (a Dask cluster's workers may have devices the
+    machine that submits the jobs lacks)."""
+    import torch
+
+    try:
+        dev = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError, ValueError):
+        raise ClbenchError(f"--device {quote(device)} is not a torch device "
+                           "(e.g. cpu, cuda, cuda:1)") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ClbenchError(f"--device {quote(device)}: clbench runs on cpu, cuda or mps")
+    if not available or dev.type == "cpu":
+        return dev
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ClbenchError(f"--device {quote(device)}: MPS is not available on this machine")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ClbenchError(f"--device {quote(device)}: CUDA is not available on this "
+                               f"machine (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ClbenchError(f"--device {quote(device)}: this machine has {count} CUDA "
+                               f"device(s), cuda:0 to cuda:{count - 1}")
+    return dev
+
+
+def check_task_split(dataset: str, num_tasks: int | None, classes_per_task: int | None,
+                     class_order: Sequence[int] | None = None) -> None:
+    """The scenario's checks of the task split and class order, made from a registered
+    dataset's card (its published class count) before any data is loaded. Of a graph
+    file, only that it exists: its classes (and those of a card without a class count)
+    are checked when the scenario is built."""
+    from clbench.datasets import DATASETS
+    from clbench.scenario import task_shape
+
+    if is_graph_file(dataset):
+        try:
+            found = Path(dataset).is_file()
+        except OSError as exc:  # e.g. a name too long for the file system
+            raise DataError(f"dataset file {clip(dataset)}: {exc.strerror or exc}") from None
+        if not found:
+            raise DataError(f"dataset file not found: {clip(dataset)}")
+        return
+    card = DATASETS.get(dataset)
+    C = card.stats.get("classes")
+    if isinstance(C, bool) or not isinstance(C, int) or C < 1:
+        return
+    if num_tasks is None and classes_per_task is None:
+        num_tasks, classes_per_task = card.num_tasks, card.classes_per_task
+    T, K = task_shape(C, num_tasks, classes_per_task, card.name)
+    if class_order is not None:
+        order = list(class_order)
+        if any(not 0 <= c < C for c in order) or len(set(order)) != len(order):
+            raise ClbenchError(f"class order must list distinct classes in 0..{C - 1}; "
+                               f"got {quote(order)}")
+        if len(order) < T * K:
+            raise ClbenchError(f"class order lists {len(order)} classes but {T} tasks x {K} "
+                               f"classes need {T * K}")
+
+
+def check_data_dir(data_dir: str | None) -> None:
+    """A data root the file system accepts: a directory, or a path where one can be
+    made."""
+    if data_dir is None:
+        return
+    from clbench.datasets import data_root
+
+    root = data_root(data_dir)
+    try:
+        clash = next((d for d in (root, *root.parents) if d.exists() and not d.is_dir()), None)
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise DataError(f"--data-dir {clip(data_dir)}: {exc.strerror or exc}") from None
+    if clash is not None:
+        raise DataError(f"--data-dir {clip(data_dir)}: {clip(clash)} is not a directory")

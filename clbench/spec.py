@@ -1,0 +1,164 @@
+"""One run, one type: :class:`RunSpec` (a method on a dataset with a seed) and its
+:class:`Protocol` (the backbone, the optimisation and the task sequence).
+
+A spec is frozen and fully resolved: it is built once, by
+:func:`clbench.config.resolve_run`, which validates every setting, and then read as is
+by the command line, the sweep, the workers, the tracking and ``clbench compare``. A
+trainer receives the spec's method parameters as keyword arguments and the protocol
+as ``protocol``.
+
+Hashes. ``config_hash`` identifies a configuration (method, every hyperparameter, the
+task protocol) without the seed, and ``protocol_hash`` the task sequence (dataset and
+task protocol): runs are found again, skipped and resumed by them, so their payloads
+(:attr:`RunSpec.config` and :attr:`RunSpec.task_protocol`) keep the layout the
+committed run records were hashed with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from clbench.parsing import is_graph_file, slug, stable_hash
+
+#: The protocol fields that configure training (``--param`` keys), in their order.
+TRAINING_KEYS = ("model", "hidden", "layers", "dropout", "batch_norm", "optimizer", "lr",
+                 "weight_decay", "epochs", "patience", "min_lr_ratio")
+#: The protocol fields that define the task sequence and its scoring.
+TASK_KEYS = ("num_tasks", "classes_per_task", "class_order", "split_seed", "graph", "metric")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What every method of a comparison shares (BeGin's defaults)."""
+
+    model: str = "gcn"           # backbone: gcn | sage | gat
+    hidden: int = 256            # hidden width of each GNN layer
+    layers: int = 3              # number of GNN layers
+    dropout: float = 0.0         # dropout after each GNN layer
+    batch_norm: bool = True      # BatchNorm after each GNN layer
+    optimizer: str = "adam"      # adam | sgd
+    lr: float = 1e-3             # learning rate
+    weight_decay: float = 0.0    # L2 weight decay of the optimizer
+    epochs: int = 1000           # maximum epochs per task
+    patience: int = 20           # ReduceLROnPlateau patience (epochs, on val loss)
+    min_lr_ratio: float = 0.002  # a task stops when lr reaches lr * min_lr_ratio
+    num_tasks: int | None = None         # None: from the dataset card
+    classes_per_task: int | None = None  # None: from the dataset card
+    class_order: tuple[int, ...] | None = None  # None: drawn from the run seed
+    split_seed: int = 0          # seed of the stratified split (datasets without one)
+    graph: str = "full"          # full: the whole graph is visible; task: task subgraphs
+    metric: str = "accuracy"     # accuracy | balanced_accuracy
+
+    def training(self) -> dict[str, Any]:
+        """The training settings, as ``--param`` keys."""
+        return {k: getattr(self, k) for k in TRAINING_KEYS}
+
+    def tasks(self) -> dict[str, Any]:
+        """The task settings (the class order as a list)."""
+        out = {k: getattr(self, k) for k in TASK_KEYS}
+        out["class_order"] = list(self.class_order) if self.class_order else None
+        return out
+
+
+#: Defaults of the training settings every method shares.
+PROTOCOL_DEFAULTS: dict[str, Any] = Protocol().training()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: ``method`` on ``dataset`` with ``seed``, fully resolved.
+
+    ``params`` are the method's own hyperparameters (its card's keys), read-only.
+    ``data_dir``, ``device``, ``threads``, ``plugins``, ``note`` and ``resume_file`` say
+    where and how it runs; they are not part of any hash.
+    """
+
+    method: str
+    dataset: str
+    seed: int
+    protocol: Protocol = field(default_factory=Protocol)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    plugins: tuple[str, ...] = ()
+    note: str = ""  # shown next to the run (e.g. a sweep's grid point)
+    resume_file: str | None = None  # where a worker keeps the run's resume point
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def config(self) -> dict[str, Any]:
+        """Every hyperparameter: the protocol's training settings and the method's."""
+        return {**self.protocol.training(), **self.params}
+
+    @property
+    def task_protocol(self) -> dict[str, Any]:
+        """The task sequence: the dataset and the protocol's task settings."""
+        return {"dataset": self.dataset, **self.protocol.tasks()}
+
+    @cached_property
+    def protocol_hash(self) -> str:
+        """Identifies the task sequence (what a joint run must share for INT)."""
+        return stable_hash(self.task_protocol)
+
+    @cached_property
+    def config_hash(self) -> str:
+        """Identifies method, hyperparameters and task sequence, without the seed."""
+        return stable_hash({"method": self.method, "config": self.config,
+                            "protocol": self.task_protocol})
+
+    @property
+    def uid(self) -> str:
+        """A file-name-safe unique id: method, dataset, config hash, seed."""
+        data = Path(self.dataset).stem if is_graph_file(self.dataset) else self.dataset
+        return f"{slug(self.method)}__{slug(data)}__{self.config_hash}__seed{self.seed}"
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        return self.method, self.dataset, self.seed, self.config_hash
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """The parent run it belongs to (every seed of one configuration)."""
+        return self.method, self.dataset, self.config_hash
+
+    @property
+    def label(self) -> str:
+        note = f" [{self.note}]" if self.note else ""
+        return f"{self.method} · {self.dataset} · seed {self.seed}{note}"
+
+    # ------------------------------------------------------------------ records
+    def record(self) -> dict[str, Any]:
+        """The run as saved in its result (``result["spec"]``): flat, every hyperparameter
+        under ``params``; :func:`clbench.config.resolve_run` reads it back."""
+        return {"method": self.method, "dataset": self.dataset, "seed": self.seed,
+                **{k: v for k, v in self.protocol.tasks().items() if k not in (
+                    "split_seed", "graph", "metric")},
+                "params": self.config, "data_dir": self.data_dir,
+                "split_seed": self.protocol.split_seed, "graph": self.protocol.graph,
+                "metric": self.protocol.metric, "device": self.device,
+                "threads": self.threads}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; :meth:`from_dict` inverts it (a job sent to another process)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["protocol"] = asdict(self.protocol)
+        d["params"] = dict(self.params)
+        d["plugins"] = list(self.plugins)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunSpec:
+        proto = dict(d["protocol"])
+        if proto.get("class_order") is not None:
+            proto["class_order"] = tuple(proto["class_order"])
+        return cls(**{**d, "protocol": Protocol(**proto),
+                      "plugins": tuple(d.get("plugins") or ())})
