@@ -222,10 +222,9 @@ def _config(method: str, params: Mapping[str, str]) -> dict[str, str]:
 def _selection_labels(tracker: tr.Tracker) -> dict[tuple[str, str], str]:
     """The sweep's experiment tags ``clbench.selected.<method>.<dataset>`` = ``hash (label)``:
     ``(method, dataset slug) -> (hash, label)`` text."""
-    exp = tracker.client.get_experiment(tracker.experiment_id)
     out = {}
-    prefix = f"{tr.TAG_SELECTED}."
-    for k, v in (exp.tags or {}).items():
+    prefix = tr.TAG_SELECTED_PREFIX
+    for k, v in tracker.experiment_tags().items():
         if k.startswith(prefix):
             method, _, dataset = k[len(prefix):].partition(".")
             out[(method, dataset)] = v
@@ -305,8 +304,8 @@ def busy_intervals(spans: Iterable[tuple[float, float]], join_gap: float = 0.0
 
 def _run_commit(run: tr.RunRecord) -> str:
     """The git revision a run logged ("" if none), marked when its tree was dirty."""
-    rev = run.params.get("git_commit") or run.tags.get("clbench.git_commit") or ""
-    if rev and run.tags.get("clbench.git_dirty") == "True":
+    rev = run.params.get("git_commit") or run.tags.get(tr.TAG_GIT_COMMIT) or ""
+    if rev and run.tags.get(tr.TAG_GIT_DIRTY) == "True":
         rev += " with uncommitted changes"
     return rev
 
@@ -327,10 +326,9 @@ def provenance(tracker: tr.Tracker, rows: Sequence[Row], *, commit: str | None =
     """The table's provenance, read from MLflow (times, threads, versions, sweep file)."""
     children = [c for c in tracker.children() if c.finished]
     prov = Provenance(compare_command=compare_command, tracking_uri=tracker.uri)
-    exp = tracker.client.get_experiment(tracker.experiment_id)
-    prov.sweep_file = (exp.tags or {}).get("clbench.sweep_file", "")
+    prov.sweep_file = tracker.experiment_tags().get(tr.TAG_SWEEP_FILE, "")
     commits = Counter(_run_commit(c) for c in children)
-    digests = Counter(c.tags.get("clbench.source_digest", "") for c in children)
+    digests = Counter(c.tags.get(tr.TAG_SOURCE_DIGEST, "") for c in children)
     if any(digests):
         prov.code = _counted(digests, "clbench source digest", "no digest (older clbench)")
     if commit:

@@ -211,8 +211,3 @@ def freeze_batchnorm(model: nn.Module) -> None:
         bn.eval()
         for p in bn.parameters():
             p.requires_grad_(False)
-
-
-@torch.no_grad()
-def snapshot(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in tensors.items()}

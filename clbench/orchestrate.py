@@ -830,12 +830,12 @@ def run_jobs(
         resume_path(results_dir, tracker.experiment_name, job).unlink(missing_ok=True)
         info = result.get("clbench", {})
         open_child(job, info.get("started_at"))
-        tags = {"clbench.host": info.get("host", "")}
-        tags.update({f"clbench.{key}": str(info[key]) for key in CODE_TAGS if info.get(key)})
+        tags = {tr.TAG_HOST: info.get("host", "")}
+        tags.update({tr.code_tag(key): str(info[key]) for key in CODE_TAGS if info.get(key)})
         if result.get("resumed"):
-            tags["clbench.resumed_after_task"] = str(result["resumed"]["after_task"])
+            tags[tr.TAG_RESUMED_AFTER] = str(result["resumed"]["after_task"])
         if recovered:
-            tags["clbench.recovered_from"] = str(
+            tags[tr.TAG_RECOVERED_FROM] = str(
                 result_path(results_dir, tracker.experiment_name, job))
         tracker.log_result(child_ids[job.uid], result, extra_tags=tags,
                            finished_at=info.get("finished_at"))

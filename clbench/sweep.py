@@ -383,8 +383,7 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     jobs, labels, order = grid_jobs(spec)
     if on_stage:
         on_stage("grid", len(jobs))
-    tracker.client.set_experiment_tag(tracker.experiment_id, "clbench.sweep_file",
-                                      str(spec.path))
+    tracker.set_experiment_tags({tr.TAG_SWEEP_FILE: str(spec.path)})
     grid_groups = {j.group for j in jobs}
     grid = run_jobs(jobs, tracker, backend, results_dir=results_dir, force=force,
                     reporter=reporter, parent_labels=labels,
@@ -401,9 +400,9 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
         tracker.set_tags(s.parent_id, {tr.TAG_SELECTION: (
             f"best mean val AP {s.mean_val_ap:.4f} over grid seeds "
             f"{tr.seeds_text(spec.grid_seeds)} among {s.candidates} configuration(s)")})
-        tracker.client.set_experiment_tag(
-            tracker.experiment_id, f"clbench.selected.{s.method}.{slug(s.dataset)}",
-            f"{s.config_hash} ({s.label})" if s.label else s.config_hash)
+        tracker.set_experiment_tags({
+            f"{tr.TAG_SELECTED_PREFIX}{s.method}.{slug(s.dataset)}":
+            f"{s.config_hash} ({s.label})" if s.label else s.config_hash})
     final_jobs = final_jobs_of(jobs, selected, spec)
     if on_stage:
         on_stage("final", len(final_jobs))

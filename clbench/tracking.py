@@ -74,7 +74,23 @@ TAG_PARENT = "mlflow.parentRunId"
 #: run still RUNNING whose command is gone on this host was abandoned (a killed session).
 TAG_COMMAND = "clbench.command"
 TAG_ABANDONED = "clbench.abandoned"
-TAG_RUN_NAME = "mlflow.runName"
+TAG_HOST = "clbench.host"
+TAG_RESUMED_AFTER = "clbench.resumed_after_task"
+TAG_RECOVERED_FROM = "clbench.recovered_from"
+TAG_INT_REFERENCE = "clbench.int_reference"
+#: Code identity (:data:`clbench.provenance.CODE_TAGS`): ``clbench.<key>``.
+TAG_GIT_COMMIT = "clbench.git_commit"
+TAG_GIT_DIRTY = "clbench.git_dirty"
+TAG_SOURCE_DIGEST = "clbench.source_digest"
+#: Experiment tags of a sweep: its file, and per (method, dataset slug) the selected
+#: configuration, ``clbench.selected.<method>.<dataset slug>`` = ``hash (label)``.
+TAG_SWEEP_FILE = "clbench.sweep_file"
+TAG_SELECTED_PREFIX = "clbench.selected."
+
+
+def code_tag(key: str) -> str:
+    """The tag of a :data:`clbench.provenance.CODE_TAGS` key."""
+    return f"clbench.{key}"
 
 #: Final per-run metrics; parents log ``<name>_mean`` and ``<name>_std`` of each.
 FINAL_METRICS = (
@@ -263,10 +279,6 @@ class RunRecord:
         return cls(run.info.run_id, run.info.status, dict(run.data.tags),
                    dict(run.data.metrics), dict(run.data.params),
                    run.info.start_time or 0, run.info.end_time)
-
-    @property
-    def role(self) -> str | None:
-        return self.tags.get(TAG_ROLE)
 
     @property
     def method(self) -> str:
@@ -654,6 +666,14 @@ class Tracker:
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._log(run_id, tags=tags)
 
+    def set_experiment_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tag the experiment itself (a sweep's file and selections)."""
+        for key, value in tags.items():
+            self.client.set_experiment_tag(self.experiment_id, key, str(value))
+
+    def experiment_tags(self) -> dict[str, str]:
+        return dict(self.client.get_experiment(self.experiment_id).tags or {})
+
     @staticmethod
     def parent_seed_runs(parent: RunRecord, children: Iterable[RunRecord]
                          ) -> dict[int, RunRecord]:
@@ -789,7 +809,7 @@ class Tracker:
                 continue
             value = clmetrics.intransigence(R, RJ)
             self._log(rec.run_id, metrics=[("INT", value, 0)],
-                      tags={"clbench.int_reference": j.run_id})
+                      tags={TAG_INT_REFERENCE: j.run_id})
             rec.metrics["INT"] = value
             done.append(rec)
         return done
