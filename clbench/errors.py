@@ -54,3 +54,16 @@ def quote(text: object, limit: int = CLIP) -> str:
     on one line."""
     head, rest = _cut(text, limit)
     return (repr(head) if isinstance(text, str) else head) + rest
+
+
+def short_error(exc: BaseException, limit: int = 240, note: str = "") -> str:
+    """``"<ExceptionType>: <message on one line, at most limit characters>"``, with
+    ``note`` in parentheses after the message."""
+    text = " ".join(str(exc).split())
+    if note:
+        text = f"{text} ({note})".strip()
+    if not text:
+        return type(exc).__name__
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}"

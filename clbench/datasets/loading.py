@@ -43,24 +43,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
 from torch_geometric.data import Data
 
 from clbench.datasets.base import DATASETS, DatasetCard, data_root, stratified_split
+from clbench.datasets.cache import graph_from_cache, read_cache, write_cache
 from clbench.datasets.safe_pickle import check_torch_file, file_path_of, forbidden_torch_globals
-from clbench.errors import DataError
+from clbench.errors import DataError, short_error
 from clbench.graph import Graph, prepare_graph
+from clbench.parsing import is_graph_file
 from clbench.registry import normalize_name
 
-#: Bump when the cache layout or the preprocessing changes; old caches are rebuilt.
-CACHE_FORMAT = 1
 CACHE_PREFIX = "clbench_"
 TIMEOUT_ENV = "CLBENCH_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT = 30.0
-#: Features sparser than this are cached as CSR components instead of a dense matrix.
-SPARSE_CACHE_DENSITY = 0.25
-#: File suffixes that mean "a user's graph file" rather than a registry name.
-GRAPH_FILE_SUFFIXES = (".pt", ".pth", ".npz")
 
 _MASKS = ("train_mask", "val_mask", "test_mask")
 #: Exceptions that mean "the files could not be read", as opposed to a bug.
@@ -325,14 +320,9 @@ def _remove_new(top: Path, before: set[Path], root: Path | None) -> None:
 
 
 def _short(exc: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(exc).split())
-    if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
-        text = f"{text} (no answer within the {download_timeout():g} s timeout)".strip()
-    if not text:
-        return type(exc).__name__
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}"
+    timeout = isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower()
+    note = f"no answer within the {download_timeout():g} s timeout" if timeout else ""
+    return short_error(exc, limit, note)
 
 
 # -- integrity checks --------------------------------------------------------------
@@ -374,109 +364,15 @@ def check_file(path: Path) -> str | None:
     return None
 
 
-# -- the preprocessing cache -------------------------------------------------------
-def _fingerprint(root: Path, source: FileSource) -> list[list]:
-    out = []
-    for rel in source.card_files():
-        st = (root / rel).stat()
-        out.append([rel, int(st.st_size), int(st.st_mtime_ns)])
-    return out
-
-
-def _read_cache(path: Path, source: FileSource, card: DatasetCard, root: Path) -> dict | None:
-    """The cached tensors if the cache exists, is readable and matches the files."""
-    if not path.is_file():
-        return None
-    try:
-        check_torch_file(path, "it")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        warnings.warn(f"ignoring unreadable cache {path} ({_short(exc)}); rebuilding it",
-                      stacklevel=3)
-        return None
-    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
-        return None
-    if payload.get("undirected") != card.undirected:
-        return None
-    try:
-        if payload.get("fingerprint") != _fingerprint(root, source):
-            return None
-    except OSError:
-        return None
-    return payload
-
-
-def _write_cache(path: Path, graph: Graph, source: FileSource, card: DatasetCard,
-                 root: Path) -> bool:
-    try:
-        fingerprint = _fingerprint(root, source)
-    except OSError as exc:  # e.g. a downloaded archive that lacks one of the card's files
-        warnings.warn(f"{card.name}: not caching the preprocessed graph ({_short(exc)})",
-                      stacklevel=3)
-        return False
-    x = graph.x
-    payload: dict = {
-        "format": CACHE_FORMAT,
-        "name": card.name,
-        "undirected": card.undirected,
-        "fingerprint": fingerprint,
-        "y": graph.y,
-        "edge_index": graph.edge_index,
-    }
-    density = float((x != 0).sum()) / max(x.numel(), 1)
-    if density < SPARSE_CACHE_DENSITY:
-        csr = x.to_sparse_csr()
-        payload.update(x_format="csr", x_shape=list(x.shape), x_crow=csr.crow_indices(),
-                       x_col=csr.col_indices(), x_values=csr.values())
-    else:
-        payload.update(x_format="dense", x=x)
-    if source.official_split:
-        payload.update({m: getattr(graph, m) for m in _MASKS})
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        warnings.warn(f"could not write the preprocessing cache {path} ({_short(exc)}); "
-                      "the dataset will be preprocessed again next time", stacklevel=3)
-        return False
-    return True
-
-
-def _graph_from_cache(payload: dict, source: FileSource, card: DatasetCard,
-                      split_seed: int) -> Graph | None:
-    try:
-        if payload["x_format"] == "csr":
-            shape = tuple(int(s) for s in payload["x_shape"])
-            x = torch.sparse_csr_tensor(payload["x_crow"], payload["x_col"], payload["x_values"],
-                                        size=shape).to_dense()
-        else:
-            x = payload["x"]
-        y: Tensor = payload["y"]
-        edge_index: Tensor = payload["edge_index"]
-        if source.official_split:
-            masks = [payload[m] for m in _MASKS]
-        else:
-            masks = list(stratified_split(y, split_seed))
-    except (KeyError, RuntimeError, TypeError, ValueError):
-        return None
-    n = y.numel()
-    if x.size(0) != n or any(m.shape != (n,) for m in masks) or edge_index.size(0) != 2:
-        return None
-    return Graph(x, y, edge_index, masks[0], masks[1], masks[2], name=card.name)
-
-
 def load_source(card: DatasetCard, source: FileSource, root: Path, split_seed: int,
                 *, use_cache: bool = True) -> Graph:
     """Load a file-backed dataset through the preprocessing cache."""
     cache = source.cache_path(root)
     reload = False
     if use_cache and source.is_local(root):
-        payload = _read_cache(cache, source, card, root)
+        payload = read_cache(cache, source, card, root)
         if payload is not None:
-            graph = _graph_from_cache(payload, source, card, split_seed)
+            graph = graph_from_cache(payload, source, card, split_seed)
             if graph is not None:
                 graph.meta.update(cache="hit", cache_path=str(cache))
                 return graph
@@ -484,7 +380,7 @@ def load_source(card: DatasetCard, source: FileSource, root: Path, split_seed: i
         reload = cache.is_file()
     data = source.attach_split(source.fetch(root, reload=reload), split_seed)
     graph = prepare_graph(data, card.name, undirected=card.undirected)
-    written = use_cache and _write_cache(cache, graph, source, card, root)
+    written = use_cache and write_cache(cache, graph, source, card, root)
     graph.meta.update(cache="rebuilt" if reload else ("written" if written else "off"),
                       cache_path=str(cache))
     return graph
@@ -493,12 +389,6 @@ def load_source(card: DatasetCard, source: FileSource, root: Path, split_seed: i
 # -- entry point -------------------------------------------------------------------
 def resolve_card(name: str) -> DatasetCard:
     return DATASETS.get(name)
-
-
-def is_graph_file(name: str | os.PathLike) -> bool:
-    """True when ``name`` names a user's graph file rather than a registered dataset."""
-    text = os.fspath(name)
-    return text.lower().endswith(GRAPH_FILE_SUFFIXES) or os.sep in text or "/" in text
 
 
 def load_graph(name: str, data_dir: str | Path | None = None, split_seed: int = 0) -> Graph:
