@@ -41,6 +41,7 @@ import torch
 from torch_geometric.data import Data
 
 from clbench.datasets.base import DatasetCard, register_dataset
+from clbench.datasets.catalog import family
 from clbench.datasets.loading import FileSource
 from clbench.datasets.safe_pickle import DATA_CLASSES
 from clbench.errors import DataError
@@ -177,28 +178,7 @@ def _register(*, name: str, split_dir: str, has_year: bool, stats: dict[str, int
     )
 
 
-OGBN_ARXIV = _register(
-    name="ogbn-arxiv", split_dir="time", has_year=True,
-    stats={"nodes": 169343, "edges": 1166243, "features": 128, "classes": 40,
-           "train": 90941, "val": 29799, "test": 48603},
-    tasks=(8, 5),
-    description="arXiv CS citation network, 128-d averaged word embeddings, 40 subject areas "
-                "(Wang et al. 2020; OGB). Edges are directed citations; clbench undirects them",
-    license="ODC-BY (Microsoft Academic Graph)",
-    split="OGB's official time split: papers up to 2017 train, 2018 validation, "
-          "2019 and later test",
-    url="http://snap.stanford.edu/ogb/data/nodeproppred/arxiv.zip",
-)
-
-OGBN_PRODUCTS = _register(
-    name="ogbn-products", split_dir="sales_ranking", has_year=False,
-    stats={"nodes": 2449029, "edges": 123718280, "features": 100, "classes": 47,
-           "train": 196615, "val": 39323, "test": 2213091},
-    tasks=(23, 2),
-    description="Amazon product co-purchase network, 100-d PCA'd bag-of-words features, "
-                "47 categories (Bhatia et al. 2016; OGB). 61,859,140 undirected edges",
-    license="Amazon's license for the product data (see OGB's dataset page)",
-    split="OGB's official sales-ranking split: top 8% most popular products train, "
-          "next 2% validation, the rest test",
-    url="http://snap.stanford.edu/ogb/data/nodeproppred/products.zip",
-)
+for _name, _e in family("ogb"):
+    _register(name=_name, split_dir=_e["split_dir"], has_year=_e["has_year"],
+              stats=_e["stats"], tasks=tuple(_e["tasks"]), description=_e["description"],
+              license=_e["license"], split=_e["split"], url=_e["url"])

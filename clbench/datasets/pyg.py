@@ -30,6 +30,7 @@ from pathlib import Path
 from torch_geometric.data import Data
 
 from clbench.datasets.base import DatasetCard, register_dataset
+from clbench.datasets.catalog import family
 from clbench.datasets.loading import FileSource
 from clbench.datasets.planetoid import (
     DIGESTS,
@@ -91,25 +92,14 @@ def _planetoid_reader(pyg_name: str, name: str, digests: Mapping[str, str]):
 _PLANETOID_LICENSE = ("planetoid repository: MIT; the underlying LINQS citation data carries no "
                       "explicit license and is distributed for research use")
 
-for _name, _pyg, _stats, _tasks, _desc in [
-    ("cora", "Cora",
-     {"nodes": 2708, "edges": 10556, "features": 1433, "classes": 7,
-      "train": 140, "val": 500, "test": 1000}, (3, 2),
-     "Citation network, bag-of-words features (Sen et al. 2008; Planetoid version)"),
-    ("citeseer", "CiteSeer",
-     {"nodes": 3327, "edges": 9104, "features": 3703, "classes": 6,
-      "train": 120, "val": 500, "test": 1000}, (3, 2),
-     "Citation network, bag-of-words features (Sen et al. 2008; Planetoid version)"),
-    ("pubmed", "PubMed",
-     {"nodes": 19717, "edges": 88648, "features": 500, "classes": 3,
-      "train": 60, "val": 500, "test": 1000}, (1, 3),
-     "Diabetes citation network, TF-IDF features (Namata et al. 2012; Planetoid version)"),
-]:
+for _name, _e in family("planetoid"):
+    _pyg, _stats = _e["pyg_name"], _e["stats"]
     _register(
         name=_name, read=_planetoid_reader(_pyg, _name, DIGESTS[_name]), folder=_pyg,
         files=tuple(f"raw/{f}" for f in raw_file_names(_pyg.lower())),
         sha256={f"raw/{f}": d for f, d in DIGESTS[_name].items()},
-        url=PLANETOID_URL, official=True, tasks=_tasks, stats=_stats, description=_desc,
+        url=PLANETOID_URL, official=True, tasks=tuple(_e["tasks"]), stats=_stats,
+        description=_e["description"],
         source=f"torch_geometric.datasets.Planetoid(root, {_pyg!r}, split='public'), "
                f"files from {PLANETOID_URL}",
         license=_PLANETOID_LICENSE,
@@ -119,46 +109,25 @@ for _name, _pyg, _stats, _tasks, _desc in [
 
 
 # -- Amazon and Coauthor (shchur/gnn-benchmark npz files) ----------------------------
-def _npz_reader(kind: str, pyg_name: str):
+def _npz_reader(pyg_class: str, pyg_name: str):
+    """``torch_geometric.datasets.<pyg_class>`` (Amazon or Coauthor) of ``pyg_name``."""
     def read(root: Path) -> Data:
-        from torch_geometric.datasets import Amazon, Coauthor
+        from torch_geometric import datasets
 
-        cls = Amazon if kind == "amazon" else Coauthor
+        cls = getattr(datasets, pyg_class)
         return _plain(cls(str(root), pyg_name)[0], masks=False)
 
     return read
 
 
-for _name, _kind, _pyg, _file, _stats, _tasks, _desc, _lic in [
-    ("amazon-computers", "amazon", "Computers", "amazon_electronics_computers.npz",
-     {"nodes": 13752, "edges": 491722, "features": 767, "classes": 10}, (5, 2),
-     "Amazon co-purchase graph of computer products, bag-of-words review features "
-     "(McAuley et al. 2015; Shchur et al. 2018)",
-     "gnn-benchmark repository: MIT; product data from McAuley et al.'s Amazon crawl, "
-     "research use"),
-    ("amazon-photo", "amazon", "Photo", "amazon_electronics_photo.npz",
-     {"nodes": 7650, "edges": 238162, "features": 745, "classes": 8}, (4, 2),
-     "Amazon co-purchase graph of photo products, bag-of-words review features "
-     "(McAuley et al. 2015; Shchur et al. 2018)",
-     "gnn-benchmark repository: MIT; product data from McAuley et al.'s Amazon crawl, "
-     "research use"),
-    ("coauthor-cs", "coauthor", "CS", "ms_academic_cs.npz",
-     {"nodes": 18333, "edges": 163788, "features": 6805, "classes": 15}, (7, 2),
-     "Co-authorship graph of computer-science authors, paper-keyword features "
-     "(Microsoft Academic Graph, KDD Cup 2016; Shchur et al. 2018)",
-     "gnn-benchmark repository: MIT; Microsoft Academic Graph data: ODC-BY"),
-    ("coauthor-physics", "coauthor", "Physics", "ms_academic_phy.npz",
-     {"nodes": 34493, "edges": 495924, "features": 8415, "classes": 5}, (2, 2),
-     "Co-authorship graph of physics authors, paper-keyword features "
-     "(Microsoft Academic Graph, KDD Cup 2016; Shchur et al. 2018)",
-     "gnn-benchmark repository: MIT; Microsoft Academic Graph data: ODC-BY"),
-]:
-    _cls = "Amazon" if _kind == "amazon" else "Coauthor"
+for _name, _e in family("npz"):
+    _cls, _pyg, _file = _e["pyg_class"], _e["pyg_name"], _e["file"]
     _register(
-        name=_name, read=_npz_reader(_kind, _pyg), folder=_pyg, files=(f"raw/{_file}",),
-        url=SHCHUR_URL + _file, official=False, tasks=_tasks, stats=_stats, description=_desc,
+        name=_name, read=_npz_reader(_cls, _pyg), folder=_pyg, files=(f"raw/{_file}",),
+        url=SHCHUR_URL + _file, official=False, tasks=tuple(_e["tasks"]), stats=_e["stats"],
+        description=_e["description"],
         source=f"torch_geometric.datasets.{_cls}(root, {_pyg!r}), file from {SHCHUR_URL}",
-        license=_lic, split=STRATIFIED,
+        license=_e["license"], split=STRATIFIED,
     )
 
 
@@ -177,29 +146,13 @@ def _citation_full_reader(pyg_name: str):
 _G2G_LICENSE = ("graph2gauss repository: MIT; the underlying citation data (Cora, CiteSeer, "
                 "DBLP collections) is distributed for research use")
 
-for _name, _pyg, _stats, _tasks, _desc, _cls in [
-    ("corafull", "cora",
-     {"nodes": 19793, "edges": 126842, "features": 8710, "classes": 70}, (35, 2),
-     "Full Cora citation network with 70 topic classes (Bojchevski & Guennemann 2018)",
-     "CoraFull(root)"),
-    ("cora-ml", "cora_ml",
-     {"nodes": 2995, "edges": 16316, "features": 2879, "classes": 7}, (3, 2),
-     "Machine-learning subset of the full Cora network (Bojchevski & Guennemann 2018)",
-     "CitationFull(root, 'cora_ml')"),
-    ("citeseer-full", "citeseer",
-     {"nodes": 4230, "edges": 10674, "features": 602, "classes": 6}, (3, 2),
-     "Full CiteSeer citation network (Bojchevski & Guennemann 2018)",
-     "CitationFull(root, 'citeseer')"),
-    ("dblp", "dblp",
-     {"nodes": 17716, "edges": 105734, "features": 1639, "classes": 4}, (2, 2),
-     "DBLP citation network (Bojchevski & Guennemann 2018)",
-     "CitationFull(root, 'dblp')"),
-]:
+for _name, _e in family("citation-full"):
+    _pyg = _e["pyg_name"]
     _register(
         name=_name, read=_citation_full_reader(_pyg), folder=f"{CITATION_FULL_DIR}/{_pyg}",
-        files=(f"raw/{_pyg}.npz",), url=f"{G2G_URL}{_pyg}.npz", official=False, tasks=_tasks,
-        stats=_stats, description=_desc,
-        source=f"torch_geometric.datasets.{_cls} with root <data root>/{CITATION_FULL_DIR}, "
-               f"file from {G2G_URL}",
+        files=(f"raw/{_pyg}.npz",), url=f"{G2G_URL}{_pyg}.npz", official=False,
+        tasks=tuple(_e["tasks"]), stats=_e["stats"], description=_e["description"],
+        source=f"torch_geometric.datasets.{_e['pyg_call']} with root <data root>/"
+               f"{CITATION_FULL_DIR}, file from {G2G_URL}",
         license=_G2G_LICENSE, split=STRATIFIED,
     )
