@@ -17,7 +17,7 @@ from typing import Any
 from clbench.config import load_card, resolve_params
 from clbench.errors import ClbenchError, DataError, clip, quote
 from clbench.parsing import check_seed, is_graph_file
-from clbench.spec import TRAINING_KEYS, Protocol, RunSpec
+from clbench.spec import TASK_KEYS, TRAINING_KEYS, Protocol, RunSpec
 
 GRAPH_MODES = ("full", "task")
 METRICS = ("accuracy", "balanced_accuracy")
@@ -36,41 +36,43 @@ def resolve_run(
     seed: int = 0,
     *,
     params: Mapping[str, Any] | None = None,
-    num_tasks: int | None = None,
-    classes_per_task: int | None = None,
-    class_order: Sequence[int] | None = None,
-    split_seed: int = 0,
-    graph: str = "full",
-    metric: str = "accuracy",
     data_dir: str | None = None,
     device: str = "cpu",
     threads: int | None = None,
     plugins: Sequence[str] = (),
     device_here: bool = True,
+    **tasks: Any,
 ) -> RunSpec:
     """One validated run. ``params``: ``--param`` overrides of protocol and method
-    settings (strings are parsed to the key's type). ``device_here``: the device must
-    exist on this machine (not so for jobs sent to a Dask cluster)."""
+    settings (strings are parsed to the key's type). ``tasks``: the protocol's task
+    settings (:data:`clbench.spec.TASK_KEYS`: ``num_tasks``, ``classes_per_task``,
+    ``class_order``, ``split_seed``, ``graph``, ``metric``). ``device_here``: the device
+    must exist on this machine (not so for jobs sent to a Dask cluster)."""
     from clbench.methods import METHODS
 
+    unknown = set(tasks) - set(TASK_KEYS)
+    if unknown:
+        raise TypeError(f"resolve_run() got unexpected keyword argument(s) {sorted(unknown)}")
+    if tasks.get("class_order") is not None:
+        tasks["class_order"] = tuple(tasks["class_order"]) or None
+    defaults = Protocol()
+    task = {k: tasks.get(k, getattr(defaults, k)) for k in TASK_KEYS}
     method = METHODS.canonical(method or default_method())
     check_seed(seed, "--seed")
-    check_seed(split_seed, "--split-seed")
+    check_seed(task["split_seed"], "--split-seed")
     dataset = canonical_dataset(dataset)
-    if graph not in GRAPH_MODES:
-        raise ClbenchError(f"--graph must be full or task, got {quote(graph)}")
-    if metric not in METRICS:
-        raise ClbenchError(f"--metric must be accuracy or balanced_accuracy, got {quote(metric)}")
+    if task["graph"] not in GRAPH_MODES:
+        raise ClbenchError(f"--graph must be full or task, got {quote(task['graph'])}")
+    if task["metric"] not in METRICS:
+        raise ClbenchError("--metric must be accuracy or balanced_accuracy, got "
+                           f"{quote(task['metric'])}")
     check_device(device, available=device_here)
     check_data_dir(data_dir)
-    check_task_split(dataset, num_tasks, classes_per_task, class_order)
+    check_task_split(dataset, task["num_tasks"], task["classes_per_task"], task["class_order"])
     resolved = resolve_params(method, None if is_graph_file(dataset) else dataset,
                               dict(params or {}))
     own = load_card(method).params
-    protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, num_tasks=num_tasks,
-                        classes_per_task=classes_per_task,
-                        class_order=tuple(class_order) if class_order else None,
-                        split_seed=split_seed, graph=graph, metric=metric)
+    protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, **task)
     return RunSpec(method, dataset, int(seed), protocol, {k: resolved[k] for k in own},
                    data_dir=data_dir, device=device, threads=threads, plugins=tuple(plugins))
 
