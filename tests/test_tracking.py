@@ -169,6 +169,16 @@ def test_aggregate_and_seed_selection():
     assert agg["AP"] == {"mean": pytest.approx(0.8), "std": pytest.approx(0.1), "n": 2}
 
 
+def test_every_code_identity_key_has_its_tag():
+    """Each :data:`clbench.provenance.CODE_TAGS` key is logged as ``clbench.<key>``, a
+    constant of :mod:`clbench.tracking`."""
+    from clbench.provenance import CODE_TAGS
+    from clbench.tracking import CODE_TAG_NAMES, code_tag
+
+    assert set(CODE_TAG_NAMES) == set(CODE_TAGS)
+    assert {k: code_tag(k) for k in CODE_TAGS} == {k: f"clbench.{k}" for k in CODE_TAGS}
+
+
 def test_creating_a_store_prints_no_mlflow_bookkeeping(tmp_path):
     """MLflow's INFO lines about creating the database tables stay out of the output."""
     proc = cli_process("run", "--method", "finetune", "--param", "epochs=2", "--param",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -18,8 +18,14 @@ from clbench.datasets.safe_pickle import check_torch_file
 from clbench.errors import short_error
 from clbench.graph import Graph
 
-if TYPE_CHECKING:  # pragma: no cover
-    from clbench.datasets.loading import FileSource
+
+class FileSource(Protocol):
+    """What the cache needs of a :class:`clbench.datasets.loading.FileSource`."""
+
+    official_split: bool
+
+    def card_files(self) -> tuple[str, ...]: ...
+
 
 #: Bump when the cache layout or the preprocessing changes; old caches are rebuilt.
 CACHE_FORMAT = 1

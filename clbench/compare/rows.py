@@ -1,0 +1,105 @@
+"""What a comparison is made of: one :class:`Row` per (method, dataset, configuration),
+the table's :class:`Provenance`, the :class:`Report` of a ``clbench compare``, and the
+settings the table and figure share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TABLE_METRICS = ("AP", "AF")
+CSV_METRICS = ("AP", "AF", "BWT", "FWT", "INT", "val_AP", "time_total_seconds", "peak_rss_mb",
+               "extra_storage_bytes")
+#: Protocol keys shown beside a method's own hyperparameters.
+SHOWN_PROTOCOL_KEYS = ("lr", "dropout", "weight_decay", "epochs")
+#: The default tolerance on |clbench AP - reference AP| (0-1 scale): how far clbench's AP
+#: may lie from a published reference AP (a paper's number for the same method and
+#: dataset) and still count as reproducing it.
+DEFAULT_TOLERANCE = 0.02
+MAX_PARTS_SHOWN = 12  # a table lists the busy stretches of a sweep up to this many
+PAUSE_SECONDS = 600.0  # a longer time with no run in progress splits the wall time in parts
+
+
+@dataclass
+class Row:
+    """One (method, dataset, configuration) of the experiment."""
+
+    method: str
+    dataset: str
+    config_hash: str
+    label: str
+    seeds: list[int]
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    parent_id: str = ""
+    selected: bool = False
+    #: the configuration's hyperparameters (method params and the main protocol keys)
+    hparams: dict[str, str] = field(default_factory=dict)
+    #: the sweep's label of this configuration (its varying keys), if any
+    selection_label: str = ""
+    #: how it was selected (the sweep's :data:`~clbench.tracking.TAG_SELECTION` tag),
+    #: if any
+    selection: str = ""
+    #: finished runs of this (method, dataset) in the experiment (grid and final) and
+    #: their summed run time in seconds
+    cell_runs: int = 0
+    cell_seconds: float = 0.0
+    #: the reference values of this (method, dataset), e.g. {"AP": 0.91}
+    reference: dict[str, float] = field(default_factory=dict)
+    #: every resolved hyperparameter of the configuration (protocol and method keys)
+    config: dict[str, str] = field(default_factory=dict)
+    #: each seed's AP
+    per_seed_ap: dict[int, float] = field(default_factory=dict)
+
+    def cell(self, metric: str, percent: bool = True) -> str:
+        s = self.stats.get(metric)
+        if s is None:
+            return "-"
+        k = 100.0 if percent else 1.0
+        return f"{signless_zero(s['mean'] * k, 1)} ± {s['std'] * k:.1f}"
+
+    def delta(self, metric: str = "AP") -> float | None:
+        """clbench's mean minus the reference (0-1 scale), or None."""
+        s, ref = self.stats.get(metric), self.reference.get(metric)
+        if s is None or ref is None:
+            return None
+        return s["mean"] - ref
+
+
+@dataclass
+class Provenance:
+    """Where a table comes from: commit, wall time, commands, machine."""
+
+    commit: str = ""
+    commit_source: str = ""
+    code: str = ""
+    wall_seconds: float | None = None  # first run's start to last run's end
+    busy_seconds: float | None = None  # at least one run in progress
+    parts: list[tuple[str, str]] = field(default_factory=list)  # busy stretches (UTC)
+    first_start: str = ""
+    last_end: str = ""
+    runs: int = 0
+    run_seconds: float = 0.0
+    threads: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    run_command: str = ""
+    run_command_source: str = ""
+    compare_command: str = ""
+    tracking_uri: str = ""
+    sweep_file: str = ""
+
+
+@dataclass
+class Report:
+    experiment: str
+    rows: list[Row]
+    markdown: Path | None = None
+    csv: Path | None = None
+    figure: Path | None = None
+    provenance: Provenance | None = None
+
+
+def signless_zero(value: float, digits: int) -> str:
+    """``value`` to ``digits`` decimals, without the sign of a negative value that rounds
+    to zero (joint training's AF is often -0.0001: a table should say 0.0, not -0.0)."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text

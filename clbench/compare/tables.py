@@ -1,0 +1,179 @@
+"""The outputs of ``clbench compare``: the Markdown table, the CSV and the bar chart."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from clbench import plots
+from clbench.compare.rows import (
+    CSV_METRICS,
+    DEFAULT_TOLERANCE,
+    MAX_PARTS_SHOWN,
+    PAUSE_SECONDS,
+    TABLE_METRICS,
+    Provenance,
+    Row,
+    signless_zero,
+)
+
+
+def _axes(rows: Sequence[Row]) -> tuple[list[str], list[str]]:
+    labels = list(dict.fromkeys(r.label for r in rows))
+    datasets = list(dict.fromkeys(r.dataset for r in rows))
+    return labels, datasets
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
+
+
+def _wall_time(p: Provenance) -> str:
+    """The wall-time sentence: busy time, its parts, and the whole span."""
+    span = (f"from the first run's start ({p.first_start}) to the last run's end "
+            f"({p.last_end})")
+    if len(p.parts) <= 1:
+        return f"{_duration(p.wall_seconds)}, {span}"
+    shown = p.parts if len(p.parts) <= MAX_PARTS_SHOWN else []
+    listed = (": " + ", ".join(f"{a} to {b}" for a, b in shown)) if shown else ""
+    return (f"{_duration(p.busy_seconds)} with at least one run in progress, in "
+            f"{len(p.parts)} parts{listed} (pauses of over {PAUSE_SECONDS / 60:.0f} min "
+            f"between runs excluded; "
+            f"{_duration(p.wall_seconds)} {span})")
+
+
+def _fraction(stats: Mapping[str, float] | None) -> str:
+    return "-" if stats is None else f"{signless_zero(stats['mean'], 3)} ± {stats['std']:.3f}"
+
+
+def markdown_table(rows: Sequence[Row], experiment: str, *,
+                   provenance: Provenance | None = None, reference_name: str = "",
+                   tolerance: float = DEFAULT_TOLERANCE, notes: str = "") -> str:
+    labels, datasets = _axes(rows)
+    cells = {(r.label, r.dataset): r for r in rows}
+    lines = [
+        f"# {experiment}: AP and AF (mean ± std over seeds, in %)",
+        "",
+        "AP = average accuracy after the last task; AF = average forgetting (positive = "
+        "forgot); n = number of seeds; std = population standard deviation (ddof 0).",
+        "",
+        "| method | " + " | ".join(datasets) + " |",
+        "|---|" + "---|" * len(datasets),
+    ]
+    for label in labels:
+        out = []
+        for d in datasets:
+            r = cells.get((label, d))
+            out.append("-" if r is None else
+                       f"AP {r.cell('AP')} · AF {r.cell('AF')} (n={len(r.seeds)})")
+        lines.append(f"| {label} | " + " | ".join(out) + " |")
+    if any(r.reference for r in rows):
+        ref = reference_name or "reference"
+        lines += [
+            "",
+            f"## Against {ref}",
+            "",
+            f"On a 0-1 scale; Δ = clbench - reference; target: absolute Δ AP ≤ {tolerance:g}.",
+            "",
+            "| method | dataset | clbench AP | reference AP | Δ AP | within ±"
+            f"{tolerance:g} | clbench AF | reference AF | n |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            d = r.delta("AP")
+            ok = "-" if d is None else ("yes" if abs(d) <= tolerance + 1e-12 else "**no**")
+            ref_ap = r.reference.get("AP")
+            ref_af = r.reference.get("AF")
+            lines.append(
+                f"| {r.label} | {r.dataset} | {_fraction(r.stats.get('AP'))} | "
+                f"{'-' if ref_ap is None else f'{ref_ap:.3f}'} | "
+                f"{'-' if d is None else f'{d:+.3f}'} | {ok} | "
+                f"{_fraction(r.stats.get('AF'))} | "
+                f"{'-' if ref_af is None else signless_zero(ref_af, 3)} | {len(r.seeds)} |")
+    lines += [
+        "",
+        "## Configurations",
+        "",
+        "The hyperparameters of each row's configuration; `selected` is what the sweep "
+        "chose (its varying keys), `runs` and `run time` count every finished run of the "
+        "(method, dataset) in the experiment (grid and final seeds; summed run time, not "
+        "wall time).",
+        "",
+        "| method | dataset | selected | hyperparameters | seeds | runs | run time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        hp = ", ".join(f"{k}={v}" for k, v in r.hparams.items()) or "-"
+        lines.append(
+            f"| {r.label} | {r.dataset} | {r.selection_label or '-'} | {hp} | "
+            f"{' '.join(map(str, r.seeds))} | {r.cell_runs} | {_duration(r.cell_seconds)} |")
+    selections = [r for r in rows if r.selection]
+    if selections:
+        lines += ["", "Selection: " + "; ".join(
+            f"{r.label}/{r.dataset}: {r.selection}" for r in selections) + "."]
+    if provenance is not None:
+        p = provenance
+        lines += ["", "## Provenance", ""]
+        lines.append(f"- Commit: `{p.commit}` ({p.commit_source}).")
+        if p.code:
+            lines.append(f"- Code the runs recorded: {p.code}.")
+        if p.wall_seconds is not None:
+            lines.append(f"- Wall time: {_wall_time(p)}; {p.runs} finished runs, "
+                         f"{_duration(p.run_seconds)} of summed run time; torch threads per "
+                         f"job: {', '.join(p.threads)}.")
+        if p.run_command:
+            lines.append(f"- Runs produced by: `{p.run_command}` ({p.run_command_source}).")
+        if p.compare_command:
+            lines.append(f"- Table written by: `{p.compare_command}`.")
+        lines.append(f"- MLflow store: `{p.tracking_uri}`, experiment `{experiment}`.")
+        if p.versions:
+            lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in p.versions.items())
+                         + ".")
+    if notes.strip():
+        lines += ["", "## Notes", "", notes.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Row], path: Path, tolerance: float = DEFAULT_TOLERANCE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", "dataset", "config_hash", "label", "n_seeds", "seeds",
+                    *(f"{m}_{s}" for m in CSV_METRICS for s in ("mean", "std")), "parent_run_id",
+                    "ref_AP", "delta_AP", "ref_AF", "delta_AF", "within_tolerance",
+                    "selected_config", "hyperparameters", "cell_runs", "cell_run_seconds",
+                    "AP_per_seed", "config"])
+        for r in rows:
+            vals = []
+            for m in CSV_METRICS:
+                s = r.stats.get(m)
+                vals += [s["mean"], s["std"]] if s else ["", ""]
+            d_ap, d_af = r.delta("AP"), r.delta("AF")
+            within = "" if d_ap is None else str(abs(d_ap) <= tolerance + 1e-12).lower()
+            w.writerow([r.method, r.dataset, r.config_hash, r.label, len(r.seeds),
+                        " ".join(map(str, r.seeds)), *vals, r.parent_id,
+                        r.reference.get("AP", ""), "" if d_ap is None else d_ap,
+                        r.reference.get("AF", ""), "" if d_af is None else d_af, within,
+                        r.selection_label, " ".join(f"{k}={v}" for k, v in r.hparams.items()),
+                        r.cell_runs, r.cell_seconds,
+                        " ".join(f"{k}:{v!r}" for k, v in r.per_seed_ap.items()),
+                        " ".join(f"{k}={v}" for k, v in r.config.items())])
+    return path
+
+
+def bar_chart(rows: Sequence[Row], path: Path, experiment: str) -> Path:
+    labels, datasets = _axes(rows)
+    values = {
+        m: {(r.label, r.dataset): (r.stats[m]["mean"], r.stats[m]["std"], r.stats[m]["n"])
+            for r in rows if m in r.stats and math.isfinite(r.stats[m]["mean"])}
+        for m in TABLE_METRICS
+    }
+    refs = {(r.label, r.dataset): r.reference for r in rows if r.reference}
+    return plots.grouped_bars(datasets, labels, values, path, title=experiment, refs=refs)
