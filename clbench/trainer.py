@@ -10,22 +10,38 @@ their meanings follow BeGin's ``NCTrainer`` so that BeGin trainers port over:
 ``processTrainingLogs`` → ``processAfterEachIteration`` (returns False to stop)
 → ``processAfterTraining`` → evaluation of every task with ``processEvalIteration``.
 
+``docs/methods.md`` is the method author's page. In short, two kinds of state:
+
+* ``training_states`` (the dict ``initTrainingStates`` returns, also
+  ``self.training_states``) is the method's own: the loop passes it to every event,
+  ``processEvalIteration`` included, and never reads or writes a key of it.
+* :class:`TaskState` (``self.task_state``) is the loop's: the task's scheduler,
+  best validation loss and best weights, started by ``processBeforeTraining`` and
+  used by ``processAfterEachIteration`` and ``processAfterTraining``.
+
+A method substitutes parameters in the forward pass by overriding
+:meth:`NCTrainer.forward_weights`; ``beforeInference``'s return value reaches
+``afterInference`` as ``results["_before_inference"]`` (as in BeGin).
+
 Differences from BeGin, on purpose: no temporary files (initial weights are kept
-in memory), no model copies at evaluation, and only Task-IL (the restriction of
-logits to a node's task lives in :class:`~clbench.scenario.NodeBatch`).
+in memory), no model copies at evaluation, only Task-IL (the restriction of
+logits to a node's task lives in :class:`~clbench.scenario.NodeBatch`), and
+``processEvalIteration`` receives the training states (a BeGin override with two
+arguments, ``(model, _curr_batch)``, is still called without them).
 
 Resume points. ``run(..., resume_file=path)`` saves the whole training state after
-every task (:meth:`NCTrainer.state_dict`: the model and the trainer's attributes but
-the scenario, callbacks, loss and factories, with the training states; the partial
-result and the random number generators) and, when the file exists, continues after
-its last task: the continuation does exactly what the uninterrupted run would have
-done, so its numbers are bit-identical. The file holds only tensors and plain data
-(:mod:`clbench.statefile`) and is read with ``weights_only=True``: loading it never
-runs code, whoever wrote it.
+every task (:meth:`NCTrainer.state_dict`: the model and every trainer attribute but
+those the constructor sets from its arguments, so the training states and the task
+state too; the partial result and the random number generators) and, when the file
+exists, continues after its last task: the continuation does exactly what the
+uninterrupted run would have done, so its numbers are bit-identical. The file holds
+only tensors and plain data (:mod:`clbench.statefile`) and is read with
+``weights_only=True``: loading it never runs code, whoever wrote it.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -33,6 +49,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +107,28 @@ class TrainerResult:
     """Time the interrupted attempts spent up to their last resume point."""
 
 
+@statefile.allow_object
+@dataclass
+class TaskState:
+    """The loop's own state while a task trains (``NCTrainer.task_state``).
+
+    :meth:`NCTrainer.processBeforeTraining` starts one per task (after resetting the
+    optimizer); :meth:`NCTrainer.processAfterEachIteration` keeps the best validation
+    loss and weights and steps the scheduler; :meth:`NCTrainer.processAfterTraining`
+    restores ``best_weights``. A method may read it; one that trains a task in phases
+    (PackNet) starts a new one per phase.
+    """
+
+    task_id: int
+    scheduler: Any = None
+    """Made by the trainer's ``scheduler_fn`` over the main optimizer; the task stops
+    when it has brought the learning rate down to its floor."""
+    best_val_loss: float = math.inf
+    best_weights: Any = None
+    """What :meth:`NCTrainer.saveCheckpoint` returned at the best validation loss
+    (None before the first epoch and after the restore)."""
+
+
 RESUME_FORMAT = 2
 #: Attributes the constructor sets from its arguments: not part of a resume point.
 _NOT_SAVED = frozenset({"scenario", "callbacks", "optimizer_fn", "scheduler_fn", "loss_fn",
@@ -144,6 +183,7 @@ class NCTrainer:
         self._initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self._frozen: list[tuple[Tensor, Tensor, Tensor]] = []
         self.curr_task = -1
+        self.task_state: TaskState | None = None
 
     # ================================================================== the loop
     def run(self, epoch_per_task: int = 1, resume_file: str | Path | None = None,
@@ -166,7 +206,7 @@ class NCTrainer:
         model, optimizer = self.model, self.optimizer
         if out is None:
             states = self.initTrainingStates(self.scenario, model, optimizer)
-            self.training_states = states  # for events without a states argument
+            self.training_states = states  # for helpers without a states argument
             init = self._evaluate(("val", "test"), NCTrainer.processEvalIteration)
             out = TrainerResult(np.zeros((T, T)), np.zeros((T, T)), init["test"], init["val"])
         else:
@@ -219,14 +259,14 @@ class NCTrainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything the next tasks depend on, as tensors and plain data.
 
-        The model's tensors, and the trainer's attributes (optimizers, training states,
-        a method's own attributes) encoded by :func:`clbench.statefile.encode`: what a
-        method keeps needs no code of its own to be saved, as long as it is made of
-        tensors, NumPy arrays, plain containers, ``torch.optim`` optimizers and
-        schedulers. Attributes that the constructor sets from its arguments (the
-        scenario, the factories, the loss, the callbacks) are not saved. Raises
-        :class:`clbench.statefile.Unsupported` for anything else; a method holding such
-        objects overrides this pair.
+        The model's tensors, and every trainer attribute (optimizers, the training
+        states, the task state, a method's own attributes) encoded by
+        :func:`clbench.statefile.encode`: what a method keeps needs no code of its own
+        to be saved, as long as it is made of tensors, NumPy arrays, plain containers,
+        ``torch.optim`` optimizers and schedulers. Attributes that the constructor sets
+        from its arguments (the scenario, the protocol, the factories, the loss, the
+        callbacks) are not saved. Raises :class:`clbench.statefile.Unsupported` for
+        anything else; a method holding such objects overrides this pair.
         """
         attrs = {k: v for k, v in vars(self).items() if k not in _NOT_SAVED and k != "model"}
         return {"model": statefile.model_state(self.model),
@@ -323,10 +363,10 @@ class NCTrainer:
         Piggyback/PackNet) and scored split by split.
         """
         self.model.eval()
-        eval_fn = eval_fn or type(self).processEvalIteration
+        eval_fn = (eval_fn or type(self).processEvalIteration).__get__(self)
         preds, labels, tasks, nodes = [], [], [], []
         for batch in self.scenario.eval_batches(splits):
-            p, _ = eval_fn(self, self.model, batch)
+            p, _ = self._eval_iteration(eval_fn, batch)
             preds.append(p)
             labels.append(batch.labels)
             tasks.append(batch.task_ids)
@@ -346,11 +386,19 @@ class NCTrainer:
         correct = total = 0
         stats = []
         for batch in loader:
-            preds, s = self.processEvalIteration(self.model, batch)
+            preds, s = self._eval_iteration(self.processEvalIteration, batch)
             correct += int((preds == batch.labels).sum())
             total += len(batch)
             stats.append(s)
         return correct / max(total, 1), _mean_stats(stats)
+
+    def _eval_iteration(self, eval_fn: Callable, batch: NodeBatch) -> tuple[Tensor, dict]:
+        """Call ``eval_fn`` (a bound ``processEvalIteration``) with the training states,
+        or without them if it is a BeGin override taking ``(model, _curr_batch)``."""
+        if _takes_training_states(getattr(eval_fn, "__func__", eval_fn),
+                                  hasattr(eval_fn, "__self__")):
+            return eval_fn(self.model, batch, getattr(self, "training_states", None))
+        return eval_fn(self.model, batch)
 
     # ================================================================== helpers
     def getTrainingDataset(self, task_id: int) -> TaskDataset:
@@ -391,11 +439,14 @@ class NCTrainer:
         for param, mask, value in self._frozen:
             torch.where(mask, value, param, out=param.data)
 
-    def saveCheckpoint(self, model: nn.Module, training_states: dict) -> dict:
-        """Copy of what the best-validation restore brings back (the model's state)."""
+    def saveCheckpoint(self, model: nn.Module, training_states: dict) -> Any:
+        """Copy of what the best-validation restore brings back (default: the model's
+        state). Kept in ``self.task_state.best_weights``; a method whose learned state
+        lives outside the model too (Piggyback's real-valued masks) adds it here."""
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def loadCheckpoint(self, model: nn.Module, training_states: dict, checkpoint: dict) -> None:
+    def loadCheckpoint(self, model: nn.Module, training_states: dict, checkpoint: Any) -> None:
+        """Bring back what :meth:`saveCheckpoint` returned."""
         model.load_state_dict(checkpoint)
 
     def extraStorageBytes(self, training_states: dict) -> int:
@@ -405,17 +456,17 @@ class NCTrainer:
     # ================================================================== events
     def initTrainingStates(self, scenario: NCScenarioLoader, model: nn.Module,
                            optimizer: Optimizer) -> dict:
-        """Initialise the dictionary of training states (intermediate results)."""
+        """Once, before the first task: the method's training states (its own dict; the
+        loop passes it to every event and never touches its keys). Default: empty."""
         return {}
 
     def processBeforeTraining(self, task_id: int, curr_dataset: TaskDataset,
                               curr_model: nn.Module, curr_optimizer: Optimizer,
                               curr_training_states: dict) -> None:
-        """Before a task: fresh scheduler, optimizer reset, best-val tracking."""
+        """Before a task: reset the optimizer, then start the loop's :class:`TaskState`
+        (a fresh scheduler, no best weights yet). An override calls it."""
         self.reset_optimizer(curr_optimizer)
-        curr_training_states["scheduler"] = self.scheduler_fn(curr_optimizer)
-        curr_training_states["best_val_loss"] = math.inf
-        curr_training_states.pop("best_weights", None)
+        self.task_state = TaskState(task_id, self.scheduler_fn(curr_optimizer))
 
     def beforeInference(self, model: nn.Module, optimizer: Optimizer, _curr_batch: NodeBatch,
                         training_states: dict) -> Any:
@@ -436,15 +487,24 @@ class NCTrainer:
             return functional_call(model, weights, (x, graph), strict=False)
         return model(x, graph)
 
+    def forward_weights(self, model: nn.Module, batch: NodeBatch,
+                        training_states: dict | None) -> dict[str, Tensor] | None:
+        """Parameters (by name) that replace the model's in :meth:`inference`'s forward
+        pass, e.g. masked weights; None (the default) uses the model as it is."""
+        return None
+
     def inference(self, model: nn.Module, _curr_batch: NodeBatch,
                   training_states: dict | None) -> dict:
         """Task-IL forward and loss: each node's logits are restricted to its task's classes.
 
-        Parameters named in ``training_states["forward_weights"]`` (if set, e.g. by
-        ``beforeInference``) replace the model's for this forward pass.
+        Called in training (``model.training``) and, by the default
+        :meth:`processEvalIteration`, in validation and evaluation; the parameters
+        :meth:`forward_weights` returns replace the model's for the forward pass.
+        ``training_states`` is None only when an override (or a BeGin-style
+        ``processEvalIteration``) passes None.
         Returns ``{'preds': restricted logits [n, classes_per_task], 'loss': loss}``.
         """
-        weights = training_states.get("forward_weights") if training_states else None
+        weights = self.forward_weights(model, _curr_batch, training_states)
         logits = _curr_batch.restrict(self.forward(model, _curr_batch, weights))
         return {"preds": logits, "loss": self.loss_fn(logits, _curr_batch.local_labels)}
 
@@ -463,17 +523,24 @@ class NCTrainer:
 
     def processTrainIteration(self, model: nn.Module, optimizer: Optimizer,
                               _curr_batch: NodeBatch, training_states: dict) -> dict:
-        """One optimisation step: ``beforeInference`` → ``inference`` → ``afterInference``."""
+        """One optimisation step: ``beforeInference`` → ``inference`` → ``afterInference``
+        (as in BeGin, ``beforeInference``'s return value is put in the results as
+        ``results["_before_inference"]``). Returns the step's stats."""
         optimizer.zero_grad(set_to_none=True)
         before = self.beforeInference(model, optimizer, _curr_batch, training_states)
         results = self.inference(model, _curr_batch, training_states)
         results["_before_inference"] = before
         return self.afterInference(results, model, optimizer, _curr_batch, training_states)
 
-    def processEvalIteration(self, model: nn.Module, _curr_batch: NodeBatch
-                             ) -> tuple[Tensor, dict]:
-        """Evaluate a batch: predicted (global) class per node, and stats (``loss``)."""
-        results = self.inference(model, _curr_batch, None)
+    def processEvalIteration(self, model: nn.Module, _curr_batch: NodeBatch,
+                             training_states: dict | None = None) -> tuple[Tensor, dict]:
+        """Evaluate a batch (in ``torch.no_grad``, ``model.eval()``): the predicted
+        (global) class per node, and stats (``loss``, which drives the scheduler and the
+        best-weights restore). Used for validation and for the evaluation of every task;
+        ``_curr_batch`` may hold nodes of several tasks (``_curr_batch.task_ids``).
+        ``training_states`` are the method's (an override with only ``(model,
+        _curr_batch)``, as in BeGin, is called without them)."""
+        results = self.inference(model, _curr_batch, training_states)
         preds = _curr_batch.to_global(results["preds"].argmax(-1))
         return preds, {"loss": results["loss"].item()}
 
@@ -483,13 +550,16 @@ class NCTrainer:
 
     def processAfterEachIteration(self, curr_model: nn.Module, curr_optimizer: Optimizer,
                                   curr_training_states: dict, curr_iter_results: dict) -> bool:
-        """Keep the best-validation weights, step the scheduler; False stops the task."""
+        """After each epoch's validation: keep the best-validation weights and step the
+        scheduler (in :attr:`task_state`); False stops the task (the learning rate
+        reached its floor). ``curr_iter_results``: ``val_metric``, ``train_stats``,
+        ``val_stats``."""
+        task = self.task_state
         val_loss = curr_iter_results["val_stats"]["loss"]
-        if val_loss < curr_training_states["best_val_loss"]:
-            curr_training_states["best_val_loss"] = val_loss
-            curr_training_states["best_weights"] = self.saveCheckpoint(
-                curr_model, curr_training_states)
-        scheduler = curr_training_states["scheduler"]
+        if val_loss < task.best_val_loss:
+            task.best_val_loss = val_loss
+            task.best_weights = self.saveCheckpoint(curr_model, curr_training_states)
+        scheduler = task.scheduler
         scheduler.step(val_loss)
         floor = scheduler.min_lrs[0]
         return curr_optimizer.param_groups[0]["lr"] > floor * (1 + 1e-6) + 1e-12
@@ -497,10 +567,28 @@ class NCTrainer:
     def processAfterTraining(self, task_id: int, curr_dataset: TaskDataset,
                              curr_model: nn.Module, curr_optimizer: Optimizer,
                              curr_training_states: dict) -> None:
-        """After a task: restore the best-validation weights."""
-        best = curr_training_states.pop("best_weights", None)
+        """After a task's last epoch (model in eval mode): restore the best-validation
+        weights (:attr:`task_state`). An override calls it, then stores what the method
+        keeps of the task."""
+        best, self.task_state.best_weights = self.task_state.best_weights, None
         if best is not None:
             self.loadCheckpoint(curr_model, curr_training_states, best)
+
+
+@lru_cache(maxsize=256)
+def _takes_training_states(fn: Callable, bound: bool) -> bool:
+    """Whether a ``processEvalIteration`` accepts the training states (a third argument
+    after model and batch, or ``*args``). ``fn``: the function of a bound method
+    (``bound``: its first parameter is self) or a plain callable."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read: call it the new way
+        return True
+    try:
+        sig.bind(*([None] * (4 if bound else 3)))
+    except TypeError:
+        return False
+    return True
 
 
 def _mean_stats(stats: Iterable[dict]) -> dict:

@@ -3,7 +3,8 @@
 ``lwf-lite`` regularises the current task's training with the previous model's
 outputs on the current task's nodes (a tiny Learning-without-Forgetting). It
 only overrides event functions; the loop, the Task-IL restriction and the
-evaluation come from :class:`clbench.NCTrainer`.
+evaluation come from :class:`clbench.NCTrainer`. ``docs/methods.md`` describes
+the events and what each may touch.
 """
 
 import torch
@@ -18,25 +19,33 @@ class LwfLiteTrainer(NCTrainer):
     card = {
         "summary": "Distil the previous model's logits while learning a new task.",
         "params": {"alpha": 1.0},
+        "bounds": {"alpha": "[0, inf)"},
     }
+
+    def initTrainingStates(self, scenario, model, optimizer):
+        # The method's own state: the loop passes it to every event and saves it in
+        # resume points. Here: the previous model's logits (None during task 0).
+        return {"teacher": None}
 
     def processBeforeTraining(self, task_id, curr_dataset, curr_model, curr_optimizer,
                               curr_training_states):
+        # The base event resets the optimizer and starts the task's scheduler.
         super().processBeforeTraining(task_id, curr_dataset, curr_model, curr_optimizer,
                                       curr_training_states)
-        curr_training_states["teacher"] = None
         if task_id > 0:
-            curr_model.eval()
+            curr_model.eval()  # the teacher is the model as evaluated, without dropout
             with torch.no_grad():
                 curr_training_states["teacher"] = self.forward(curr_model, curr_dataset.train)
 
-    def inference(self, model, _curr_batch, training_states):
-        results = super().inference(model, _curr_batch, training_states)
-        teacher = (training_states or {}).get("teacher")
-        if teacher is not None and model.training:
+    def afterInference(self, results, model, optimizer, _curr_batch, training_states):
+        # A training-only loss term: added here, validation losses stay task losses.
+        teacher = training_states["teacher"]
+        if teacher is not None:
             logits = self.forward(model, _curr_batch)
             old = self.scenario.task_classes[: self.curr_task].reshape(-1)
             nodes = _curr_batch.nodes
             results["loss"] = results["loss"] + self.hparams["alpha"] * F.mse_loss(
                 logits[nodes][:, old], teacher[nodes][:, old])
-        return results
+        return super().afterInference(results, model, optimizer, _curr_batch,
+                                      training_states)
+

@@ -170,6 +170,28 @@ def test_evaluation_costs_one_forward_per_task_view() -> None:
     assert all(n == 1 for task, n in counts if task < 0)
 
 
+def test_each_phase_has_its_own_task_state() -> None:
+    """Phase ``train`` and phase ``retrain`` each get a fresh scheduler and best-weights
+    tracking (the loop's TaskState); the training states hold PackNet's own keys only."""
+    scenario = synthetic_scenario(0)
+    trainer, params = make_trainer(scenario, 0, **{**FAST, "epochs": 10})
+    model, opt = trainer.model, trainer.optimizer
+    states = trainer.training_states = trainer.initTrainingStates(scenario, model, opt)
+    trainer.curr_task = 0
+    trainer.epoch_per_task = params["epochs"]
+    data = scenario.get_task(0)
+    trainer.processBeforeTraining(0, data, model, opt, states)
+    assert states["phase"] == "train" and states["train_epochs"] == 1
+    first = trainer.task_state
+    assert first.task_id == 0 and first.best_weights is None
+    go_on = trainer.processAfterEachIteration(model, opt, states, {
+        "val_stats": {"loss": 1.0}, "train_stats": {}, "val_metric": 0.5})
+    assert go_on and states["phase"] == "retrain"  # pruned at the phase's best weights
+    assert trainer.task_state is not first and trainer.task_state.best_weights is None
+    assert trainer.task_state.scheduler is not first.scheduler
+    assert set(states) == {"owners", "keep", "phase", "phase_epoch", "train_epochs"}
+
+
 def test_extra_storage_is_the_owner_ids() -> None:
     scenario = synthetic_scenario(0)
     trainer, params = make_trainer(scenario, 0, **{**FAST, "epochs": 4})

@@ -127,20 +127,26 @@ def test_events_do_their_documented_jobs(synthetic):
     masked = trainer.beforeInference(model, opt, data.train, states)
     w = dict(model.named_parameters())[name]
     assert torch.equal(masked[name][0, :3], w[0, :3] * torch.tensor([1.0, 0.0, -1.0]))
-    # inference: Task-IL restricted logits and a loss
+    # inference: Task-IL restricted logits and a loss, through the masked weights
+    assert trainer.forward_weights(model, data.train, states) is masked
     res = trainer.inference(model, data.train, states)
     assert res["preds"].shape == (len(data.train), 2)
     res["_before_inference"] = masked
     # afterInference: straight-through gradient = grad(masked weight) * weight
     trainer.afterInference(res, model, opt, data.train, states)
     assert torch.equal(real[name].grad, masked[name].grad * w)
+    assert trainer.forward_weights(model, data.train, states) is None  # that step's only
     for k, v in model.convs.state_dict().items():
         assert torch.equal(v, before[k])  # the backbone is left exactly as it was
-    # processAfterEachIteration: the two optimisers' lrs are kept equal
+    # processAfterEachIteration: the two optimisers' lrs are kept equal; the real masks
+    # are part of the best-validation checkpoint (in the loop's task state)
     opt.param_groups[0]["lr"] = 0.0037
     trainer.processAfterEachIteration(model, opt, states, {
         "val_stats": {"loss": 1.0}, "train_stats": {}, "val_metric": 0.5})
     assert states["mask_optimizer"].param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    best = trainer.task_state.best_weights
+    assert trainer.task_state.best_val_loss == 1.0 and torch.equal(best["masks"][name],
+                                                                    real[name])
     # processAfterTraining: the mask is stored packed (uint8), 2 bit-planes for ternary
     trainer.processAfterTraining(0, data, model, opt, states)
     stored = states["done_masks"][0][name]

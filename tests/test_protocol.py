@@ -57,7 +57,7 @@ SEED_EVENTS = {
                                   "curr_iter_results"],
     "processAfterTraining": ["task_id", "curr_dataset", "curr_model", "curr_optimizer",
                              "curr_training_states"],
-    "processEvalIteration": ["model", "_curr_batch"],
+    "processEvalIteration": ["model", "_curr_batch", "training_states"],
 }
 
 
@@ -118,7 +118,7 @@ def test_best_validation_weights_are_restored():
     class Spy(NCTrainer):
         def processAfterEachIteration(self, m, o, s, r):
             ok = super().processAfterEachIteration(m, o, s, r)
-            seen.append((r["val_stats"]["loss"], s["best_val_loss"]))
+            seen.append((r["val_stats"]["loss"], self.task_state.best_val_loss))
             return ok
 
     trainer = Spy(model, sc, lambda p: torch.optim.Adam(p, lr=0.05), None, "cpu")

@@ -40,6 +40,29 @@ def test_readme_python_snippets_are_ruff_clean(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_methods_page_snippets_are_ruff_clean(tmp_path):
+    """docs/methods.md's worked example is copied too (tests/test_method_contract.py
+    runs it)."""
+    import subprocess
+    import sys
+
+    text = (REPO / "docs" / "methods.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        (tmp_path / f"snippet_{i}.py").write_text(block)
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache",
+                           "--config", str(REPO / "pyproject.toml"), str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readme_links_the_methods_page():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Writing a method"):readme.index("## Command line")]
+    assert "(docs/methods.md)" in section and (REPO / "docs" / "methods.md").is_file()
+
+
 def test_run_help_states_the_defaults():
     from typer.testing import CliRunner
 

@@ -49,7 +49,7 @@ from torch.optim import Optimizer
 from clbench.methods.base import register_method
 from clbench.models import batchnorm_modules, freeze_batchnorm
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
-from clbench.trainer import NCTrainer
+from clbench.trainer import NCTrainer, TaskState
 
 TRAIN, RETRAIN = "train", "retrain"
 
@@ -80,7 +80,8 @@ class NCTaskILPackNetTrainer(NCTrainer):
 
     Training states: ``owners`` (name -> owner-task tensor, ``free`` marks free
     entries), ``keep`` (the share of free weights a task keeps), ``phase``
-    (``"train"`` or ``"retrain"``), ``phase_epoch`` and ``train_epochs``.
+    (``"train"`` or ``"retrain"``), ``phase_epoch`` and ``train_epochs``. Each phase
+    has its own :class:`~clbench.trainer.TaskState` (scheduler, best weights).
     """
 
     def __init__(self, model, scenario, optimizer_fn, loss_fn=None, device="cpu",
@@ -139,11 +140,10 @@ class NCTaskILPackNetTrainer(NCTrainer):
                 self.freeze_(head.bias, rows)
 
     def _start_phase(self, phase: str, optimizer: Optimizer, states: dict) -> None:
-        """Fresh optimizer state, scheduler and best-validation tracking for a phase."""
+        """Fresh optimizer state and a new :class:`~clbench.trainer.TaskState` (scheduler
+        and best-validation tracking) for a phase."""
         self.reset_optimizer(optimizer)
-        states["scheduler"] = self.scheduler_fn(optimizer)
-        states["best_val_loss"] = math.inf
-        states.pop("best_weights", None)
+        self.task_state = TaskState(self.curr_task, self.scheduler_fn(optimizer))
         states["phase"] = phase
         states["phase_epoch"] = 0
         self._refreeze(states)
@@ -228,7 +228,7 @@ class NCTaskILPackNetTrainer(NCTrainer):
         return go_on
 
     def _prune(self, model: nn.Module, optimizer: Optimizer, states: dict) -> None:
-        best = states.pop("best_weights", None)
+        best, self.task_state.best_weights = self.task_state.best_weights, None
         if best is not None:
             self.loadCheckpoint(model, states, best)
         self._assign(model, states)
@@ -245,8 +245,8 @@ class NCTaskILPackNetTrainer(NCTrainer):
                                      curr_training_states)
 
     @torch.no_grad()
-    def processEvalIteration(self, model: nn.Module, _curr_batch: NodeBatch
-                             ) -> tuple[Tensor, dict]:
+    def processEvalIteration(self, model: nn.Module, _curr_batch: NodeBatch,
+                             training_states: dict | None = None) -> tuple[Tensor, dict]:
         """Each task with its own weights: one forward per task view in the batch.
 
         Task ``j`` < current task sees the entries owned by tasks ``<= j``; the current
@@ -255,12 +255,13 @@ class NCTaskILPackNetTrainer(NCTrainer):
         t = self.curr_task
         batch = _curr_batch
         if t <= 0:
-            return super().processEvalIteration(model, batch)
+            return super().processEvalIteration(model, batch, training_states)
         views = batch.task_ids.clamp(max=t)
         logits: Tensor | None = None
         for j in torch.unique(views).tolist():
             sel = (views == j).nonzero().view(-1)
-            out = self.forward(model, batch, self.task_weights(j) if j < t else None)
+            weights = self.task_weights(j, training_states) if j < t else None
+            out = self.forward(model, batch, weights)
             if logits is None:
                 logits = out.new_empty(batch.candidates.shape)
             logits[sel] = out[batch.nodes[sel]].gather(1, batch.candidates[sel])

@@ -9,7 +9,8 @@ learned: forgetting is zero by construction.
 Event functions keep the roles documented for BeGin's ``NCTaskILPiggybackTrainer``.
 Differences from BeGin, on purpose:
 
-* masked weights are passed to the forward pass with ``torch.func.functional_call``
+* masked weights are passed to the forward pass (the
+  :meth:`~clbench.trainer.NCTrainer.forward_weights` hook, ``torch.func.functional_call``)
   instead of being written into the model and restored, so the backbone is never
   modified (no weight copies per step);
 * the real-valued masks are part of the best-validation checkpoint;
@@ -80,6 +81,11 @@ class NCTaskILPiggybackTrainer(NCTrainer):
     Hyperparameters (see ``methods/piggyback.toml``): ``threshold``,
     ``mask_type`` (binary | ternary), ``backbone_init`` (random | first_task | dgi),
     ``dgi_epochs``.
+
+    Training states: ``done_masks`` (per finished task, name -> bit-packed mask),
+    ``real_masks`` (name -> the current task's real-valued scores), ``mask_optimizer``
+    (over them) and, during a training step only, ``step_weights`` (the masked
+    weights of that step, which :meth:`forward_weights` hands to the forward pass).
     """
 
     def __init__(self, model, scenario, optimizer_fn, loss_fn, device, **kwargs) -> None:
@@ -182,19 +188,26 @@ class NCTaskILPiggybackTrainer(NCTrainer):
         """Threshold the real-valued masks and apply them to the (fixed) weights.
 
         The masked weights are leaf tensors so that ``afterInference`` can read
-        their gradient; the backbone itself is left untouched.
+        their gradient (they reach it as ``results["_before_inference"]``, and the
+        forward pass through :meth:`forward_weights`); the backbone itself is left
+        untouched.
         """
         if not self._trains_backbone(self.curr_task):
             freeze_batchnorm(model)  # the loop put the model in train mode
         real = training_states["real_masks"]
         if not real:
-            training_states["forward_weights"] = None
             return None
         named = self._named(model)
         masked = {n: (w * self._threshold(real[n])).requires_grad_()
                   for n, w in named.items()}
-        training_states["forward_weights"] = masked
+        training_states["step_weights"] = masked
         return masked
+
+    def forward_weights(self, model, batch, training_states) -> dict[str, Tensor] | None:
+        """In a training step, the masked weights ``beforeInference`` made (None when
+        the backbone itself trains). Evaluation has its own per-task weights
+        (:meth:`processEvalIteration`)."""
+        return training_states.get("step_weights") if training_states else None
 
     def afterInference(self, results, model, optimizer, _curr_batch, training_states) -> dict:
         """Back-propagate; the real-valued masks get the straight-through gradient
@@ -210,7 +223,7 @@ class NCTaskILPiggybackTrainer(NCTrainer):
         if training_states["mask_optimizer"] is not None:
             training_states["mask_optimizer"].step()
         self.restore_frozen()
-        training_states["forward_weights"] = None
+        training_states.pop("step_weights", None)
         return self._train_stats(results, _curr_batch)
 
     def processAfterEachIteration(self, curr_model, curr_optimizer, curr_training_states,
@@ -251,12 +264,13 @@ class NCTaskILPiggybackTrainer(NCTrainer):
         if self._trains_backbone(task_id):
             self._freeze_backbone(curr_model)
 
-    def processEvalIteration(self, model, _curr_batch: NodeBatch) -> tuple[Tensor, dict]:
+    def processEvalIteration(self, model, _curr_batch: NodeBatch,
+                             training_states=None) -> tuple[Tensor, dict]:
         """Evaluate each task with its own stored mask: one forward pass per task.
 
         Nodes of tasks not learned yet use the current mask.
         """
-        states = getattr(self, "training_states", None)
+        states = training_states
         keys = _curr_batch.task_ids.clamp(max=max(self.curr_task, 0))
         preds = torch.empty_like(_curr_batch.labels)
         loss_sum = 0.0
