@@ -17,14 +17,13 @@ target and PASS/MISS:
 3. **Naive.** The same model with PyG's default ``GCNConv`` on ``edge_index``.
 4. **clbench.** One training step (``processTrainIteration``, on task 1 of the real
    scenario, after task 0 ran through the real loop) for finetune, ewc, packnet
-   and piggyback; methods not registered yet are skipped and listed.
+   and piggyback.
 5. **Evaluation and memory.** One full arxiv-sized run per method, in a fresh
    process through ``clbench.experiment.run_experiment`` (a few epochs per task,
    printed): forward passes and seconds of the evaluation after each task, and
    the peak RSS of the process.
 6. **Parallel throughput.** Seeds per minute on Cora with ``--jobs 1`` and
-   ``--jobs 2`` through ``clbench run --seeds`` (joblib around
-   ``run_experiment`` if the CLI has no ``--jobs``).
+   ``--jobs 2`` through ``clbench run --seeds``.
 7. **End to end.** Wall time of the Cora Task-IL suite (5 methods x 10 seeds,
    default configs; ``--quick``: 2 seeds).
 
@@ -300,13 +299,6 @@ def trainer_at_task(method: str, scenario, dataset_key: str | None, task: int = 
     return trainer, step, loop_epoch
 
 
-def registered(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    from clbench.methods import METHODS
-
-    have = [m for m in names if m in METHODS]
-    return have, [m for m in names if m not in METHODS]
-
-
 # =============================================================================== sections
 def epoch_section(report: Report, label: str, scenario, dataset_key: str | None,
                   rounds: int, inner: int, with_propagate_first: bool) -> None:
@@ -314,18 +306,15 @@ def epoch_section(report: Report, label: str, scenario, dataset_key: str | None,
     from clbench.experiment import seed_everything
 
     graph = scenario.graph
-    methods, missing = registered(METHODS_TIMED)
-    if missing:
-        report.note(f"{label}: not registered yet, skipped: {', '.join(missing)}")
     contestants: dict[str, Callable[[], object]] = {}
     trainers = {}
-    for m in methods:
+    for m in METHODS_TIMED:
         trainer, step, loop_epoch = trainer_at_task(m, scenario, dataset_key)
         trainers[m] = trainer
         contestants[m] = step
         if m == "finetune":
             contestants["finetune loop epoch"] = loop_epoch
-    ref = trainers.get("finetune") or next(iter(trainers.values()))
+    ref = trainers["finetune"]
     model = ref.model
     batch = ref.getTrainingDataset(1).train
     dims = [graph.num_features] + [model.n_hidden] * len(model.convs)
@@ -353,27 +342,22 @@ def epoch_section(report: Report, label: str, scenario, dataset_key: str | None,
                    fmt_s(v), "floor", f"{v / med['floor']:.2f}x")
     report.add(sec, "naive (PyG GCNConv on edge_index)", fmt_s(med["naive"]), "floor",
                f"{med['naive'] / med['floor']:.2f}x")
-    if "finetune" in med:
-        ft = med["finetune"]
-        report.add(sec, "clbench finetune", fmt_s(ft), f"floor {fmt_s(med['floor'])}",
-                   f"{ft / med['floor']:.2f}x", "<= 1.25x floor", status(ft <= 1.25 * med["floor"]))
-        report.add(sec, "clbench finetune vs naive", f"{med['naive'] / ft:.2f}x faster",
-                   f"naive {fmt_s(med['naive'])}", f"{med['naive'] / ft:.2f}x",
-                   ">= 4x faster", status(med["naive"] >= 4 * ft))
-        for m in methods:
-            if m == "finetune":
-                continue
-            v = med[m]
-            report.add(sec, f"clbench {m}", fmt_s(v), f"finetune {fmt_s(ft)}",
-                       f"{v / ft:.2f}x", "<= 1.2x finetune", status(v <= 1.2 * ft))
-        lp = med["finetune loop epoch"]
-        report.add(sec, "clbench finetune, whole loop epoch (step + validation + scheduler "
-                   "and best-weights bookkeeping)", fmt_s(lp), "finetune step",
-                   f"{lp / ft:.2f}x")
-    else:
-        for m in methods:
-            report.add(sec, f"clbench {m}", fmt_s(med[m]), "floor",
-                       f"{med[m] / med['floor']:.2f}x")
+    ft = med["finetune"]
+    report.add(sec, "clbench finetune", fmt_s(ft), f"floor {fmt_s(med['floor'])}",
+               f"{ft / med['floor']:.2f}x", "<= 1.25x floor", status(ft <= 1.25 * med["floor"]))
+    report.add(sec, "clbench finetune vs naive", f"{med['naive'] / ft:.2f}x faster",
+               f"naive {fmt_s(med['naive'])}", f"{med['naive'] / ft:.2f}x",
+               ">= 4x faster", status(med["naive"] >= 4 * ft))
+    for m in METHODS_TIMED:
+        if m == "finetune":
+            continue
+        v = med[m]
+        report.add(sec, f"clbench {m}", fmt_s(v), f"finetune {fmt_s(ft)}",
+                   f"{v / ft:.2f}x", "<= 1.2x finetune", status(v <= 1.2 * ft))
+    lp = med["finetune loop epoch"]
+    report.add(sec, "clbench finetune, whole loop epoch (step + validation + scheduler "
+               "and best-weights bookkeeping)", fmt_s(lp), "finetune step",
+               f"{lp / ft:.2f}x")
 
 
 def child_full_run(args: argparse.Namespace) -> None:
@@ -412,13 +396,10 @@ def child_full_run(args: argparse.Namespace) -> None:
 
 def full_run_section(report: Report, graph_file: Path, epochs: int) -> None:
     """Evaluation forwards/time and peak RSS of one full arxiv-sized run per method."""
-    methods, missing = registered(METHODS_TIMED)
-    if missing:
-        report.note(f"full runs: not registered yet, skipped: {', '.join(missing)}")
     report.note(f"full arxiv-sized runs: {ARXIV_TASKS} tasks x {epochs} epoch(s) per task "
                 f"(the plateau scheduler cannot stop a task that early; memory per epoch is "
                 f"the same at any epoch), each in a fresh process through run_experiment")
-    for m in methods:
+    for m in METHODS_TIMED:
         cmd = [sys.executable, __file__, "--child-run", m, "--graph-file", str(graph_file),
                "--epochs", str(epochs)]
         print(f"   full run: {m}", flush=True)
@@ -471,12 +452,6 @@ def naive_rss_section(report: Report, graph_file: Path) -> None:
         report.note(f"naive RSS child failed: {proc.stderr.strip()[-200:]}")
 
 
-def cli_has_jobs() -> bool:
-    proc = subprocess.run([sys.executable, "-m", "clbench.cli", "run", "--help"],
-                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
-    return "--jobs" in proc.stdout and "--seeds" in proc.stdout
-
-
 def run_cli_grid(methods: Sequence[str], seeds: int, jobs: int, work: Path, tag: str
                  ) -> tuple[float, list[dict]]:
     """``clbench run -m ... -d cora --seeds 0-(n-1) --jobs J``; wall seconds and results."""
@@ -495,36 +470,16 @@ def run_cli_grid(methods: Sequence[str], seeds: int, jobs: int, work: Path, tag:
     return wall, results
 
 
-def run_joblib_grid(methods: Sequence[str], seeds: int, jobs: int, work: Path
-                    ) -> tuple[float, list[dict]]:
-    """Fallback without the CLI's ``--jobs``: joblib's loky pool around run_experiment."""
-    from joblib import Parallel, delayed
-
-    from clbench.experiment import run_experiment
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    specs = [dict(method=m, dataset="cora", seed=s, data_dir=str(work / "data"),
-                  threads=threads) for m in methods for s in range(seeds)]
-    t0 = time.perf_counter()
-    results = Parallel(n_jobs=max(2, jobs) if jobs > 1 else 1, backend="loky")(
-        delayed(run_experiment)(**spec) for spec in specs)
-    return time.perf_counter() - t0, list(results)
-
-
 def parallel_section(report: Report, work: Path, seeds: int, method: str) -> None:
-    via_cli = cli_has_jobs()
-    how = ("`clbench run --seeds --jobs` (the orchestrator: loky workers, MLflow tracking "
-           "to a temporary sqlite store)" if via_cli else "joblib (loky) around run_experiment")
-    report.note(f"parallel throughput: {method} on Cora, seeds 0-{seeds - 1}, via {how}; "
-                f"wall time of the whole command, start-up included")
+    report.note(f"parallel throughput: {method} on Cora, seeds 0-{seeds - 1}, via "
+                "`clbench run --seeds --jobs` (the orchestrator: loky workers, MLflow "
+                "tracking to a temporary sqlite store); wall time of the whole command, "
+                "start-up included")
     walls: dict[int, float] = {}
     per_epoch: dict[int, float] = {}
     epochs: dict[int, int] = {}
     for jobs in (1, 2):
-        if via_cli:
-            wall, results = run_cli_grid([method], seeds, jobs, work, f"jobs{jobs}")
-        else:
-            wall, results = run_joblib_grid([method], seeds, jobs, work)
+        wall, results = run_cli_grid([method], seeds, jobs, work, f"jobs{jobs}")
         walls[jobs] = wall
         compute = sum(r["timing"]["total_seconds"] for r in results)
         epochs[jobs] = sum(sum(r["timing"]["task_epochs"]) for r in results)
@@ -563,15 +518,10 @@ def parallel_section(report: Report, work: Path, seeds: int, method: str) -> Non
 
 
 def suite_section(report: Report, work: Path, seeds: int, jobs: int, quick: bool) -> None:
-    methods, missing = registered(SUITE_METHODS)
-    if missing:
-        report.note(f"end to end: not registered yet, left out of the suite: "
-                    f"{', '.join(missing)}")
     reduction = (f" (--quick: {seeds} seeds instead of 10)" if quick else "")
-    wall, results = run_cli_grid(methods, seeds, jobs, work, "suite") if cli_has_jobs() \
-        else run_joblib_grid(methods, seeds, jobs, work)
+    wall, results = run_cli_grid(SUITE_METHODS, seeds, jobs, work, "suite")
     epochs = sum(sum(r["timing"]["task_epochs"]) for r in results)
-    report.add("cora: end to end", f"Task-IL suite, {len(methods)} methods x {seeds} seeds, "
+    report.add("cora: end to end", f"Task-IL suite, {len(SUITE_METHODS)} methods x {seeds} seeds, "
                f"default configs, --jobs {jobs}{reduction}", fmt_s(wall),
                f"{len(results)} runs, {epochs} epochs in all; "
                f"{fmt_s(wall / max(len(results), 1))} per run")

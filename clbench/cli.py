@@ -287,7 +287,7 @@ def _plan_sweep(spec, tracking_uri: str | None, runner, results_dir: Path, force
                 ) -> None:
     """``clbench sweep --dry-run``: each stage's jobs and the time left."""
     from clbench.orchestrate import typical_run_seconds
-    from clbench.sweep import plan_sweep
+    from clbench.orchestrate.sweep import plan_sweep
 
     uri, tracker = _existing_tracker(tracking_uri, spec.experiment)
     plan = plan_sweep(spec, tracker, results_dir=results_dir, force=force)
@@ -623,8 +623,9 @@ def sweep(
         make_backend,
         prepare_datasets,
     )
+    from clbench.orchestrate.sweep import grid_jobs, run_sweep
+    from clbench.orchestrate.sweepfile import load_sweep
     from clbench.plugins import load_plugin
-    from clbench.sweep import grid_jobs, load_sweep, run_sweep
 
     check_backend_options(backend, jobs, scheduler)
     _check_given(tracking_uri=tracking_uri, experiment=experiment, data_dir=data_dir)

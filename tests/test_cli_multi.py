@@ -216,7 +216,8 @@ def test_sweep_file_errors(workdir, capsys):
 
 
 def test_example_sweep_file_is_valid():
-    from clbench.sweep import grid_jobs, load_sweep
+    from clbench.orchestrate.sweep import grid_jobs
+    from clbench.orchestrate.sweepfile import load_sweep
 
     spec = load_sweep(Path(__file__).resolve().parent.parent / "sweeps" / "example.toml")
     jobs, labels, _ = grid_jobs(spec)

@@ -49,7 +49,8 @@ def committed_config(row: dict[str, str]) -> dict[str, str]:
 
 
 def test_sweep_file_is_the_begin_reproduction_protocol():
-    from clbench.sweep import grid_jobs, load_sweep
+    from clbench.orchestrate.sweep import grid_jobs
+    from clbench.orchestrate.sweepfile import load_sweep
 
     spec = load_sweep(SWEEP)
     assert spec.methods == ["finetune", "ewc", "packnet", "piggyback", "joint"]
