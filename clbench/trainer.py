@@ -29,27 +29,15 @@ logits to a node's task lives in :class:`~clbench.scenario.NodeBatch`), and
 ``processEvalIteration`` receives the training states (a BeGin override with two
 arguments, ``(model, _curr_batch)``, is still called without them).
 
-Resume points. ``run(..., resume_file=path)`` saves the whole training state after
-every task (:meth:`NCTrainer.state_dict`: the model and every trainer attribute but
-those the constructor sets from its arguments, so the training states and the task
-state too; the partial result and the random number generators) and, when the file
-exists, continues after its last task: the continuation does exactly what the
-uninterrupted run would have done, so its numbers are bit-identical. The file holds
-only tensors and plain data (:mod:`clbench.statefile`) and is read with
-``weights_only=True``: loading it never runs code, whoever wrote it.
+Resume points. ``run(..., resume_file=path)`` saves :meth:`NCTrainer.state_dict` (the
+model and every trainer attribute but those the constructor sets from its arguments)
+after every task and continues after the last saved task (:mod:`clbench.resume`).
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-import os
-import random
 import time
-import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,78 +46,21 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from clbench import statefile
+from clbench import resume, statefile
 from clbench.cards import declared_params
+from clbench.loopstate import (
+    OptimizerFn,
+    TaskState,
+    TrainerCallback,
+    TrainerResult,
+    mean_stats,
+    plateau_scheduler,
+    takes_training_states,
+)
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 from clbench.spec import Protocol
 
-OptimizerFn = Callable[[Iterable[nn.Parameter]], Optimizer]
-
-
-class TrainerCallback:
-    """Observer of a run (progress bars, loggers). Every hook is optional."""
-
-    def on_run_start(self, trainer: NCTrainer) -> None: ...
-    def on_task_start(self, trainer: NCTrainer, task_id: int) -> None: ...
-    def on_epoch_end(self, trainer: NCTrainer, task_id: int, epoch: int, results: dict) -> None: ...
-    def on_task_end(self, trainer: NCTrainer, task_id: int, test_row: np.ndarray) -> None: ...
-
-
-def plateau_scheduler(patience: int = 20, min_lr_ratio: float = 0.002) -> Callable:
-    """BeGin's scheduler: ``ReduceLROnPlateau`` on val loss, floor = initial lr x ratio."""
-
-    def make(optimizer: Optimizer) -> ReduceLROnPlateau:
-        lr = optimizer.param_groups[0]["lr"]
-        return ReduceLROnPlateau(optimizer, mode="min", patience=patience,
-                                 min_lr=lr * min_lr_ratio)
-
-    return make
-
-
-@statefile.allow_object
-@dataclass
-class TrainerResult:
-    """What :meth:`NCTrainer.run` returns. ``R_*[i, j]``: score on task j after task i."""
-
-    R_test: np.ndarray
-    R_val: np.ndarray
-    init_test: np.ndarray
-    init_val: np.ndarray
-    task_train_seconds: list[float] = field(default_factory=list)
-    task_eval_seconds: list[float] = field(default_factory=list)
-    task_epochs: list[int] = field(default_factory=list)
-    extra_storage_bytes: int = 0
-    resumed_after_task: int | None = None
-    """Set when the run continued from a resume point saved after this task."""
-    earlier_seconds: float = 0.0
-    """Time the interrupted attempts spent up to their last resume point."""
-
-
-@statefile.allow_object
-@dataclass
-class TaskState:
-    """The loop's own state while a task trains (``NCTrainer.task_state``).
-
-    :meth:`NCTrainer.processBeforeTraining` starts one per task (after resetting the
-    optimizer); :meth:`NCTrainer.processAfterEachIteration` keeps the best validation
-    loss and weights and steps the scheduler; :meth:`NCTrainer.processAfterTraining`
-    restores ``best_weights``. A method may read it; one that trains a task in phases
-    (PackNet) starts a new one per phase.
-    """
-
-    task_id: int
-    scheduler: Any = None
-    """Made by the trainer's ``scheduler_fn`` over the main optimizer; the task stops
-    when it has brought the learning rate down to its floor."""
-    best_val_loss: float = math.inf
-    best_weights: Any = None
-    """What :meth:`NCTrainer.saveCheckpoint` returned at the best validation loss
-    (None before the first epoch and after the restore)."""
-
-
-RESUME_FORMAT = 2
 #: Attributes the constructor sets from its arguments: not part of a resume point.
 _NOT_SAVED = frozenset({"scenario", "callbacks", "optimizer_fn", "scheduler_fn", "loss_fn",
                         "protocol"})
@@ -202,7 +133,7 @@ class NCTrainer:
         started = time.perf_counter()
         for cb in self.callbacks:
             cb.on_run_start(self)
-        out = self._load_resume_point(resume_file, resume_tag) if resume_file else None
+        out = resume.load_point(self, resume_file, resume_tag) if resume_file else None
         model, optimizer = self.model, self.optimizer
         if out is None:
             states = self.initTrainingStates(self.scenario, model, optimizer)
@@ -225,7 +156,7 @@ class NCTrainer:
             for epoch in range(epoch_per_task):
                 epochs = epoch + 1
                 model.train()
-                train_stats = _mean_stats(
+                train_stats = mean_stats(
                     self.processTrainIteration(model, optimizer, batch, states)
                     for batch in train_loader
                 )
@@ -250,7 +181,7 @@ class NCTrainer:
                 cb.on_task_end(self, task_id, out.R_test[task_id])
             if resume_file and task_id < T - 1:
                 out.earlier_seconds = earlier + time.perf_counter() - started
-                self._save_resume_point(Path(resume_file), resume_tag, out)
+                resume.save_point(self, Path(resume_file), resume_tag, out)
         out.earlier_seconds = earlier
         out.extra_storage_bytes = int(self.extraStorageBytes(states))
         return out
@@ -277,81 +208,6 @@ class NCTrainer:
         statefile.load_model_state(self.model, state["model"])
         for name, value in statefile.decode(state["attrs"], self.model).items():
             setattr(self, name, value)
-
-    def _save_resume_point(self, path: Path, tag: str, out: TrainerResult) -> None:
-        """Write the trainer's :meth:`state_dict`, the partial result and the random
-        generators to ``path`` atomically (one ``torch.save`` of tensors and plain data,
-        read back with ``weights_only=True``)."""
-        if getattr(self, "_resume_unsupported", False):
-            return
-        try:
-            payload = {
-                "format": RESUME_FORMAT, "tag": tag, "epoch_per_task": self.epoch_per_task,
-                "num_tasks": self.num_tasks, "trainer": self.state_dict(),
-                "result": statefile.encode(out),
-                "rng": statefile.encode({
-                    "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                    "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
-                    else None}),
-            }
-        except statefile.Unsupported as exc:  # e.g. a user method keeps a lambda
-            self._resume_unsupported = True
-            warnings.warn(f"{type(self).__name__} cannot save a resume point (it keeps "
-                          f"{exc}); the run goes on without", stacklevel=2)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-
-    def _load_resume_point(self, resume_file: str | Path, tag: str) -> TrainerResult | None:
-        """Restore the state saved in ``resume_file``; None (start over, with a warning)
-        if there is none, it belongs to another run, or it is not a file of ours.
-
-        The file is read with ``weights_only=True``: a file holding anything but tensors
-        and plain data (a pickle that would run code) is refused before any of it is used.
-        """
-        path = Path(resume_file)
-        if not path.is_file():
-            return None
-        try:
-            payload = statefile.load(path, map_location=self.device)
-        except Exception as exc:  # torch's message suggests weights_only=False: not shown
-            why = f": {exc}" if isinstance(exc, statefile.Malformed) else ""
-            warnings.warn(f"resume point {path} is unreadable or holds more than tensors and "
-                          f"plain data ({type(exc).__name__}{why}); refused, starting the run "
-                          "over", stacklevel=2)
-            return None
-        expected = {"format": RESUME_FORMAT, "tag": tag, "epoch_per_task": self.epoch_per_task,
-                    "num_tasks": self.num_tasks}
-        wrong = [k for k, v in expected.items()
-                 if not isinstance(payload, dict) or payload.get(k) != v]
-        if wrong:
-            warnings.warn(f"resume point {path} belongs to another run or version (its "
-                          f"{', '.join(wrong)} differ); starting the run over", stacklevel=2)
-            return None
-        try:
-            result = statefile.decode(payload["result"])
-            rng = statefile.decode(payload["rng"])
-            if not isinstance(result, TrainerResult):
-                raise statefile.Malformed("no result")
-            snapshot = self.state_dict()
-            try:
-                self.load_state_dict(payload["trainer"])
-            except Exception:
-                self.load_state_dict(snapshot)  # leave the trainer as it was
-                raise
-        except Exception as exc:
-            warnings.warn(f"resume point {path} is damaged ({type(exc).__name__}: "
-                          f"{str(exc)[:200]}); starting the run over", stacklevel=2)
-            return None
-        torch.set_rng_state(rng["torch"].cpu())
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
-        return result
 
     @torch.no_grad()
     def _evaluate(self, splits: Sequence[str], eval_fn: Callable | None = None
@@ -390,12 +246,12 @@ class NCTrainer:
             correct += int((preds == batch.labels).sum())
             total += len(batch)
             stats.append(s)
-        return correct / max(total, 1), _mean_stats(stats)
+        return correct / max(total, 1), mean_stats(stats)
 
     def _eval_iteration(self, eval_fn: Callable, batch: NodeBatch) -> tuple[Tensor, dict]:
         """Call ``eval_fn`` (a bound ``processEvalIteration``) with the training states,
         or without them if it is a BeGin override taking ``(model, _curr_batch)``."""
-        if _takes_training_states(getattr(eval_fn, "__func__", eval_fn),
+        if takes_training_states(getattr(eval_fn, "__func__", eval_fn),
                                   hasattr(eval_fn, "__self__")):
             return eval_fn(self.model, batch, getattr(self, "training_states", None))
         return eval_fn(self.model, batch)
@@ -573,26 +429,3 @@ class NCTrainer:
         best, self.task_state.best_weights = self.task_state.best_weights, None
         if best is not None:
             self.loadCheckpoint(curr_model, curr_training_states, best)
-
-
-@lru_cache(maxsize=256)
-def _takes_training_states(fn: Callable, bound: bool) -> bool:
-    """Whether a ``processEvalIteration`` accepts the training states (a third argument
-    after model and batch, or ``*args``). ``fn``: the function of a bound method
-    (``bound``: its first parameter is self) or a plain callable."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):  # no signature to read: call it the new way
-        return True
-    try:
-        sig.bind(*([None] * (4 if bound else 3)))
-    except TypeError:
-        return False
-    return True
-
-
-def _mean_stats(stats: Iterable[dict]) -> dict:
-    stats = list(stats)
-    if not stats:
-        return {}
-    return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}

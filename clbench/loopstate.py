@@ -1,0 +1,108 @@
+"""What the training loop hands out and keeps: its callbacks' interface, BeGin's
+scheduler, the result of a run, and the loop's own per-task state."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from clbench import statefile
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clbench.trainer import NCTrainer
+
+OptimizerFn = Callable[[Iterable[nn.Parameter]], Optimizer]
+
+
+class TrainerCallback:
+    """Observer of a run (progress bars, loggers). Every hook is optional."""
+
+    def on_run_start(self, trainer: NCTrainer) -> None: ...
+    def on_task_start(self, trainer: NCTrainer, task_id: int) -> None: ...
+    def on_epoch_end(self, trainer: NCTrainer, task_id: int, epoch: int, results: dict) -> None: ...
+    def on_task_end(self, trainer: NCTrainer, task_id: int, test_row: np.ndarray) -> None: ...
+
+
+def plateau_scheduler(patience: int = 20, min_lr_ratio: float = 0.002) -> Callable:
+    """BeGin's scheduler: ``ReduceLROnPlateau`` on val loss, floor = initial lr x ratio."""
+
+    def make(optimizer: Optimizer) -> ReduceLROnPlateau:
+        lr = optimizer.param_groups[0]["lr"]
+        return ReduceLROnPlateau(optimizer, mode="min", patience=patience,
+                                 min_lr=lr * min_lr_ratio)
+
+    return make
+
+
+@statefile.allow_object
+@dataclass
+class TrainerResult:
+    """What :meth:`NCTrainer.run` returns. ``R_*[i, j]``: score on task j after task i."""
+
+    R_test: np.ndarray
+    R_val: np.ndarray
+    init_test: np.ndarray
+    init_val: np.ndarray
+    task_train_seconds: list[float] = field(default_factory=list)
+    task_eval_seconds: list[float] = field(default_factory=list)
+    task_epochs: list[int] = field(default_factory=list)
+    extra_storage_bytes: int = 0
+    resumed_after_task: int | None = None
+    """Set when the run continued from a resume point saved after this task."""
+    earlier_seconds: float = 0.0
+    """Time the interrupted attempts spent up to their last resume point."""
+
+
+@statefile.allow_object
+@dataclass
+class TaskState:
+    """The loop's own state while a task trains (``NCTrainer.task_state``).
+
+    :meth:`NCTrainer.processBeforeTraining` starts one per task (after resetting the
+    optimizer); :meth:`NCTrainer.processAfterEachIteration` keeps the best validation
+    loss and weights and steps the scheduler; :meth:`NCTrainer.processAfterTraining`
+    restores ``best_weights``. A method may read it; one that trains a task in phases
+    (PackNet) starts a new one per phase.
+    """
+
+    task_id: int
+    scheduler: Any = None
+    """Made by the trainer's ``scheduler_fn`` over the main optimizer; the task stops
+    when it has brought the learning rate down to its floor."""
+    best_val_loss: float = math.inf
+    best_weights: Any = None
+    """What :meth:`NCTrainer.saveCheckpoint` returned at the best validation loss
+    (None before the first epoch and after the restore)."""
+
+
+@lru_cache(maxsize=256)
+def takes_training_states(fn: Callable, bound: bool) -> bool:
+    """Whether a ``processEvalIteration`` accepts the training states (a third argument
+    after model and batch, or ``*args``). ``fn``: the function of a bound method
+    (``bound``: its first parameter is self) or a plain callable."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read: call it the new way
+        return True
+    try:
+        sig.bind(*([None] * (4 if bound else 3)))
+    except TypeError:
+        return False
+    return True
+
+
+def mean_stats(stats: Iterable[dict]) -> dict:
+    """The mean of each statistic over a loader's batches."""
+    stats = list(stats)
+    if not stats:
+        return {}
+    return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
