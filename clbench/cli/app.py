@@ -1,0 +1,47 @@
+"""The Typer application, its consoles, and how an error reaches the user: one line
+on stderr and exit status 2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
+
+from clbench.errors import ClbenchError, clip
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_error(message: object) -> None:
+    """``error: <message>`` on stderr, on one line. The message is plain text, never
+    Rich markup: it quotes user input (names, paths, values) verbatim, each word cut to
+    300 characters (a 5,000-character name is not echoed whole)."""
+    text = " ".join(clip(word, 300) for word in str(message).split())
+    err_console.print(Text.assemble(("error:", "bold red"), " ", text), highlight=False,
+                      soft_wrap=True)
+
+
+class ClbenchGroup(TyperGroup):
+    """Typer's command group, reporting a :class:`ClbenchError` raised by any command as
+    its one-line message with exit status 2, so the console entry point, ``python -m
+    clbench`` and Typer's ``CliRunner`` all see bad input the same way."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClbenchError as exc:
+            print_error(exc)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=ClbenchGroup,
+    add_completion=False,
+    no_args_is_help=False,
+    help="clbench: continual-learning benchmarks on graphs (Task-IL node classification).",
+    pretty_exceptions_enable=False,
+)

@@ -1,0 +1,88 @@
+"""``clbench list``: methods (with their hyperparameters), datasets and models."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from clbench.cli.app import app, console
+from clbench.cli.options import check_given
+from clbench.errors import ClbenchError, quote
+
+
+@app.command("list")
+def list_(
+    what: Annotated[str, typer.Argument(help="methods, datasets or models")] = "all",
+    data_dir: Annotated[str | None, typer.Option(help="Data root to check for local files.")]
+        = None,
+    plugin: Annotated[list[str] | None, typer.Option(help="Plugin to load first.")] = None,
+) -> None:
+    """List methods (with hyperparameters), datasets (with sizes) and models."""
+    from clbench.datasets import data_root
+    from clbench.models import MODELS
+    from clbench.plugins import load_plugin
+    from clbench.resolve import check_data_dir
+
+    for p in plugin or []:
+        load_plugin(p)
+    check_given(data_dir=data_dir)
+    check_data_dir(data_dir)
+    choices = ("all", "methods", "datasets", "models")
+    if what not in choices:
+        raise ClbenchError(f"unknown list {quote(what)}; choose one of {', '.join(choices)}")
+    if what in ("all", "methods"):
+        print_methods()
+    if what in ("all", "datasets"):
+        from clbench.datasets.info import print_dataset_table
+
+        print_dataset_table(data_root(data_dir), console)
+    if what in ("all", "models"):
+        console.print("models: " + ", ".join(MODELS.names()), markup=False)
+
+
+def print_methods() -> None:
+    """Every method with its card: summary, and each hyperparameter's default, allowed
+    values and help."""
+    from clbench.config import PROTOCOL_BOUNDS, PROTOCOL_CHOICES, load_card
+    from clbench.methods import METHODS
+    from clbench.spec import PROTOCOL_DEFAULTS
+
+    for name in METHODS.names():
+        card = load_card(name)
+        aliases = ", ".join(METHODS.aliases_of(name))
+        head = name + (f" (alias {aliases})" if aliases else "")
+        console.print(Text.assemble((head, "bold"), f": {card.summary}" if card.summary else ""))
+        if not card.params:
+            console.print("  no hyperparameters of its own", markup=False)
+        else:
+            table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1))
+            for col in ("parameter", "default", "allowed", "what it does"):
+                table.add_column(col, overflow="fold")
+            for key, default in card.params.items():
+                allowed = (", ".join(map(str, card.choices[key])) if key in card.choices else
+                           str(card.bounds[key]) if key in card.bounds
+                           else type(default).__name__)
+                table.add_row(escape(key), escape(_value(default)), escape(allowed),
+                              escape(card.help.get(key, "")))
+            console.print(table)
+        for dataset, values in card.datasets.items():
+            changed = ", ".join(f"{k}={_value(v)}" for k, v in values.items())
+            console.print(f"  on {dataset}: {changed}", markup=False, soft_wrap=True)
+        console.print()
+    shared = ", ".join(f"{k}={v}" for k, v in PROTOCOL_DEFAULTS.items())
+    console.print(f"shared protocol parameters (every method; --param key=value): {shared}",
+                  markup=False, soft_wrap=True)
+    limits = {**{k: f"one of {', '.join(v)}" for k, v in PROTOCOL_CHOICES.items()},
+              **PROTOCOL_BOUNDS}
+    console.print("their allowed values: " + ", ".join(f"{k} {v}" for k, v in limits.items()),
+                  markup=False, soft_wrap=True)
+
+
+def _value(value: object) -> str:
+    """A default as a user would type it (``1e+12``, not ``1000000000000.0``)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
