@@ -10,21 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from clbench.cli import options as opt
 from clbench.cli.app import app, console
-from clbench.cli.options import (
-    BackendOpt,
-    DryRunOpt,
-    ForceOpt,
-    JobsOpt,
-    PluginOpt,
-    QuietOpt,
-    ResultsOpt,
-    SchedulerOpt,
-    TrackingOpt,
-    check_given,
-    check_local_device,
-    plugin_paths,
-)
 from clbench.cli.stores import existing_tracker, open_tracking, resolve_uri, sqlite_store
 from clbench.cli.views import RichReporter, finish, print_estimate, render_plan
 
@@ -60,22 +47,22 @@ def _plan_sweep(spec, tracking_uri: str | None, runner, results_dir: Path, force
 @app.command()
 def sweep(
     file: Annotated[Path, typer.Argument(help="Sweep TOML file (see sweeps/example.toml).")],
-    jobs: JobsOpt = None,
-    backend: BackendOpt = None,
-    scheduler: SchedulerOpt = None,
-    tracking_uri: TrackingOpt = None,
+    jobs: opt.JobsOpt = None,
+    backend: opt.BackendOpt = None,
+    scheduler: opt.SchedulerOpt = None,
+    tracking_uri: opt.TrackingOpt = None,
     experiment: Annotated[str | None, typer.Option(
         help="MLflow experiment (default: the file's `experiment`, else sweep-<file stem>).")]
         = None,
-    force: ForceOpt = False,
-    results_dir: ResultsOpt = Path("results"),
+    force: opt.ForceOpt = False,
+    results_dir: opt.ResultsOpt = Path("results"),
     data_dir: Annotated[str | None, typer.Option(
         help="Data root (default: the file's protocol.data_dir, else $CLBENCH_DATA, else "
              "./datasets). Not part of any run's identity, so a sweep resumes from any "
              "root.")] = None,
-    plugin: PluginOpt = None,
-    dry_run: DryRunOpt = False,
-    quiet: QuietOpt = False,
+    plugin: opt.PluginOpt = None,
+    dry_run: opt.DryRunOpt = False,
+    quiet: opt.QuietOpt = False,
 ) -> None:
     """Grid-search hyperparameters, select by validation AP, run the final seeds.
 
@@ -93,9 +80,9 @@ def sweep(
     from clbench.plugins import load_plugin
 
     check_backend_options(backend, jobs, scheduler)
-    check_given(tracking_uri=tracking_uri, experiment=experiment, data_dir=data_dir)
+    opt.check_given(tracking_uri=tracking_uri, experiment=experiment, data_dir=data_dir)
     spec = load_sweep(file)
-    spec.plugins = plugin_paths([*spec.plugins, *(plugin or [])])
+    spec.plugins = opt.plugin_paths([*spec.plugins, *(plugin or [])])
     for p in spec.plugins:
         load_plugin(p)
     if experiment:
@@ -103,7 +90,7 @@ def sweep(
     if data_dir:
         spec.protocol["data_dir"] = data_dir
     first, _, _ = grid_jobs(spec)  # validates every name and grid value before anything runs
-    check_local_device(backend, jobs, scheduler, spec.protocol.get("device", "cpu"))
+    opt.check_local_device(backend, jobs, scheduler, spec.protocol.get("device", "cpu"))
     if dry_run:
         _plan_sweep(spec, tracking_uri, make_backend(backend, jobs, scheduler), results_dir,
                     force)

@@ -96,13 +96,12 @@ class RunRecord:
                    dict(run.data.metrics), dict(run.data.params),
                    run.info.start_time or 0, run.info.end_time)
 
-    @property
-    def method(self) -> str:
-        return self.tags.get(TAG_METHOD, "")
-
-    @property
-    def dataset(self) -> str:
-        return self.tags.get(TAG_DATASET, "")
+    method = property(lambda self: self.tags.get(TAG_METHOD, ""), doc="its method tag")
+    dataset = property(lambda self: self.tags.get(TAG_DATASET, ""), doc="its dataset tag")
+    config_hash = property(lambda self: self.tags.get(TAG_CONFIG, ""), doc="its config hash")
+    protocol_hash = property(lambda self: self.tags.get(TAG_PROTOCOL, ""),
+                             doc="its protocol hash")
+    parent_id = property(lambda self: self.tags.get(TAG_PARENT), doc="its parent run's id")
 
     @property
     def seed(self) -> int | None:
@@ -111,18 +110,6 @@ class RunRecord:
             return int(raw) if raw is not None else None
         except ValueError:
             return None
-
-    @property
-    def config_hash(self) -> str:
-        return self.tags.get(TAG_CONFIG, "")
-
-    @property
-    def protocol_hash(self) -> str:
-        return self.tags.get(TAG_PROTOCOL, "")
-
-    @property
-    def parent_id(self) -> str | None:
-        return self.tags.get(TAG_PARENT)
 
     @property
     def key(self) -> tuple[str, str, int | None, str]:
@@ -323,3 +310,49 @@ def owner_gone(owner: str) -> bool:
     except ValueError:
         return False
     return now is None or ("?" not in (now + token) and now != token)
+
+
+#: What ``clbench.tracking`` re-exports of this module.
+__all__ = [
+    "CODE_TAG_NAMES",
+    "FINAL_METRICS",
+    "SPREAD_METRICS",
+    "TAG_ABANDONED",
+    "TAG_COMMAND",
+    "TAG_CONFIG",
+    "TAG_DATASET",
+    "TAG_ERROR",
+    "TAG_EXTERNAL_CODE_DIGEST",
+    "TAG_GIT_COMMIT",
+    "TAG_GIT_DIRTY",
+    "TAG_HOST",
+    "TAG_INT_REFERENCE",
+    "TAG_METHOD",
+    "TAG_PARENT",
+    "TAG_PROTOCOL",
+    "TAG_RECOVERED_FROM",
+    "TAG_REPORT_SEEDS",
+    "TAG_RESUMED_AFTER",
+    "TAG_ROLE",
+    "TAG_SEED",
+    "TAG_SEEDS",
+    "TAG_SELECTED",
+    "TAG_SELECTED_PREFIX",
+    "TAG_SELECTION",
+    "TAG_SOURCE",
+    "TAG_SOURCE_DIGEST",
+    "TAG_SWEEP_FILE",
+    "RunRecord",
+    "aggregate",
+    "code_tag",
+    "command_owner",
+    "dataset_card_info",
+    "job_params",
+    "owner_gone",
+    "process_token",
+    "read_matrix_csv",
+    "result_metrics",
+    "result_params",
+    "select_seed_runs",
+    "write_matrix_csv",
+]

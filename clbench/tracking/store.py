@@ -169,3 +169,17 @@ def check_tracking_uri(uri: str) -> None:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except Exception as exc:
             raise ClbenchError(_explain_store_error(uri, exc)) from None
+
+
+#: What ``clbench.tracking`` re-exports of this module.
+__all__ = [
+    "QUICK_HTTP_ENV",
+    "STORE_LOCK_TIMEOUT",
+    "check_tracking_uri",
+    "quick_http",
+    "require_existing_store",
+    "resolve_tracking_uri",
+    "sqlite_file",
+    "store_lock",
+    "store_lock_file",
+]
