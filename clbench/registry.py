@@ -9,11 +9,17 @@ Third-party packages can add entries through an entry-point group, e.g.::
 
     [project.entry-points."clbench.methods"]
     my-method = "my_package.trainers:MyTrainer"
+
+An entry may be *lazy* (:meth:`Registry.register_lazy`): its name and aliases are known
+at once, its object is imported from ``"module:attribute"`` on the first :meth:`~Registry.get`.
+The built-in methods and models are registered so, so that checking a name (``clbench
+run --method nosuch``, ``clbench list methods``) does not import torch and PyG.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +31,31 @@ from clbench.errors import ClbenchError, UnknownNameError, quote
 T = TypeVar("T")
 
 _STRIP = re.compile(r"[\s_\-]+")
+
+
+class _Lazy:
+    """A registry entry not imported yet: ``path`` is ``"module:attribute"``."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        module, sep, attr = path.partition(":")
+        if not (module and sep and attr):
+            raise ValueError(f"a lazy registry entry is 'module:attribute', got {path!r}")
+        self.path = path
+
+    def load(self) -> object:
+        module, _, attr = self.path.partition(":")
+        obj: object = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def names(self, obj: object) -> bool:
+        """Whether ``obj`` is what this entry imports (its module and qualified name)."""
+        module, _, attr = self.path.partition(":")
+        return (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)) == (
+            module, attr)
 
 
 def normalize_name(name: str) -> str:
@@ -62,7 +93,10 @@ class Registry(Generic[T]):
             key = normalize_name(name)
             if not key:
                 raise ClbenchError(f"a {self.kind} name must not be empty")
-            if not overwrite and (key in self._entries or key in self._aliases):
+            current = self._entries.get(key)
+            # the module a lazy entry names registers its object when imported: not a clash
+            fills_lazy = isinstance(current, _Lazy) and current.names(target)
+            if not (overwrite or fills_lazy) and (key in self._entries or key in self._aliases):
                 raise ClbenchError(f"{self.kind} {name!r} is already registered")
             self._entries[key] = target
             self._display[key] = name
@@ -71,6 +105,12 @@ class Registry(Generic[T]):
             return target
 
         return _add if obj is None else _add(obj)
+
+    def register_lazy(self, name: str, path: str, *, aliases: tuple[str, ...] = ()) -> None:
+        """Register ``name`` (and ``aliases``) now, its object on first :meth:`get`:
+        ``path`` is ``"module:attribute"``. Importing the module may register the object
+        itself (e.g. with a decorator): that registration fills this entry."""
+        self.register(name, _Lazy(path), aliases=aliases)  # type: ignore[arg-type]
 
     @contextmanager
     def scoped(self) -> Iterator[Registry[T]]:
@@ -114,8 +154,16 @@ class Registry(Generic[T]):
         return self._display[key]
 
     def get(self, name: str) -> T:
-        """Look ``name`` up, or raise an error that lists the valid names."""
-        return self._entries[normalize_name(self.canonical(name))]
+        """Look ``name`` up, or raise an error that lists the valid names. A lazy entry
+        is imported now."""
+        key = normalize_name(self.canonical(name))
+        entry = self._entries[key]
+        if isinstance(entry, _Lazy):
+            obj = entry.load()
+            if self._entries.get(key) is entry:  # importing it did not register it
+                self._entries[key] = obj  # type: ignore[assignment]
+            return self._entries[key]
+        return entry
 
     def _unknown_message(self, name: str) -> str:
         names = self.names()
