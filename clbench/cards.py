@@ -85,12 +85,18 @@ def _read_card_file(path: Path) -> dict:
         raise ClbenchError(f"config card {path} is not valid TOML: {exc}") from exc
 
 
+def card_file(name: str) -> Path | None:
+    """The card file of the method registered as ``name``, if it has one."""
+    path = cards_dir() / f"{name}.toml"
+    return path if path.is_file() else None
+
+
 def read_card(name: str, trainer_cls: type | None = None,
               numeric: dict[str, Any] | None = None) -> MethodCard:
     """The card of the method registered as ``name``: its file if there is one, else the
     ``card`` attribute of ``trainer_cls`` (empty without either)."""
-    path = cards_dir() / f"{name}.toml"
-    if path.is_file():
+    path = card_file(name)
+    if path is not None:
         return MethodCard.from_dict(name, _read_card_file(path), path, numeric)
     return MethodCard.from_dict(name, getattr(trainer_cls, "card", None) or {}, None, numeric)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from clbench.cards import MethodCard, read_card
+from clbench.cards import MethodCard, card_file, read_card
 from clbench.errors import ClbenchError, UnknownNameError, quote
 from clbench.parsing import Interval
 from clbench.spec import PROTOCOL_DEFAULTS
@@ -39,11 +39,13 @@ _PROTOCOL_INTERVALS = {k: Interval.parse(v, f"PROTOCOL_BOUNDS[{k!r}]")
 
 
 def load_card(method: str) -> MethodCard:
-    """The card of a registered method (file first, then the class's ``card``)."""
+    """The card of a registered method (file first, then the class's ``card``): the
+    trainer class is imported only for a method without a card file."""
     from clbench.methods import METHODS
 
     name = METHODS.canonical(method)
-    return read_card(name, METHODS.get(name), PROTOCOL_DEFAULTS)
+    trainer = None if card_file(name) is not None else METHODS.get(name)
+    return read_card(name, trainer, PROTOCOL_DEFAULTS)
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -80,7 +82,7 @@ def resolve_params(
     method: str, dataset: str | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Every hyperparameter of ``method`` on ``dataset``, typed and validated."""
-    from clbench.models import MODELS
+    from clbench.backbones import MODELS
     from clbench.registry import normalize_name
 
     card = load_card(method)

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 from torch_geometric.nn.dense.linear import Linear
 
+from clbench.backbones import MODELS
 from clbench.graph import Graph
-from clbench.registry import Registry
 
 ConvFactory = Callable[[int, int], nn.Module]
 
@@ -154,9 +154,6 @@ class NodeClassifier(nn.Module):
     def backbone_weight_names(self) -> list[str]:
         """Names of the GNN layers' weight matrices (what Piggyback and PackNet mask)."""
         return [n for n, p in self.convs.named_parameters(prefix="convs") if p.dim() == 2]
-
-
-MODELS: Registry[Callable[..., NodeClassifier]] = Registry("model")
 
 
 @MODELS.register("gcn")

@@ -1,5 +1,7 @@
 """The name registry: normalised lookup, aliases, errors that list the choices, scoping."""
 
+import sys
+
 import pytest
 
 from clbench.errors import ClbenchError, UnknownNameError
@@ -65,3 +67,79 @@ def test_scoped_restores_even_when_the_block_raises():
         METHODS.register("half-done", object())
         raise RuntimeError("boom")
     assert METHODS.names() == builtins
+
+
+# -- lazy entries ------------------------------------------------------------------------
+LAZY_MODULE = """
+from clbench.registry import normalize_name  # any import: the module runs once
+
+def make():
+    return "made"
+
+class Other:
+    pass
+"""
+
+
+@pytest.fixture
+def lazy_module(tmp_path, monkeypatch):
+    """A module on sys.path that is not imported yet."""
+    name = f"clbench_lazy_target_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(LAZY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_a_lazy_entry_is_known_by_name_and_imported_on_first_get(lazy_module):
+    r: Registry[object] = Registry("method")
+    r.register_lazy("my-thing", f"{lazy_module}:make", aliases=("thing",))
+    assert r.canonical("THING") == "my-thing" and r.names() == ["my-thing"]
+    assert r.aliases_of("my_thing") == ["thing"] and "thing" in r and len(r) == 1
+    with pytest.raises(UnknownNameError, match="Did you mean 'my-thing'"):
+        r.get("my-thin")
+    assert lazy_module not in sys.modules  # nothing above imported it
+    made = r.get("thing")
+    assert made() == "made" and lazy_module in sys.modules
+    assert r.get("my-thing") is made
+
+
+def test_the_module_a_lazy_entry_names_may_register_it_but_nothing_else_may(lazy_module):
+    import importlib
+
+    r: Registry[object] = Registry("method")
+    r.register_lazy("make", f"{lazy_module}:make")
+    module = importlib.import_module(lazy_module)
+    with pytest.raises(ClbenchError, match="already registered"):
+        r.register("make", module.Other)  # another object under the name: refused as ever
+    r.register("make", module.make)  # what the entry names: fills it
+    assert r.get("make") is module.make
+    with pytest.raises(ValueError, match="module:attribute"):
+        r.register_lazy("bad", "no-colon")
+
+
+def test_a_lazy_entry_survives_a_scope_that_imported_it(lazy_module):
+    r: Registry[object] = Registry("method")
+    r.register_lazy("make", f"{lazy_module}:make")
+    with r.scoped():
+        made = r.get("make")
+    assert r.get("make") is made
+
+
+def test_the_builtin_tables_agree_with_what_the_modules_register():
+    """Each built-in method and model is registered lazily from a table; importing its
+    module registers the same object under the same name and aliases."""
+    import importlib
+
+    from clbench.backbones import BUILTIN_MODELS, MODELS
+    from clbench.methods import BUILTIN_METHODS
+
+    for registry, table in ((METHODS, BUILTIN_METHODS), (MODELS, BUILTIN_MODELS)):
+        for name, (path, aliases) in table.items():
+            module, _, attr = path.partition(":")
+            obj = getattr(importlib.import_module(module), attr)
+            assert registry.get(name) is obj, name
+            assert registry.canonical(name) == name
+            assert registry.aliases_of(name) == sorted(aliases), name
+    for name in BUILTIN_METHODS:
+        assert METHODS.get(name).method_name == name

@@ -23,8 +23,8 @@ def list_(
     plugin: Annotated[list[str] | None, typer.Option(help="Plugin to load first.")] = None,
 ) -> None:
     """List methods (with hyperparameters), datasets (with sizes) and models."""
+    from clbench.backbones import MODELS
     from clbench.datasets import data_root
-    from clbench.models import MODELS
     from clbench.plugins import load_plugin
     from clbench.resolve import check_data_dir
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clbench.registry import Registry
-from clbench.trainer import NCTrainer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clbench.trainer import NCTrainer
 
 METHODS: Registry[type[NCTrainer]] = Registry("method", entry_point_group="clbench.methods")
 
@@ -20,6 +24,8 @@ def register_method(name: str, *, aliases: tuple[str, ...] = ()):
     """
 
     def deco(cls: type[NCTrainer]) -> type[NCTrainer]:
+        from clbench.trainer import NCTrainer  # imported already by any subclass of it
+
         if not (isinstance(cls, type) and issubclass(cls, NCTrainer)):
             raise TypeError(f"{cls!r} is not an NCTrainer subclass")
         METHODS.register(name, cls, aliases=aliases)
