@@ -1,4 +1,5 @@
-"""Dataset cards, the dataset registry and the data root."""
+"""Dataset cards, the dataset registry and the data root (without importing torch:
+the cards are known before anything is loaded)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-import torch
-from torch import Tensor
-from torch_geometric.data import Data
+from typing import TYPE_CHECKING
 
 from clbench.errors import ClbenchError
 from clbench.registry import Registry
 
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+    from torch_geometric.data import Data
+
 #: ``load(root, split_seed) -> Data`` with x, edge_index, y and the three split masks.
-Loader = Callable[[Path, int], Data]
+Loader = Callable[[Path, int], "Data"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ def stratified_split(
     Nodes labelled ``-1`` stay out of all three. Uses scikit-learn's stratified
     splitting; classes too small to stratify are split at random.
     """
+    import numpy as np
+    import torch
+
     if not np.isclose(sum(fractions), 1.0):
         raise ClbenchError(f"split fractions must sum to 1, got {fractions}")
     from sklearn.model_selection import train_test_split  # lazy: ~2 s of imports

@@ -41,17 +41,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from torch_geometric.data import Data
+from typing import TYPE_CHECKING
 
 from clbench.datasets.base import DATASETS, DatasetCard, data_root, stratified_split
-from clbench.datasets.cache import graph_from_cache, read_cache, write_cache
-from clbench.datasets.safe_pickle import check_torch_file, file_path_of, forbidden_torch_globals
 from clbench.errors import DataError, short_error
-from clbench.graph import Graph, prepare_graph
 from clbench.parsing import is_graph_file
 from clbench.registry import normalize_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch_geometric.data import Data
+
+    from clbench.graph import Graph
+
+# torch, PyG and the modules that need them are imported when a dataset is read, not
+# when the cards (whose ``load`` is a FileSource) are registered.
 
 CACHE_PREFIX = "clbench_"
 TIMEOUT_ENV = "CLBENCH_DOWNLOAD_TIMEOUT"
@@ -178,6 +181,8 @@ class FileSource:
         )
 
     def _read_error(self, root: Path, exc: BaseException) -> DataError | None:
+        from clbench.datasets.safe_pickle import forbidden_torch_globals
+
         folder = (root / self.folder).resolve()
         if "Weights only load failed" in str(exc):
             refused = sorted(p for p in (folder / "processed").glob("*.pt")
@@ -266,6 +271,10 @@ def _weights_only_loads(label: str = "") -> Iterator[None]:
     refuses it if it names a global beyond torch's allow-list and PyG's ``Data``
     classes (``label``, the dataset name, starts that message).
     """
+    import torch
+
+    from clbench.datasets.safe_pickle import check_torch_file, file_path_of
+
     with _LOAD_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("error", message="Weights only load failed", category=UserWarning)
         original = torch.load
@@ -367,6 +376,9 @@ def check_file(path: Path) -> str | None:
 def load_source(card: DatasetCard, source: FileSource, root: Path, split_seed: int,
                 *, use_cache: bool = True) -> Graph:
     """Load a file-backed dataset through the preprocessing cache."""
+    from clbench.datasets.cache import graph_from_cache, read_cache, write_cache
+    from clbench.graph import prepare_graph
+
     cache = source.cache_path(root)
     reload = False
     if use_cache and source.is_local(root):
@@ -402,6 +414,8 @@ def load_graph(name: str, data_dir: str | Path | None = None, split_seed: int = 
         from clbench.datasets.custom import load_custom_graph
 
         return load_custom_graph(Path(name), split_seed=split_seed)
+    from clbench.graph import prepare_graph
+
     card = resolve_card(name)
     root = data_root(data_dir)
     if isinstance(card.load, FileSource):

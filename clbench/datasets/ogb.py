@@ -15,7 +15,8 @@ never block or unpickle unsafely:
 * **torch >= 2.6.** OGB 1.3.6 reads its processed file with a bare
   ``torch.load``, which now means ``weights_only=True``; the file holds a PyG
   ``Data`` object. Exactly the classes in that pickle are allow-listed with
-  ``torch.serialization.add_safe_globals`` (:data:`SAFE_GLOBALS`);
+  ``torch.serialization.add_safe_globals`` (:data:`SAFE_GLOBALS`, registered by
+  :mod:`clbench.datasets.safe_pickle`, which every read imports);
   ``weights_only`` is never turned off. Like every torch file read under
   :class:`~clbench.datasets.loading.FileSource`, the processed file (and a
   ``split_dict.pt``, which OGB prefers to the split CSVs when present) is first
@@ -36,20 +37,29 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
-from torch_geometric.data import Data
+from typing import TYPE_CHECKING, Any
 
 from clbench.datasets.base import DatasetCard, register_dataset
 from clbench.datasets.catalog import family
 from clbench.datasets.loading import FileSource
-from clbench.datasets.safe_pickle import DATA_CLASSES
 from clbench.errors import DataError
 
-#: The globals in the pickle of OGB's ``processed/geometric_data_processed.pt``
-#: (``torch.serialization.get_unsafe_globals_in_checkpoint`` lists exactly these).
-SAFE_GLOBALS = list(DATA_CLASSES)
-torch.serialization.add_safe_globals(SAFE_GLOBALS)
+if TYPE_CHECKING:  # pragma: no cover
+    from torch_geometric.data import Data
+
+
+def __getattr__(name: str) -> Any:
+    """``SAFE_GLOBALS``: the globals in the pickle of OGB's
+    ``processed/geometric_data_processed.pt`` (``torch.serialization.
+    get_unsafe_globals_in_checkpoint`` lists exactly these), which
+    :mod:`clbench.datasets.safe_pickle` registers with ``add_safe_globals``. Looked up on
+    use, so that registering the OGB cards does not import torch and PyG."""
+    if name == "SAFE_GLOBALS":
+        from clbench.datasets.safe_pickle import DATA_CLASSES
+
+        return list(DATA_CLASSES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 OGB_VERSION = 1  # RELEASE_v1.txt: the version in ogb 1.3.6's master.csv for both datasets
 _PROMPT_LOCK = threading.Lock()
@@ -127,7 +137,11 @@ def _check_folder(ogb_name: str):
 
 def _reader(ogb_name: str):
     def read(root: Path) -> Data:
+        import torch
         from ogb.nodeproppred import PygNodePropPredDataset
+        from torch_geometric.data import Data
+
+        import clbench.datasets.safe_pickle  # noqa: F401  (registers SAFE_GLOBALS)
 
         folder = _ogb_folder(root, ogb_name)
         with ogb_prompts_answered(folder, _master_version(ogb_name)):

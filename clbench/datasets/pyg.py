@@ -26,8 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-
-from torch_geometric.data import Data
+from typing import TYPE_CHECKING
 
 from clbench.datasets.base import DatasetCard, register_dataset
 from clbench.datasets.catalog import family
@@ -44,12 +43,17 @@ SHCHUR_URL = "https://github.com/shchur/gnn-benchmark/raw/master/data/npz/"
 G2G_URL = "https://github.com/abojchevski/graph2gauss/raw/master/data/"
 CITATION_FULL_DIR = "CitationFull"
 
+if TYPE_CHECKING:  # pragma: no cover
+    from torch_geometric.data import Data
+
 STRATIFIED = ("stratified random 60/20/20 (scikit-learn, stratified by class) drawn from "
               "the split seed; the dataset has no official split")
 
 
 def _plain(data: Data, masks: bool) -> Data:
     """Keep only the fields the protocol uses (PyG returns a fresh copy already)."""
+    from torch_geometric.data import Data
+
     out = Data(x=data.x, edge_index=data.edge_index, y=data.y.view(-1))
     if masks:
         out.train_mask, out.val_mask, out.test_mask = data.train_mask, data.val_mask, data.test_mask

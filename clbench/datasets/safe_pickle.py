@@ -149,6 +149,12 @@ DATA_CLASSES: tuple[type, ...] = (Data, GlobalStorage, DataEdgeAttr, DataTensorA
 #: plain containers PyG registers (building them runs no other code).
 TORCH_FILE_CLASSES: tuple[type, ...] = (*DATA_CLASSES, dict, list, defaultdict)
 
+# OGB reads its processed file (a pickled ``Data``) with a bare ``torch.load``, which means
+# ``weights_only=True``; so may a user's graph file hold a ``Data``. Registered when this
+# module is first imported, which every read of a torch file in the data root does first
+# (:mod:`clbench.datasets.ogb`'s ``SAFE_GLOBALS``).
+torch.serialization.add_safe_globals(list(DATA_CLASSES))
+
 _GLOBAL_OPS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "EXT4"}
 
 

@@ -10,10 +10,7 @@ any method runs in seconds on two CPU cores. Nothing is downloaded or written.
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
-from torch_geometric.data import Data
-from torch_geometric.utils import stochastic_blockmodel_graph
+from typing import TYPE_CHECKING
 
 from clbench.datasets.base import DatasetCard, register_dataset, stratified_split
 
@@ -23,9 +20,16 @@ NUM_FEATURES = 32
 P_IN, P_OUT = 0.03, 0.005
 FEATURE_NOISE = 4.0
 
+if TYPE_CHECKING:  # pragma: no cover
+    from torch_geometric.data import Data
+
 
 def make_synthetic(seed: int = 0) -> Data:
     """Generate the graph for ``seed`` without touching the global RNG."""
+    import torch
+    from torch_geometric.data import Data
+    from torch_geometric.utils import stochastic_blockmodel_graph
+
     gen = torch.Generator().manual_seed(seed)
     probs = torch.full((NUM_CLASSES, NUM_CLASSES), P_OUT)
     probs.fill_diagonal_(P_IN)
