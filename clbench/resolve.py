@@ -17,7 +17,7 @@ from typing import Any
 from clbench.config import load_card, resolve_params
 from clbench.errors import ClbenchError, DataError, clip, quote
 from clbench.parsing import check_seed, is_graph_file
-from clbench.spec import TASK_KEYS, TRAINING_KEYS, Protocol, RunSpec
+from clbench.spec import TASK_KEYS, TRAINING_KEYS, Protocol, RunSpec, task_shape
 
 GRAPH_MODES = ("full", "task")
 METRICS = ("accuracy", "balanced_accuracy")
@@ -66,12 +66,12 @@ def resolve_run(
     if task["metric"] not in METRICS:
         raise ClbenchError("--metric must be accuracy or balanced_accuracy, got "
                            f"{quote(task['metric'])}")
-    check_device(device, available=device_here)
     check_data_dir(data_dir)
     check_task_split(dataset, task["num_tasks"], task["classes_per_task"], task["class_order"])
     resolved = resolve_params(method, None if is_graph_file(dataset) else dataset,
                               dict(params or {}))
     own = load_card(method).params
+    check_device(device, available=device_here)  # last: parsing a device imports torch
     protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, **task)
     return RunSpec(method, dataset, int(seed), protocol, {k: resolved[k] for k in own},
                    data_dir=data_dir, device=device, threads=threads, plugins=tuple(plugins))
@@ -189,7 +189,6 @@ def check_task_split(dataset: str, num_tasks: int | None, classes_per_task: int 
     file, only that it exists: its classes (and those of a card without a class count)
     are checked when the scenario is built."""
     from clbench.datasets import DATASETS
-    from clbench.scenario import task_shape
 
     if is_graph_file(dataset):
         try:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from clbench.errors import ClbenchError
 from clbench.graph import Graph
+from clbench.spec import task_shape
 
 SPLITS = ("train", "val", "test")
 METRICS = ("accuracy", "balanced_accuracy")
@@ -250,34 +251,3 @@ class NCScenarioLoader:
             "graph_mode": self.graph_mode,
             "metric": self.metric,
         }
-
-
-def task_shape(
-    num_classes: int, num_tasks: int | None, classes_per_task: int | None, name: str
-) -> tuple[int, int]:
-    if num_tasks is not None and num_tasks < 1:
-        raise ClbenchError(f"the number of tasks must be at least 1, got {num_tasks}")
-    if classes_per_task is not None and classes_per_task < 1:
-        raise ClbenchError(f"classes per task must be at least 1, got {classes_per_task}")
-    if num_tasks is None and classes_per_task is None:
-        raise ClbenchError("give the number of tasks or the classes per task")
-    if classes_per_task is None:
-        classes_per_task = num_classes // num_tasks
-        if classes_per_task < 1:
-            raise ClbenchError(
-                f"impossible task split: {num_tasks} tasks need at least one class each, but "
-                f"{name} has only {num_classes} classes"
-            )
-    if num_tasks is None:
-        num_tasks = num_classes // classes_per_task
-        if num_tasks < 1:
-            raise ClbenchError(
-                f"impossible task split: {classes_per_task} classes per task, but {name} has "
-                f"only {num_classes} classes"
-            )
-    if num_tasks * classes_per_task > num_classes:
-        raise ClbenchError(
-            f"impossible task split: {num_tasks} tasks x {classes_per_task} classes need "
-            f"{num_tasks * classes_per_task} classes, but {name} has only {num_classes}"
-        )
-    return num_tasks, classes_per_task

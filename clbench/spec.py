@@ -23,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from clbench.errors import ClbenchError
 from clbench.parsing import is_graph_file, slug, stable_hash
 
 #: The protocol fields that configure training (``--param`` keys), in their order.
@@ -162,3 +163,37 @@ class RunSpec:
             proto["class_order"] = tuple(proto["class_order"])
         return cls(**{**d, "protocol": Protocol(**proto),
                       "plugins": tuple(d.get("plugins") or ())})
+
+
+def task_shape(
+    num_classes: int, num_tasks: int | None, classes_per_task: int | None, name: str
+) -> tuple[int, int]:
+    """``(tasks, classes per task)`` of a split of ``num_classes`` classes (either may be
+    left out), or a :class:`ClbenchError` saying why it is impossible (``name``: the
+    dataset, for messages)."""
+    if num_tasks is not None and num_tasks < 1:
+        raise ClbenchError(f"the number of tasks must be at least 1, got {num_tasks}")
+    if classes_per_task is not None and classes_per_task < 1:
+        raise ClbenchError(f"classes per task must be at least 1, got {classes_per_task}")
+    if num_tasks is None and classes_per_task is None:
+        raise ClbenchError("give the number of tasks or the classes per task")
+    if classes_per_task is None:
+        classes_per_task = num_classes // num_tasks
+        if classes_per_task < 1:
+            raise ClbenchError(
+                f"impossible task split: {num_tasks} tasks need at least one class each, but "
+                f"{name} has only {num_classes} classes"
+            )
+    if num_tasks is None:
+        num_tasks = num_classes // classes_per_task
+        if num_tasks < 1:
+            raise ClbenchError(
+                f"impossible task split: {classes_per_task} classes per task, but {name} has "
+                f"only {num_classes} classes"
+            )
+    if num_tasks * classes_per_task > num_classes:
+        raise ClbenchError(
+            f"impossible task split: {num_tasks} tasks x {classes_per_task} classes need "
+            f"{num_tasks * classes_per_task} classes, but {name} has only {num_classes}"
+        )
+    return num_tasks, classes_per_task

@@ -100,7 +100,6 @@ def run(
     --jobs/--backend/--tracking-uri/--experiment/--force/--track, go through the
     orchestrator: parallel jobs, MLflow runs, resume, result JSONs under results/runs/.
     """
-    from clbench.experiment import run_experiment
     from clbench.parsing import (
         check_seed,
         parse_assignments,
@@ -149,6 +148,7 @@ def run(
     # resolved before the progress bars: bad input gets its one line alone
     spec = resolve_run(methods[0], datasets[0], seed_list[0], params=params,
                        data_dir=data_dir, device=device, **tasks_kw)
+    from clbench.experiment import run_experiment  # torch & co.: after every check
     from clbench.progress import RichProgress, TaskLines
 
     with RichProgress.bars(err_console, disable=quiet) as progress:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,6 +15,8 @@ from clbench.cli.app import console, err_console
 
 
 def render_result(result: dict) -> None:
+    import numpy as np
+
     R = np.asarray(result["R_test"])
     T = R.shape[0]
     sc = result["scenario"]
