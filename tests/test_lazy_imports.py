@@ -77,3 +77,20 @@ def test_usage_errors_and_listings_import_neither_torch_nor_pyg(tmp_path):
         proc.stderr[-3000:]
     for args, _, loaded in results:
         assert loaded == [], f"clbench {' '.join(args)} imported {', '.join(loaded)}"
+
+
+#: The modules the command line needs before it runs anything.
+LIGHT_MODULES = ("clbench", "clbench.cli", "clbench.resolve", "clbench.config", "clbench.cards",
+                 "clbench.registry", "clbench.parsing", "clbench.spec", "clbench.methods",
+                 "clbench.backbones", "clbench.datasets", "clbench.datasets.info",
+                 "clbench.plugins")
+
+
+def test_the_command_lines_modules_import_nothing_heavy():
+    script = ("import importlib, json, sys\n"
+              f"for m in {LIGHT_MODULES!r}: importlib.import_module(m)\n"
+              f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == []
