@@ -1,5 +1,9 @@
-"""Shared helpers for the dataset tests: the shared real data, a network blocker,
-and generators of small OGB datasets in OGB's exact on-disk layout."""
+"""Shared helpers and constants for the tests: the repository's paths, the shared real
+data, a network blocker, generators of small OGB datasets in OGB's exact on-disk layout,
+and a trainer built the way ``run_experiment`` builds it.
+
+Tests import these by name (``from datahelpers import ...``): tests/ is on ``sys.path``
+(pytest's rootdir conftest). Fixtures live in conftest.py, which tests never import."""
 
 from __future__ import annotations
 
@@ -12,8 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+#: The repository's root folder.
+REPO = Path(__file__).resolve().parents[1]
 #: Real dataset files shipped in tests/data (see its README.md). Never written to.
-SHARED_DATA = Path(__file__).resolve().parent / "data"
+SHARED_DATA = REPO / "tests" / "data"
+
+#: Short runs for tests: enough epochs to learn the synthetic tasks.
+FAST = {"epochs": 40, "hidden": 64}
 
 #: shared folder -> folder below the data root where clbench (PyG) expects the raw files
 SHARED_LAYOUT = {
@@ -24,8 +33,9 @@ SHARED_LAYOUT = {
 }
 
 
-def shared_or_skip(sub: str) -> Path:
-    """The shared folder ``sub``; a missing one fails the test (real data is required)."""
+def shared_or_skip(sub: str = "") -> Path:
+    """The shared folder ``sub`` (default: tests/data itself); a missing one fails the
+    test (real data is required)."""
     path = SHARED_DATA / sub
     if not path.is_dir():
         pytest.fail(f"real test data not found at {path} (shipped in tests/data)")
@@ -41,6 +51,16 @@ def copy_shared(name: str, root: Path) -> Path:
     for f in sorted(src.iterdir()):
         shutil.copyfile(f, dst / f.name)  # copyfile: fresh permissions, writable copies
     return dst
+
+
+class Exploit:
+    """Unpickling this would create a file: proof that the pickle was executed."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
 
 
 class NetworkBlocked(OSError):
@@ -165,3 +185,28 @@ def undirected_pairs(edges: np.ndarray) -> set[tuple[int, int]]:
 
 def edge_set(edge_index) -> set[tuple[int, int]]:
     return set(map(tuple, edge_index.t().tolist()))
+
+
+# -- methods ----------------------------------------------------------------------------
+def method_trainer(method: str, scenario, seed: int, dataset: str | None = None,
+                   callbacks=(), **overrides):
+    """``(trainer, params)``: ``method``'s trainer built the way
+    :func:`clbench.experiment.run_experiment` does (with the card's overrides for
+    ``dataset``), ``overrides`` on top of the method's defaults."""
+    from clbench.config import method_param_keys, resolve_params
+    from clbench.experiment import make_optimizer_fn, seed_everything
+    from clbench.methods import METHODS
+    from clbench.models import build_model
+    from clbench.trainer import plateau_scheduler
+
+    params = resolve_params(method, dataset, overrides)
+    seed_everything(seed)
+    model = build_model(params["model"], scenario.graph.num_features, scenario.num_classes,
+                        hidden=params["hidden"], layers=params["layers"],
+                        dropout=params["dropout"], batch_norm=params["batch_norm"])
+    trainer = METHODS.get(method)(
+        model, scenario, make_optimizer_fn(params), None, "cpu",
+        scheduler_fn=plateau_scheduler(params["patience"], params["min_lr_ratio"]),
+        callbacks=list(callbacks), **{k: params[k] for k in method_param_keys(method)},
+    )
+    return trainer, params

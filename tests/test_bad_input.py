@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from datahelpers import copy_shared
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -71,9 +70,8 @@ def _npz(make: Callable[[], dict]) -> Callable[[Path], None]:
 
 
 def _cora(tmp: Path) -> Path:
-    raw = tmp / "data" / "Cora" / "raw"
-    shutil.copytree(SHARED_DATA / "cora" / "raw", raw)
-    return raw
+    """Cora's real raw files in the data root ``tmp/data``; returns their folder."""
+    return copy_shared("cora", tmp / "data")
 
 
 def _plugin(body: str) -> Callable[[Path], None]:

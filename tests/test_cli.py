@@ -4,7 +4,7 @@ import json
 import sys
 
 import pytest
-from conftest import REPO
+from datahelpers import REPO
 
 from clbench import cli
 

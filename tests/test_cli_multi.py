@@ -14,29 +14,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from datahelpers import copy_shared
 from mlflow.tracking import MlflowClient
+from mlflow_server import cli, free_port, parent_runs, shared_server, unique
 
 from clbench.cli import ui_command
 from clbench.compare import PAUSE_SECONDS, _duration, busy_intervals
 from clbench.orchestrate import results_folder
-
-try:
-    from datahelpers import copy_shared
-except ImportError:  # tests/ imported as a package
-    from tests.datahelpers import copy_shared
-
-try:
-    from mlflow_server import cli, free_port, parent_runs, shared_server, unique
-except ImportError:  # tests/ imported as a package
-    from tests.mlflow_server import cli, free_port, parent_runs, shared_server, unique
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
-    return tmp_path
 
 
 @pytest.mark.parametrize(("args", "message"), [

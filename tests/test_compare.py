@@ -7,21 +7,10 @@ from collections import Counter
 
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_server import cli, parent_runs, shared_server, unique
 
 from clbench.compare import Row, _counted, busy_intervals, markdown_table
 from clbench.provenance import git_commit, source_digest
-
-try:
-    from mlflow_server import cli, parent_runs, shared_server, unique
-except ImportError:  # tests/ imported as a package
-    from tests.mlflow_server import cli, parent_runs, shared_server, unique
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
 
 
 def test_compare_writes_table_csv_and_figure(workdir, capsys):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from datahelpers import edge_set
+from datahelpers import Exploit, edge_set
 from torch_geometric.data import Data
 from torch_geometric.utils import is_undirected
 
@@ -30,16 +29,6 @@ def _fields(n: int = 60, f: int = 5, classes: int = 4, seed: int = 0) -> dict[st
 def _masks(n: int) -> dict[str, torch.Tensor]:
     idx = torch.arange(n)
     return {"train_mask": idx % 5 < 3, "val_mask": idx % 5 == 3, "test_mask": idx % 5 == 4}
-
-
-class _Exploit:
-    """Unpickling this would create a file: proof that the pickle was executed."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = str(target)
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
 
 
 def test_pt_with_masks(tmp_path):
@@ -81,7 +70,7 @@ def test_pyg_data_object_is_accepted(tmp_path):
 def test_non_tensor_pickle_is_rejected_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({**_fields(), "extra": _Exploit(marker)}, path)
+    torch.save({**_fields(), "extra": Exploit(marker)}, path)
     start = time.monotonic()
     with pytest.raises(DataError, match="not a plain tensor file") as err:
         load_graph(str(path))
@@ -94,7 +83,7 @@ def test_plain_pickle_is_rejected(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "graph.pt"
     with path.open("wb") as fh:
-        pickle.dump({"x": np.zeros((3, 2)), "evil": _Exploit(marker)}, fh)
+        pickle.dump({"x": np.zeros((3, 2)), "evil": Exploit(marker)}, fh)
     with pytest.raises(DataError, match="not a plain tensor file"):
         load_custom_graph(path)
     assert not marker.exists()

@@ -5,23 +5,10 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
+from dask import distributed  # a required test dependency (the "test" extra)
+from mlflow_server import cli, free_port, shared_server, unique
 
 from clbench.orchestrate import results_folder
-
-distributed = pytest.importorskip("dask.distributed")
-
-try:
-    from mlflow_server import cli, free_port, shared_server, unique
-except ImportError:  # tests/ imported as a package
-    from tests.mlflow_server import cli, free_port, shared_server, unique
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
 
 
 def _results(workdir, exp):

@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datahelpers import block_network, copy_shared
+from datahelpers import REPO, copy_shared
 from torch_geometric.data import Data
 
 from clbench.datasets import DATASETS, load_graph
 from clbench.datasets.custom import load_custom_graph
 from clbench.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
 PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 
@@ -38,11 +37,6 @@ class _System:
 
     def __reduce__(self):
         return (os.system, (self.command,))
-
-
-@pytest.fixture
-def net(monkeypatch):
-    return block_network(monkeypatch)
 
 
 def _sha256(path: Path) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from datahelpers import SHARED_LAYOUT, block_network, copy_shared
+from datahelpers import REPO, SHARED_LAYOUT, Exploit, copy_shared
 from rich.console import Console
 from torch_geometric.utils import contains_self_loops, is_undirected
 
@@ -21,8 +21,6 @@ from clbench.datasets.info import dataset_rows, print_dataset_table
 from clbench.datasets.loading import FileSource, check_file
 from clbench.errors import DataError
 from clbench.scenario import NCScenarioLoader
-
-REPO = Path(__file__).resolve().parents[1]
 
 #: Published statistics (PyG's dataset docs; edges count both directions).
 PUBLISHED = {
@@ -38,11 +36,6 @@ REQUIRED_NAMES = {
     "amazon-computers", "amazon-photo", "coauthor-cs", "coauthor-physics",
     "cora-ml", "citeseer-full", "dblp", "synthetic",
 }
-
-
-@pytest.fixture
-def net(monkeypatch):
-    return block_network(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -252,23 +245,13 @@ def test_truncated_processed_file_is_named(tmp_path, net):
     assert str(data_pt.resolve()) in msg and "rebuild it from the raw files" in msg
 
 
-class _Exploit:
-    """Unpickling this would create a file: proof that the pickle was executed."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = str(target)
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
 def test_unsafe_processed_file_is_refused(tmp_path, net):
     copy_shared("cora", tmp_path)
     load_graph("cora", data_dir=tmp_path)
     processed = tmp_path / "Cora" / "processed"
     (processed / "clbench_cora.pt").unlink()
     marker = tmp_path / "pwned"
-    torch.save({"payload": _Exploit(marker)}, processed / "data.pt")
+    torch.save({"payload": Exploit(marker)}, processed / "data.pt")
     with pytest.raises(DataError, match="weights_only") as err:
         load_graph("cora", data_dir=tmp_path)
     assert not marker.exists()

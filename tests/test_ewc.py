@@ -2,58 +2,29 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from datahelpers import method_trainer as make_trainer
 
 import clbench.methods.ewc  # noqa: F401  (registration)
 from clbench import metrics
-from clbench.config import method_param_keys, resolve_params
 from clbench.errors import ClbenchError
 from clbench.experiment import (
     ExperimentSpec,
     build_scenario,
-    make_optimizer_fn,
     run_experiment,
     seed_everything,
 )
-from clbench.methods import METHODS
-from clbench.models import build_model
 from clbench.scenario import NCScenarioLoader
-from clbench.trainer import NCTrainer, TrainerCallback, plateau_scheduler
+from clbench.trainer import NCTrainer, TrainerCallback
 
 FAST = {"epochs": 30, "hidden": 64}
-SHARED_DATA = Path(__file__).resolve().parent / "data"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The synthetic graphs are tiny: one intra-op thread is faster, and much faster on a
-    busy machine (restored afterwards). The real-Cora test asks for two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_trainer(method: str, scenario: NCScenarioLoader, seed: int,
-                 dataset: str | None = None, **overrides) -> tuple[NCTrainer, dict]:
-    """Build a trainer the way :func:`clbench.experiment.run_experiment` does (with the
-    card's overrides for ``dataset``)."""
-    params = resolve_params(method, dataset, overrides)
-    seed_everything(seed)
-    model = build_model(params["model"], scenario.graph.num_features, scenario.num_classes,
-                        hidden=params["hidden"], layers=params["layers"],
-                        dropout=params["dropout"], batch_norm=params["batch_norm"])
-    trainer = METHODS.get(method)(
-        model, scenario, make_optimizer_fn(params), None, "cpu",
-        scheduler_fn=plateau_scheduler(params["patience"], params["min_lr_ratio"]),
-        **{k: params[k] for k in method_param_keys(method)},
-    )
-    return trainer, params
+#: The synthetic graphs are tiny: one intra-op thread per test (conftest.py); the
+#: real-Cora test asks for two.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_scenario(seed: int = 0) -> NCScenarioLoader:
@@ -190,20 +161,6 @@ def test_invalid_params() -> None:
 
 
 # ---------------------------------------------------------------------- real Cora
-@pytest.fixture(scope="module")
-def cora_graph(tmp_path_factory):
-    raw = SHARED_DATA / "cora" / "raw"
-    if not raw.is_dir():  # real data is required, as in the dataset tests
-        pytest.fail(f"real test data not found at {raw} (shipped in tests/data)")
-    from torch_geometric.datasets import Planetoid
-
-    from clbench.graph import prepare_graph
-
-    root = tmp_path_factory.mktemp("planetoid")
-    shutil.copytree(raw, root / "Cora" / "raw")
-    return prepare_graph(Planetoid(str(root), "Cora")[0], "cora")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # two full-length runs
 def test_cora_ewc_forgets_less_than_finetune(cora_graph) -> None:

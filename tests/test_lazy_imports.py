@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from datahelpers import REPO
 
 #: Modules that a usage error or a listing must not import.
 HEAVY = ("torch", "torch_geometric", "numpy", "scipy", "sklearn", "pandas", "mlflow", "ogb",

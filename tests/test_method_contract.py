@@ -10,10 +10,9 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from datahelpers import REPO
 
 from clbench import NCTrainer, TrainerCallback, statefile
-from clbench.datasets import load_graph
 from clbench.experiment import run_experiment
 from clbench.methods import METHODS
 from clbench.models import build_model
@@ -24,11 +23,6 @@ from clbench.trainer import TaskState
 DOC = REPO / "docs" / "methods.md"
 SMALL = {"epochs": 5, "hidden": 16}
 LOOP_KEYS = {"scheduler", "best_val_loss", "best_weights", "forward_weights"}
-
-
-@pytest.fixture(scope="module")
-def synthetic():
-    return load_graph("synthetic")
 
 
 def make(cls: type[NCTrainer], graph, tasks: int = 2, seed: int = 0, **hparams) -> NCTrainer:

@@ -12,14 +12,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from datahelpers import (
-    block_network,
+    REPO,
     edge_set,
     shared_or_skip,
     undirected_pairs,
@@ -32,13 +31,6 @@ from clbench.datasets import DATASETS, load_graph
 from clbench.datasets.ogb import SAFE_GLOBALS, ogb_prompts_answered
 from clbench.errors import DataError
 from clbench.scenario import NCScenarioLoader
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def net(monkeypatch):
-    return block_network(monkeypatch)
 
 
 def _mask_of(idx: np.ndarray, n: int) -> torch.Tensor:

@@ -13,6 +13,15 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_server import (
+    CRASH_PLUGIN,
+    child_runs,
+    cli,
+    cli_process,
+    parent_runs,
+    shared_server,
+    unique,
+)
 
 from clbench.errors import ClbenchError
 from clbench.orchestrate import (
@@ -26,34 +35,6 @@ from clbench.orchestrate import (
     write_json_atomic,
 )
 from clbench.parsing import experiment_folder, parse_names, parse_seeds
-
-try:
-    from mlflow_server import (
-        CRASH_PLUGIN,
-        child_runs,
-        cli,
-        cli_process,
-        parent_runs,
-        shared_server,
-        unique,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.mlflow_server import (
-        CRASH_PLUGIN,
-        child_runs,
-        cli,
-        cli_process,
-        parent_runs,
-        shared_server,
-        unique,
-    )
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
 
 
 # ----------------------------------------------------------------------------- units

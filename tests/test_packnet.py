@@ -3,50 +3,32 @@
 from __future__ import annotations
 
 import math
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from datahelpers import method_trainer
 
 import clbench.methods.packnet  # noqa: F401  (registration)
 from clbench import metrics
-from clbench.config import method_param_keys, resolve_params
-from clbench.experiment import ExperimentSpec, build_scenario, make_optimizer_fn, seed_everything
+from clbench.experiment import ExperimentSpec, build_scenario, seed_everything
 from clbench.methods.packnet import NCTaskILPackNetTrainer, begin_keep_ratio
-from clbench.models import batchnorm_modules, build_model
+from clbench.models import batchnorm_modules
 from clbench.scenario import NCScenarioLoader
-from clbench.trainer import TrainerCallback, plateau_scheduler
+from clbench.trainer import TrainerCallback
 
 FAST = {"epochs": 30, "hidden": 64}
-SHARED_DATA = Path(__file__).resolve().parent / "data"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The synthetic graphs are tiny: one intra-op thread is faster, and much faster on a
-    busy machine (restored afterwards). The real-Cora test asks for two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: The synthetic graphs are tiny: one intra-op thread per test (conftest.py); the
+#: real-Cora test asks for two.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_trainer(scenario: NCScenarioLoader, seed: int, callbacks=(), **overrides
                  ) -> tuple[NCTaskILPackNetTrainer, dict]:
     """Build the trainer the way :func:`clbench.experiment.run_experiment` does."""
-    params = resolve_params("packnet", None, overrides)
-    seed_everything(seed)
-    model = build_model(params["model"], scenario.graph.num_features, scenario.num_classes,
-                        hidden=params["hidden"], layers=params["layers"],
-                        dropout=params["dropout"], batch_norm=params["batch_norm"])
-    trainer = NCTaskILPackNetTrainer(
-        model, scenario, make_optimizer_fn(params), None, "cpu",
-        scheduler_fn=plateau_scheduler(params["patience"], params["min_lr_ratio"]),
-        callbacks=list(callbacks), **{k: params[k] for k in method_param_keys("packnet")},
-    )
-    return trainer, params
+    return method_trainer("packnet", scenario, seed, callbacks=callbacks, **overrides)
 
 
 def synthetic_scenario(seed: int = 0) -> NCScenarioLoader:
@@ -228,20 +210,6 @@ def clbench_run(method: str, **kwargs):
 
 
 # ---------------------------------------------------------------------- real Cora
-@pytest.fixture(scope="module")
-def cora_graph(tmp_path_factory):
-    raw = SHARED_DATA / "cora" / "raw"
-    if not raw.is_dir():  # real data is required, as in the dataset tests
-        pytest.fail(f"real test data not found at {raw} (shipped in tests/data)")
-    from torch_geometric.datasets import Planetoid
-
-    from clbench.graph import prepare_graph
-
-    root = tmp_path_factory.mktemp("planetoid")
-    shutil.copytree(raw, root / "Cora" / "raw")
-    return prepare_graph(Planetoid(str(root), "Cora")[0], "cora")
-
-
 @pytest.mark.slow
 def test_cora_zero_forgetting(cora_graph) -> None:
     torch.set_num_threads(2)  # a real graph: both cores (the fixture restores the count)

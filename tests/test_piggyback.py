@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FAST
+from datahelpers import FAST
 
-from clbench.datasets import load_graph
 from clbench.experiment import make_optimizer_fn, run_experiment
 from clbench.methods.piggyback import NCTaskILPiggybackTrainer, pack_mask, unpack_mask
 from clbench.models import build_model
@@ -46,11 +45,6 @@ class Snapshots:
             })
 
         trainer.processAfterTraining = hooked
-
-
-@pytest.fixture(scope="module")
-def synthetic():
-    return load_graph("synthetic")
 
 
 @pytest.mark.parametrize("backbone_init", ["random", "first_task", "dgi"])

@@ -20,11 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-
-try:
-    from mlflow_server import free_port
-except ImportError:  # tests/ imported as a package
-    from tests.mlflow_server import free_port
+from mlflow_server import free_port
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
                                 reason="finds processes through /proc (Linux)")

@@ -5,7 +5,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, REPO
+from datahelpers import FAST, REPO
 
 from clbench import NCTrainer
 from clbench.experiment import run_experiment

@@ -1,8 +1,11 @@
 """The README's test command is what CI runs, and its examples name real things."""
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
-from conftest import REPO
+from datahelpers import REPO
 
 from clbench.methods import METHODS
 
@@ -24,13 +27,10 @@ def test_every_registered_builtin_method_is_documented():
             assert f"`{name}`" in readme
 
 
-def test_readme_python_snippets_are_ruff_clean(tmp_path):
-    """A newcomer copies these: no unused imports or other lint."""
-    import subprocess
-    import sys
-
-    readme = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+def check_python_snippets_are_ruff_clean(page: Path, tmp_path: Path) -> None:
+    """Every ```python block of ``page``, written to ``tmp_path``, passes ``ruff check``
+    with the project's configuration (there is at least one)."""
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
     assert blocks
     for i, block in enumerate(blocks):
         (tmp_path / f"snippet_{i}.py").write_text(block)
@@ -38,23 +38,17 @@ def test_readme_python_snippets_are_ruff_clean(tmp_path):
                            "--config", str(REPO / "pyproject.toml"), str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readme_python_snippets_are_ruff_clean(tmp_path):
+    """A newcomer copies these: no unused imports or other lint."""
+    check_python_snippets_are_ruff_clean(REPO / "README.md", tmp_path)
 
 
 def test_methods_page_snippets_are_ruff_clean(tmp_path):
     """docs/methods.md's worked example is copied too (tests/test_method_contract.py
     runs it)."""
-    import subprocess
-    import sys
-
-    text = (REPO / "docs" / "methods.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks
-    for i, block in enumerate(blocks):
-        (tmp_path / f"snippet_{i}.py").write_text(block)
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache",
-                           "--config", str(REPO / "pyproject.toml"), str(tmp_path)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    check_python_snippets_are_ruff_clean(REPO / "docs" / "methods.md", tmp_path)
 
 
 def test_readme_links_the_methods_page():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from mlflow_server import cli_process, shared_server, unique
 
 from clbench.experiment import run_experiment
 from clbench.orchestrate import (
@@ -21,11 +22,6 @@ from clbench.plugins import load_plugin
 from clbench.provenance import external_code_digest
 from clbench.tracking import Tracker
 from clbench.trainer import TrainerCallback
-
-try:
-    from mlflow_server import cli_process, shared_server, unique
-except ImportError:  # tests/ imported as a package
-    from tests.mlflow_server import cli_process, shared_server, unique
 
 # dropout draws random numbers every step, so a wrongly restored generator shows
 PARAMS = {"epochs": 8, "hidden": 32, "dropout": 0.5}

@@ -4,10 +4,10 @@ whatever its suffix."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from datahelpers import REPO
 
 from clbench.experiment import run_experiment
 
@@ -51,7 +51,7 @@ def test_a_pth_graph_file_runs_without_tasks(tmp_path):
         assert result["scenario"]["num_tasks"] == 2, suffix
 
 
-RUNS = Path(__file__).resolve().parents[1] / "results" / "sweeps" / "runs"
+RUNS = REPO / "results" / "sweeps" / "runs"
 BEGIN_RUNS = RUNS / "begin-cora-citeseer-bf04eadb"
 
 

@@ -8,6 +8,15 @@ import time
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_server import (
+    child_runs,
+    cli,
+    cli_process,
+    free_port,
+    parent_runs,
+    shared_server,
+    unique,
+)
 
 from clbench.config import resolve_params
 from clbench.orchestrate import results_folder
@@ -19,27 +28,6 @@ from clbench.tracking import (
     select_seed_runs,
 )
 
-try:
-    from mlflow_server import (
-        child_runs,
-        cli,
-        cli_process,
-        free_port,
-        parent_runs,
-        shared_server,
-        unique,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.mlflow_server import (
-        child_runs,
-        cli,
-        cli_process,
-        free_port,
-        parent_runs,
-        shared_server,
-        unique,
-    )
-
 PROTOCOL_PARAMS = ("method", "dataset", "seed", "split_seed", "graph", "metric", "config_hash",
                    "num_tasks", "classes_per_task", "class_order", "dataset.name",
                    "dataset.nodes", "version.torch", "version.clbench", "version.python")
@@ -47,13 +35,6 @@ CHILD_FINAL = ("AP", "AF", "BWT", "FWT", "val_AP", "time_total_seconds",
                "time_per_task_seconds", "peak_rss_mb", "extra_storage_bytes")
 CHILD_ARTIFACTS = {"R_test.csv", "R_val.csv", "R_test_heatmap.png", "ap_curve.png",
                    "config.json", "result.json"}
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
 
 
 def test_server_run_logs_parents_children_metrics_and_artifacts(workdir, capsys):
