@@ -140,12 +140,12 @@ class RunSpec:
     def record(self) -> dict[str, Any]:
         """The run as saved in its result (``result["spec"]``): flat, every hyperparameter
         under ``params``; :func:`clbench.config.resolve_run` reads it back."""
+        p = self.protocol
         return {"method": self.method, "dataset": self.dataset, "seed": self.seed,
-                **{k: v for k, v in self.protocol.tasks().items() if k not in (
-                    "split_seed", "graph", "metric")},
-                "params": self.config, "data_dir": self.data_dir,
-                "split_seed": self.protocol.split_seed, "graph": self.protocol.graph,
-                "metric": self.protocol.metric, "device": self.device,
+                "num_tasks": p.num_tasks, "classes_per_task": p.classes_per_task,
+                "class_order": list(p.class_order) if p.class_order else None,
+                "params": self.config, "data_dir": self.data_dir, "split_seed": p.split_seed,
+                "graph": p.graph, "metric": p.metric, "device": self.device,
                 "threads": self.threads}
 
     def to_dict(self) -> dict[str, Any]:
