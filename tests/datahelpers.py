@@ -193,20 +193,11 @@ def method_trainer(method: str, scenario, seed: int, dataset: str | None = None,
     """``(trainer, params)``: ``method``'s trainer built the way
     :func:`clbench.experiment.run_experiment` does (with the card's overrides for
     ``dataset``), ``overrides`` on top of the method's defaults."""
-    from clbench.config import method_param_keys, resolve_params
-    from clbench.experiment import make_optimizer_fn, seed_everything
-    from clbench.methods import METHODS
-    from clbench.models import build_model
-    from clbench.trainer import plateau_scheduler
+    from clbench.experiment import build_trainer, seed_everything
+    from clbench.resolve import resolve_run
 
-    params = resolve_params(method, dataset, overrides)
+    spec = resolve_run(method, dataset or "synthetic", seed, params=overrides)
     seed_everything(seed)
-    model = build_model(params["model"], scenario.graph.num_features, scenario.num_classes,
-                        hidden=params["hidden"], layers=params["layers"],
-                        dropout=params["dropout"], batch_norm=params["batch_norm"])
-    trainer = METHODS.get(method)(
-        model, scenario, make_optimizer_fn(params), None, "cpu",
-        scheduler_fn=plateau_scheduler(params["patience"], params["min_lr_ratio"]),
-        callbacks=list(callbacks), **{k: params[k] for k in method_param_keys(method)},
-    )
+    trainer = build_trainer(spec, scenario, callbacks)
+    params = spec.config
     return trainer, params
