@@ -374,8 +374,16 @@ class NCTrainer:
 
     @staticmethod
     def _train_stats(results: dict, batch: NodeBatch) -> dict:
+        """The step's loss and accuracy; a regulariser that put its weighted term in
+        ``results["penalty"]`` (already included in ``results["loss"]``) also gets
+        ``penalty`` and ``task_loss`` (the loss without it)."""
         acc = (results["preds"].argmax(-1) == batch.local_labels).float().mean()
-        return {"loss": results["loss"].item(), "acc": acc.item()}
+        stats = {"loss": results["loss"].item(), "acc": acc.item()}
+        penalty = results.get("penalty")
+        if penalty is not None:
+            stats["penalty"] = float(penalty)
+            stats["task_loss"] = stats["loss"] - stats["penalty"]
+        return stats
 
     def processTrainIteration(self, model: nn.Module, optimizer: Optimizer,
                               _curr_batch: NodeBatch, training_states: dict) -> dict:

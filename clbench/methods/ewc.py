@@ -117,12 +117,10 @@ class NCTaskILEWCTrainer(NCTrainer):
         """Add ``lamb`` x the EWC penalty to the task loss, then back-propagate and step."""
         reg = self.penalty(training_states)
         if reg is not None:
-            results["task_loss"] = results["loss"]
-            results["loss"] = results["loss"] + self.lamb * reg
-        stats = super().afterInference(results, model, optimizer, _curr_batch,
-                                       training_states)
-        stats["penalty"] = 0.0 if reg is None else reg.item()
-        return stats
+            results["penalty"] = self.lamb * reg
+            results["loss"] = results["loss"] + results["penalty"]
+        return super().afterInference(results, model, optimizer, _curr_batch,
+                                      training_states)
 
     def processAfterTraining(self, task_id: int, curr_dataset: TaskDataset,
                              curr_model: nn.Module, curr_optimizer: Optimizer,
