@@ -139,3 +139,15 @@ def test_a_single_run_into_a_log_file_prints_a_line_per_task(tmp_path):
     done = [ln for ln in lines if " done: test acc on it " in ln]
     assert [ln.split()[1] for ln in done] == [f"{k}/5" for k in range(1, 6)]
     assert lines.index(done[-1]) < next(i for i, ln in enumerate(lines) if ln.startswith("AP "))
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["sweep"], ["compare"], ["ui"], ["list"]])
+def test_help_shows_flags_without_a_type(monkeypatch, capsys, command):
+    """Typer would print ``--force <bool>``, as if the flag took a value."""
+    code, out, _ = invoke(monkeypatch, capsys, *command, "--help")
+    assert code == 0 and "--help" in out
+    assert "<bool>" not in out
+    if command == ["run"]:
+        assert "<int>" in out  # options that take a value keep their type
+        flag_lines = [line for line in out.splitlines() if "--force" in line or "--quiet" in line]
+        assert flag_lines and all("<" not in line for line in flag_lines)

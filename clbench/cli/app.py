@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from clbench.errors import ClbenchError, clip
 
@@ -25,10 +25,30 @@ def print_error(message: object) -> None:
                       soft_wrap=True)
 
 
+def plain_flags(params: list[Any]) -> list[Any]:
+    """The parameters, with on/off flags (``--force``, ``--help``) given an empty
+    metavar: Typer's help shows every option's type, ``--force <bool>`` included,
+    which reads as if the flag took a value."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class ClbenchCommand(TyperCommand):
+    """A command whose help shows flags without a type."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return plain_flags(super().get_params(ctx))
+
+
 class ClbenchGroup(TyperGroup):
     """Typer's command group, reporting a :class:`ClbenchError` raised by any command as
     its one-line message with exit status 2, so the console entry point, ``python -m
     clbench`` and Typer's ``CliRunner`` all see bad input the same way."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return plain_flags(super().get_params(ctx))
 
     def invoke(self, ctx: Any) -> Any:
         try:

@@ -11,13 +11,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clbench.cli.app import app, console
+from clbench.cli.app import ClbenchCommand, app, console
 from clbench.cli.options import TrackingOpt, check_given, check_output_dir
 from clbench.cli.stores import open_tracking
 from clbench.errors import ClbenchError
 
 
-@app.command()
+@app.command(cls=ClbenchCommand)
 def compare(
     experiment: Annotated[str, typer.Option(help="MLflow experiment to read.")] = "clbench",
     tracking_uri: TrackingOpt = None,

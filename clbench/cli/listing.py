@@ -10,12 +10,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from clbench.cli.app import app, console
+from clbench.cli.app import ClbenchCommand, app, console
 from clbench.cli.options import check_given
 from clbench.errors import ClbenchError, quote
 
 
-@app.command("list")
+@app.command("list", cls=ClbenchCommand)
 def list_(
     what: Annotated[str, typer.Argument(help="methods, datasets or models")] = "all",
     data_dir: Annotated[str | None, typer.Option(help="Data root to check for local files.")]

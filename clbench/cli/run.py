@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from clbench.cli.app import app, console, err_console
+from clbench.cli.app import ClbenchCommand, app, console, err_console
 from clbench.cli.options import (
     BackendOpt,
     DryRunOpt,
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from clbench.spec import RunSpec
 
 
-@app.command()
+@app.command(cls=ClbenchCommand)
 def run(
     method: Annotated[str | None, typer.Option(
         "--method", "-m", help="Method name, or several comma-separated. Default: piggyback.")]

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from clbench.cli import options as opt
-from clbench.cli.app import app, console
+from clbench.cli.app import ClbenchCommand, app, console
 from clbench.cli.stores import existing_tracker, open_tracking, resolve_uri, sqlite_store
 from clbench.cli.views import RichReporter, finish, print_estimate, render_plan
 
@@ -44,7 +44,7 @@ def _plan_sweep(spec, tracking_uri: str | None, runner, results_dir: Path, force
     print_estimate(stages, runner)
 
 
-@app.command()
+@app.command(cls=ClbenchCommand)
 def sweep(
     file: Annotated[Path, typer.Argument(help="Sweep TOML file (see sweeps/example.toml).")],
     jobs: opt.JobsOpt = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from clbench.cli.app import app, console
+from clbench.cli.app import ClbenchCommand, app, console
 from clbench.cli.options import TrackingOpt
 from clbench.errors import ClbenchError
 
@@ -23,7 +23,7 @@ def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]
     return [exe, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
 
 
-@app.command()
+@app.command(cls=ClbenchCommand)
 def ui(
     tracking_uri: TrackingOpt = None,
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")]
