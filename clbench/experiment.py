@@ -27,6 +27,7 @@ from clbench.provenance import versions
 from clbench.resolve import resolve_run
 from clbench.scenario import NCScenarioLoader
 from clbench.spec import Protocol, RunSpec
+from clbench.threads import DEFAULT_THREADS
 from clbench.trainer import NCTrainer, TrainerCallback
 
 
@@ -111,8 +112,7 @@ def run_experiment(
     ``resumed`` says after which task.
     """
     spec = spec if spec is not None else resolve_run(**kwargs)
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
+    torch.set_num_threads(spec.threads or DEFAULT_THREADS)  # the numbers depend on it
     started = time.perf_counter()
     seed_everything(spec.seed)
     scenario = build_scenario(spec)

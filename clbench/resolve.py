@@ -18,6 +18,7 @@ from clbench.config import load_card, resolve_params
 from clbench.errors import ClbenchError, DataError, clip, quote
 from clbench.parsing import check_seed, is_graph_file
 from clbench.spec import TASK_KEYS, TRAINING_KEYS, Protocol, RunSpec, task_shape
+from clbench.threads import DEFAULT_THREADS
 
 GRAPH_MODES = ("full", "task")
 METRICS = ("accuracy", "balanced_accuracy")
@@ -67,6 +68,8 @@ def resolve_run(
         raise ClbenchError("--metric must be accuracy or balanced_accuracy, got "
                            f"{quote(task['metric'])}")
     check_data_dir(data_dir)
+    if threads is not None and threads < 1:
+        raise ClbenchError(f"--threads must be at least 1, got {threads}")
     check_task_split(dataset, task["num_tasks"], task["classes_per_task"], task["class_order"])
     resolved = resolve_params(method, None if is_graph_file(dataset) else dataset,
                               dict(params or {}))
@@ -74,7 +77,8 @@ def resolve_run(
     check_device(device, available=device_here)  # last: parsing a device imports torch
     protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, **task)
     return RunSpec(method, dataset, int(seed), protocol, {k: resolved[k] for k in own},
-                   data_dir=data_dir, device=device, threads=threads, plugins=tuple(plugins))
+                   data_dir=data_dir, device=device, threads=threads or DEFAULT_THREADS,
+                   plugins=tuple(plugins))
 
 
 def resolve_record(spec: Mapping[str, Any], **changes: Any) -> RunSpec:

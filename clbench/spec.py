@@ -86,7 +86,7 @@ class RunSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | None = None  # torch threads; None (a record from before): 1
     plugins: tuple[str, ...] = ()
     note: str = ""  # shown next to the run (e.g. a sweep's grid point)
     resume_file: str | None = None  # where a worker keeps the run's resume point

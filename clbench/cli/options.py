@@ -11,7 +11,8 @@ import typer
 from clbench.errors import ClbenchError, clip
 
 JobsOpt = Annotated[int | None, typer.Option(
-    "--jobs", "-j", help="Parallel jobs on this machine (loky workers; -1 = all cores).")]
+    "--jobs", "-j", help="Parallel jobs on this machine (loky workers). Default: the usable "
+                         "cores (-1 says the same).")]
 BackendOpt = Annotated[str | None, typer.Option(
     help="loky (local processes, default) or dask (an existing dask.distributed cluster).")]
 SchedulerOpt = Annotated[str | None, typer.Option(

@@ -37,6 +37,7 @@ from clbench.cli.views import (
     render_result,
 )
 from clbench.errors import ClbenchError
+from clbench.threads import configure_openmp, usable_cores
 
 if TYPE_CHECKING:  # pragma: no cover
     from clbench.spec import RunSpec
@@ -75,6 +76,10 @@ def run(
     split_seed: Annotated[int, typer.Option(
         help="Seed of random train/val/test splits (kept apart from --seed).")] = 0,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(
+        help="torch threads per run. Default 1: a seed then gives the same numbers however "
+             "it runs (the thread count changes floating-point sums); more is faster for "
+             "one run alone, and is logged.")] = None,
     plugin: PluginOpt = None,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Write the full result (R matrices, metrics, config, timings) here "
@@ -140,14 +145,15 @@ def run(
             seed_list) > 1:
         grid.check()
         specs = resolve_grid(methods, datasets, seed_list, params=params, data_dir=data_dir,
-                             device=device, plugins=plugin_paths(list(plugin or [])),
-                             **tasks_kw)
+                             device=device, threads=threads,
+                             plugins=plugin_paths(list(plugin or [])), **tasks_kw)
         check_local_device(backend, jobs, scheduler, device)
         run_grid(specs, grid, shape=(len(methods), len(datasets), len(seed_list)))
         return
     # resolved before the progress bars: bad input gets its one line alone
     spec = resolve_run(methods[0], datasets[0], seed_list[0], params=params,
-                       data_dir=data_dir, device=device, **tasks_kw)
+                       data_dir=data_dir, device=device, threads=threads, **tasks_kw)
+    configure_openmp(spec.threads or 1)  # before torch loads
     from clbench.experiment import run_experiment  # torch & co.: after every check
     from clbench.progress import RichProgress, TaskLines
 
@@ -215,7 +221,11 @@ def run_grid(specs: list[RunSpec], opts: GridOptions, shape: tuple[int, int, int
         return
     sqlite_store(resolve_uri(opts.tracking_uri))  # a refused path, before anything is made
     check_results_dir(opts.results_dir, experiment, create=False)  # before anything starts
-    runner = make_backend(opts.backend, opts.jobs, opts.scheduler)
+    threads = max(s.threads or 1 for s in specs)
+    configure_openmp(threads)  # before the workers start
+    # default: a worker per usable core, but no more workers than jobs
+    jobs = opts.jobs if opts.jobs is not None else min(usable_cores(), len(specs))
+    runner = make_backend(opts.backend, jobs, opts.scheduler)
     runner.warm_up()  # workers import torch & co. while the store and the datasets open
     try:
         uri, open_tracker = open_tracking(
@@ -224,7 +234,8 @@ def run_grid(specs: list[RunSpec], opts: GridOptions, shape: tuple[int, int, int
             if isinstance(runner, LocalBackend) else None)
         tracker = open_tracker()
         console.print(f"{len(specs)} job(s): {shape[0]} method(s) x {shape[1]} dataset(s) x "
-                      f"{shape[2]} seed(s); {runner.describe()}",
+                      f"{shape[2]} seed(s); {runner.describe()}, {threads} torch "
+                      "thread(s) per job",
                       markup=False, highlight=False, soft_wrap=True)
         summary = run_jobs(specs, tracker, runner, results_dir=opts.results_dir,
                            force=opts.force, reporter=RichReporter(opts.quiet))

@@ -2,8 +2,8 @@
 (:func:`~clbench.orchestrate.worker.execute_job`) and yield an
 :class:`~clbench.orchestrate.worker.Outcome` per job, in completion order.
 
-* :class:`LocalBackend`: joblib's loky process pool on this machine (each worker gets
-  ``cores // jobs`` torch threads). A dead worker breaks the pool
+* :class:`LocalBackend`: joblib's loky process pool on this machine (by default one
+  worker per usable core, each job with one torch thread). A dead worker breaks the pool
   (``TerminatedWorkerError``) and takes the jobs running beside it along: the jobs that
   had started (each worker drops a marker file when it starts a job) are then re-run one
   at a time, so the one that kills its worker again comes back as failed and the
@@ -26,7 +26,6 @@ import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 from clbench.errors import ClbenchError
@@ -38,6 +37,7 @@ from clbench.orchestrate.worker import (
     terminate_isolated_jobs,
 )
 from clbench.spec import RunSpec
+from clbench.threads import usable_cores
 
 
 class Backend:
@@ -83,28 +83,22 @@ def stop_loky_pool() -> None:
 
 
 class LocalBackend(Backend):
-    """joblib's loky process pool on this machine: ``jobs`` workers, each with
-    ``cores // jobs`` torch threads (cores as joblib counts them, cgroup-aware)."""
+    """joblib's loky process pool on this machine: ``jobs`` workers (None or -1: the
+    usable cores, as joblib counts them, affinity- and cgroup-aware). Each job runs
+    with its own thread count (``RunSpec.threads``, 1 unless ``--threads``)."""
 
     name = "loky"
 
-    def __init__(self, jobs: int = 1) -> None:
-        import joblib
-
-        self.cores = joblib.cpu_count()
-        self.jobs = self.cores if jobs == -1 else max(1, int(jobs))
-        self.threads = max(1, self.cores // self.jobs)
+    def __init__(self, jobs: int | None = None) -> None:
+        self.cores = usable_cores()
+        self.jobs = self.cores if jobs in (None, -1) else max(1, int(jobs))
         self._marker_dir: str | None = None  # while run() runs: one file per started job
         self._started: dict[str, float] = {}
         self._warming: Iterator[int] | None = None  # warm_up()'s tasks, until run()
         self.warm_pids: set[int] = set()  # the workers warm_up() reached
 
     def describe(self) -> str:
-        return (f"local loky pool: {self.jobs} worker(s) x {self.threads} torch thread(s) "
-                f"on {self.cores} core(s)")
-
-    def prepare(self, jobs: Sequence[RunSpec]) -> list[RunSpec]:
-        return [replace(j, threads=j.threads or self.threads) for j in jobs]
+        return f"local loky pool: {self.jobs} worker(s) on {self.cores} core(s)"
 
     @staticmethod
     def _parallel(jobs: Sequence[RunSpec], n_jobs: int, marker_dir: str) -> Iterator[Outcome]:
@@ -229,9 +223,9 @@ class LocalBackend(Backend):
 class DaskBackend(Backend):
     """joblib's Dask backend on an existing ``dask.distributed`` scheduler.
 
-    Concurrency is the cluster's (its workers' threads); each job gets
-    ``cores of its host // threads of the Dask workers on that host`` torch threads and
-    runs in a child process of its worker (see the module docstring).
+    Concurrency is the cluster's (its workers' threads); each job runs with its own
+    thread count (``RunSpec.threads``, 1 unless ``--threads``) in a child process of its
+    worker (see the module docstring).
     """
 
     name = "dask"
@@ -250,21 +244,6 @@ class DaskBackend(Backend):
             raise ClbenchError(
                 f"cannot connect to the Dask scheduler at {scheduler}: {exc}"
             ) from None
-        self.threads_by_host = self._threads_by_host()
-
-    def _threads_by_host(self) -> dict[str, int]:
-        import joblib
-
-        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
-        if not workers:
-            return {}
-        cpus = self.client.run(joblib.cpu_count)
-        per_host: dict[str, list[tuple[int, int]]] = {}
-        for addr, info in workers.items():
-            host = info.get("host") or addr.rsplit(":", 1)[0].split("://")[-1]
-            per_host.setdefault(host, []).append((info.get("nthreads", 1), cpus.get(addr, 1)))
-        return {h: max(1, max(c for _, c in v) // max(1, sum(n for n, _ in v)))
-                for h, v in per_host.items()}
 
     def describe(self) -> str:
         n = sum(self.client.nthreads().values())
@@ -275,7 +254,7 @@ class DaskBackend(Backend):
 
         with parallel_config(backend="dask", client=self.client):
             yield from Parallel(n_jobs=-1, batch_size=1, return_as="generator_unordered")(
-                delayed(execute_job_isolated)(job, self.threads_by_host) for job in jobs)
+                delayed(execute_job_isolated)(job) for job in jobs)
 
     def interrupt(self) -> None:
         with contextlib.suppress(Exception):  # best effort: the cluster may be gone
@@ -309,7 +288,7 @@ def make_backend(backend: str | None, jobs: int | None, scheduler: str | None) -
     """``loky`` (default) or ``dask`` (needs ``scheduler``); connects to the scheduler now."""
     name, scheduler = check_backend_options(backend, jobs, scheduler)
     if name == "loky":
-        return LocalBackend(jobs if jobs is not None else 1)
+        return LocalBackend(jobs)
     assert scheduler is not None
     return DaskBackend(scheduler)
 

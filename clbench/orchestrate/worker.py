@@ -28,8 +28,8 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from clbench.orchestrate.results import write_json_atomic
 from clbench.parsing import is_graph_file
 from clbench.provenance import code_version, external_code_digest, source_digest
 from clbench.spec import RunSpec
+from clbench.threads import DEFAULT_THREADS
 
 
 @dataclass
@@ -175,7 +176,7 @@ def _describe_exit(code: int) -> str:
     return f"worker process died (exit code {code})"
 
 
-def execute_job_isolated(job: RunSpec, threads_by_host: Mapping[str, int] | None = None) -> Outcome:
+def execute_job_isolated(job: RunSpec) -> Outcome:
     """Run one job in a fresh child process (used on Dask workers).
 
     A job that kills its process (segfault, OOM killer, ``os._exit``) then comes back
@@ -183,10 +184,7 @@ def execute_job_isolated(job: RunSpec, threads_by_host: Mapping[str, int] | None
     child gets this worker's pid and exits when the worker dies (the thread that starts
     it waits for it here, so it may also ask the kernel for a SIGKILL then).
     """
-    threads = job.threads
-    if threads is None:
-        threads = _dask_threads(threads_by_host or {})
-    job = replace(job, threads=threads)
+    threads = job.threads or DEFAULT_THREADS
     with tempfile.TemporaryDirectory(prefix="clbench-job-") as tmp:
         inp, out, err = (os.path.join(tmp, n) for n in ("job.json", "outcome.json", "stderr"))
         with open(inp, "w") as fh:
@@ -221,21 +219,6 @@ def terminate_isolated_jobs() -> int:
     return len(procs)
 
 
-def _dask_threads(threads_by_host: Mapping[str, int]) -> int:
-    import joblib
-
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-        host = worker.address.rsplit(":", 1)[0].split("://")[-1]
-        if host in threads_by_host:
-            return threads_by_host[host]
-        return max(1, joblib.cpu_count() // max(1, worker.state.nthreads))
-    except (ImportError, ValueError, AttributeError):
-        return max(1, joblib.cpu_count())
-
-
 def job_process_main(argv: Sequence[str]) -> int:
     """Entry point of ``python -m clbench.orchestrate JOB.json OUTCOME.json [PARENT_PID]``;
     with ``PARENT_PID`` (the Dask worker that started it) it exits when that process dies."""
@@ -244,10 +227,6 @@ def job_process_main(argv: Sequence[str]) -> int:
         die_with(int(parent[0]), signal_on_death=True)
     with open(inp) as fh:
         job = RunSpec.from_dict(json.load(fh))
-    if job.threads:
-        import torch
-
-        torch.set_num_threads(job.threads)
-    outcome = execute_job(job)
+    outcome = execute_job(job)  # run_experiment sets the job's torch threads
     write_json_atomic(Path(out), asdict(outcome))
     return 0

@@ -17,6 +17,7 @@ from clbench import metrics as clmetrics
 from clbench import plots
 from clbench.errors import ClbenchError
 from clbench.parsing import parse_seed_list, seeds_text
+from clbench.threads import DEFAULT_THREADS
 from clbench.tracking.records import (
     FINAL_METRICS,
     SPREAD_METRICS,
@@ -278,7 +279,7 @@ class Tracker:
         )
         self._log(run.info.run_id, params={**job_params(job), "seed": job.seed,
                                            "device": job.device,
-                                           "threads": job.threads or "auto"})
+                                           "threads": job.threads or DEFAULT_THREADS})
         return run.info.run_id
 
     def log_result(self, run_id: str, result: Mapping[str, Any], *,
