@@ -2,7 +2,9 @@
 
 A card holds a method's typed defaults (``[params]``), the allowed values of string
 parameters (``[choices]``), intervals of numeric ones (``[bounds]``), one line of help
-per parameter (``[help]``) and per-dataset overrides (``[datasets.<name>]``). This module
+per parameter (``[help]``), per-dataset overrides (``[datasets.<name>]``) and, for a
+parameter added after runs were recorded without it, the value those runs had
+(``[absent]``: a run record that lacks the key means that value). This module
 only reads cards; :mod:`clbench.config` resolves a run's parameters from them. It does
 not import the method registry, so the trainer may use it.
 """
@@ -43,6 +45,11 @@ class MethodCard:
     bounds: dict[str, Interval] = field(default_factory=dict)
     help: dict[str, str] = field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: parameters added after runs were recorded without them: the value that reproduces
+    #: those runs. A run at that value leaves the key out of its config (so it keeps the
+    #: identity and record of the runs made before the key existed), and a record without
+    #: the key is read back with that value (:func:`clbench.resolve.resolve_record`).
+    absent: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
     @classmethod
@@ -60,6 +67,7 @@ class MethodCard:
             bounds=_card_bounds(raw, where, numeric or {}),
             help=dict(raw.get("help", {})),
             datasets={normalize_name(k): dict(v) for k, v in raw.get("datasets", {}).items()},
+            absent=_card_absent(raw, where),
             path=path,
         )
 
@@ -74,6 +82,17 @@ def _card_bounds(raw: dict, where: str, shared: dict[str, Any]) -> dict[str, Int
             raise ClbenchError(f"{where}: [bounds] {key} names no numeric hyperparameter")
         bounds[key] = Interval.parse(text, f"{where} [bounds] {key}")
     return bounds
+
+
+def _card_absent(raw: dict, where: str) -> dict[str, Any]:
+    """A card's ``[absent]``: each key a parameter of ``[params]``, with a value of its type."""
+    params = raw.get("params", {})
+    out = dict(raw.get("absent", {}))
+    for key, value in out.items():
+        if key not in params or type(value) is not type(params[key]):
+            raise ClbenchError(f"{where}: [absent] {key} must name a parameter of [params] "
+                               "and have its type")
+    return out
 
 
 @cache

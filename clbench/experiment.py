@@ -19,6 +19,7 @@ import torch
 
 from clbench import metrics
 from clbench.datasets import DATASETS, load_graph
+from clbench.degenerate import degenerate_tasks, majority_baseline
 from clbench.errors import ClbenchError
 from clbench.methods import METHODS
 from clbench.models import build_model
@@ -121,6 +122,7 @@ def run_experiment(
     out = trainer.run(epoch_per_task=spec.protocol.epochs, resume_file=resume_file,
                       resume_tag=resume_tag)
     total = time.perf_counter() - started + out.earlier_seconds
+    majority, margin = majority_baseline(scenario)
     result = {
         "method": spec.method,
         "dataset": scenario.graph.name,
@@ -142,6 +144,9 @@ def run_experiment(
             "task_eval_seconds": out.task_eval_seconds,
             "task_epochs": out.task_epochs,
         },
+        "task_penalty_ratio": out.task_penalty_ratio,
+        "majority_test": majority,
+        "degenerate_tasks": degenerate_tasks(out.R_test, majority, margin),
         "peak_rss_mb": peak_rss_mb(),
         "extra_storage_bytes": out.extra_storage_bytes,
         "versions": versions(),

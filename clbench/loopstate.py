@@ -55,6 +55,10 @@ class TrainerResult:
     task_train_seconds: list[float] = field(default_factory=list)
     task_eval_seconds: list[float] = field(default_factory=list)
     task_epochs: list[int] = field(default_factory=list)
+    task_penalty_ratio: list[float | None] = field(default_factory=list)
+    """Per task: a regulariser's weighted penalty / the task loss in the last epoch's
+    train stats (:func:`penalty_ratio`); None for a method without a penalty (or before
+    the method's first penalty, e.g. EWC's first task)."""
     extra_storage_bytes: int = 0
     resumed_after_task: int | None = None
     """Set when the run continued from a resume point saved after this task."""
@@ -98,6 +102,17 @@ def takes_training_states(fn: Callable, bound: bool) -> bool:
     except TypeError:
         return False
     return True
+
+
+def penalty_ratio(train_stats: dict) -> float | None:
+    """``penalty / task_loss`` of an epoch's train stats: how strongly a regulariser (a
+    method that puts its weighted term in ``results["penalty"]``) pulls against the task.
+    None without a penalty, or when the task loss is not positive (a ratio without
+    meaning)."""
+    penalty, task_loss = train_stats.get("penalty"), train_stats.get("task_loss")
+    if penalty is None or task_loss is None or not task_loss > 0:
+        return None
+    return float(penalty) / float(task_loss)
 
 
 def mean_stats(stats: Iterable[dict]) -> dict:

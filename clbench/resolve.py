@@ -73,18 +73,26 @@ def resolve_run(
     check_task_split(dataset, task["num_tasks"], task["classes_per_task"], task["class_order"])
     resolved = resolve_params(method, None if is_graph_file(dataset) else dataset,
                               dict(params or {}))
-    own = load_card(method).params
+    card = load_card(method)
     check_device(device, available=device_here)  # last: parsing a device imports torch
     protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, **task)
-    return RunSpec(method, dataset, int(seed), protocol, {k: resolved[k] for k in own},
-                   data_dir=data_dir, device=device, threads=threads or DEFAULT_THREADS,
+    return RunSpec(method, dataset, int(seed), protocol, {k: resolved[k] for k in card.params},
+                   absent=card.absent, data_dir=data_dir, device=device,
+                   threads=threads or DEFAULT_THREADS,
                    plugins=tuple(plugins))
 
 
 def resolve_record(spec: Mapping[str, Any], **changes: Any) -> RunSpec:
     """The run a result records (``result["spec"]``, :meth:`RunSpec.record`), re-resolved:
-    ``resolve_record(result["spec"], data_dir=...)`` runs it again."""
+    ``resolve_record(result["spec"], data_dir=...)`` runs it again. A method parameter
+    the record lacks takes its card's ``[absent]`` value (the record was made before the
+    parameter existed, or at that value), not today's default."""
+    from clbench.methods import METHODS
+
     fields = {**spec, **changes}
+    absent = load_card(METHODS.canonical(fields["method"])).absent
+    params = dict(fields.get("params") or {})
+    fields["params"] = {**{k: v for k, v in absent.items() if k not in params}, **params}
     return resolve_run(fields.pop("method"), fields.pop("dataset"), fields.pop("seed"),
                        **fields)
 

@@ -75,6 +75,8 @@ class RunSpec:
     """One run: ``method`` on ``dataset`` with ``seed``, fully resolved.
 
     ``params`` are the method's own hyperparameters (its card's keys), read-only.
+    ``absent``: the card's ``[absent]`` values (parameters added after runs were recorded
+    without them); a parameter at that value is left out of :attr:`config`.
     ``data_dir``, ``device``, ``threads``, ``plugins``, ``note`` and ``resume_file`` say
     where and how it runs; they are not part of any hash.
     """
@@ -84,6 +86,7 @@ class RunSpec:
     seed: int
     protocol: Protocol = field(default_factory=Protocol)
     params: Mapping[str, Any] = field(default_factory=dict)
+    absent: Mapping[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     device: str = "cpu"
     threads: int | None = None  # torch threads; None (a record from before): 1
@@ -93,12 +96,17 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        object.__setattr__(self, "absent", MappingProxyType(dict(self.absent)))
 
     # ------------------------------------------------------------------ identity
     @property
     def config(self) -> dict[str, Any]:
-        """Every hyperparameter: the protocol's training settings and the method's."""
-        return {**self.protocol.training(), **self.params}
+        """Every hyperparameter: the protocol's training settings and the method's, but a
+        parameter at its ``absent`` value, so that a run configured as the runs recorded
+        before the parameter existed has their identity (hash, record)."""
+        own = {k: v for k, v in self.params.items()
+               if not (k in self.absent and _same(v, self.absent[k]))}
+        return {**self.protocol.training(), **own}
 
     @property
     def task_protocol(self) -> dict[str, Any]:
@@ -153,6 +161,7 @@ class RunSpec:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["protocol"] = asdict(self.protocol)
         d["params"] = dict(self.params)
+        d["absent"] = dict(self.absent)
         d["plugins"] = list(self.plugins)
         return d
 
@@ -163,6 +172,10 @@ class RunSpec:
             proto["class_order"] = tuple(proto["class_order"])
         return cls(**{**d, "protocol": Protocol(**proto),
                       "plugins": tuple(d.get("plugins") or ())})
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
 
 
 def task_shape(

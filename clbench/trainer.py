@@ -55,6 +55,7 @@ from clbench.loopstate import (
     TrainerCallback,
     TrainerResult,
     mean_stats,
+    penalty_ratio,
     plateau_scheduler,
     takes_training_states,
 )
@@ -173,6 +174,7 @@ class NCTrainer:
             self.processAfterTraining(task_id, curr_dataset, model, optimizer, states)
             out.task_train_seconds.append(time.perf_counter() - start)
             out.task_epochs.append(epochs)
+            out.task_penalty_ratio.append(penalty_ratio(train_stats))
             start = time.perf_counter()
             scores = self._evaluate(("val", "test"))
             out.R_val[task_id], out.R_test[task_id] = scores["val"], scores["test"]
@@ -381,7 +383,7 @@ class NCTrainer:
         stats = {"loss": results["loss"].item(), "acc": acc.item()}
         penalty = results.get("penalty")
         if penalty is not None:
-            stats["penalty"] = float(penalty)
+            stats["penalty"] = float(torch.as_tensor(penalty).detach())
             stats["task_loss"] = stats["loss"] - stats["penalty"]
         return stats
 

@@ -95,3 +95,26 @@ def test_a_committed_run_record_reruns_bit_for_bit(name, cora_root):
     assert result["R_val"] == rec["R_val"]
     assert result["timing"]["task_epochs"] == rec["timing"]["task_epochs"]
     assert result["config"] == rec["config"]
+
+
+def test_a_record_made_before_fisher_norm_means_the_raw_fisher():
+    """EWC records made before ``fisher_norm`` existed lack it: read back they run with the
+    raw Fisher they were made with (not today's default), and a new run asked for the raw
+    Fisher and the record's lamb has the record's identity."""
+    from clbench.resolve import resolve_record, resolve_run
+
+    rec = _record("ewc__cora__8a6300f76a4e__seed3000.json")
+    assert "fisher_norm" not in rec["spec"]["params"]
+    spec = resolve_record(rec["spec"])
+    assert spec.params["fisher_norm"] == "none"
+    assert spec.config_hash == rec["clbench"]["config_hash"]
+    params = {**rec["spec"]["params"], "fisher_norm": "none"}
+    again = resolve_run("ewc", "cora", rec["seed"], params=params,
+                        num_tasks=rec["spec"]["num_tasks"],
+                        classes_per_task=rec["spec"]["classes_per_task"])
+    assert again.config_hash == rec["clbench"]["config_hash"]
+    new = resolve_run("ewc", "cora", rec["seed"], params=rec["spec"]["params"],
+                      num_tasks=rec["spec"]["num_tasks"],
+                      classes_per_task=rec["spec"]["classes_per_task"])
+    assert new.params["fisher_norm"] == "mean" and new.config["fisher_norm"] == "mean"
+    assert new.config_hash != rec["clbench"]["config_hash"]

@@ -81,8 +81,15 @@ def compare(
             delta = r.delta("AP")
             if delta is not None:
                 text += f"\nref {r.reference['AP'] * 100:.1f}, Δ {delta * 100:+.1f}"
+            if r.degenerate:
+                text += "\n[yellow]⚠ degenerate[/]"
             row.append(text)
         table.add_row(escape(label), *row)
     console.print(table)
+    for r in report.rows:
+        if r.degenerate:
+            console.print(f"[yellow]⚠[/] {escape(r.label)} on {escape(r.dataset)}: learned "
+                          f"nothing (within one test node of the majority-class rate) in "
+                          f"{escape(r.degenerate_text())}", highlight=False, soft_wrap=True)
     for path in (report.markdown, report.csv, report.figure):
         console.print(f"wrote {path}", markup=False, highlight=False)

@@ -14,6 +14,18 @@ from rich.table import Table
 from clbench.cli.app import console, err_console
 
 
+def degenerate_warning(result: dict, label: str) -> None:
+    """One line on stderr when a run has tasks that learned nothing."""
+    tasks = result.get("degenerate_tasks")
+    if not tasks:
+        return
+    R, base = result["R_test"], result["majority_test"]
+    parts = ", ".join(f"task {i} ({R[i][i]:.4f} vs majority {base[i]:.4f})" for i in tasks)
+    err_console.print(f"[yellow]warning[/] {escape(label)}: learned nothing (within one test "
+                      f"node of the majority-class rate): {parts}", highlight=False,
+                      soft_wrap=True)
+
+
 def render_result(result: dict) -> None:
     import numpy as np
 
@@ -40,6 +52,12 @@ def render_result(result: dict) -> None:
         f"peak RSS {result['peak_rss_mb']:.0f} MiB, "
         f"extra storage {result['extra_storage_bytes']} B"
     )
+    ratios = result.get("task_penalty_ratio") or []
+    if any(r is not None for r in ratios):
+        console.print("penalty / task loss at the end of each task: " + ", ".join(
+            "-" if r is None else f"{r:.3g}" for r in ratios), highlight=False)
+    degenerate_warning(result, f"{result['method']} on {result['dataset']} (seed "
+                               f"{result['seed']})")
 
 
 class RichReporter:
@@ -79,6 +97,7 @@ class RichReporter:
         how = "  (recovered from its saved result)" if recovered else f"  {t:.1f}s"
         self._line(f"[green]done[/]   {escape(job.label)}  AP {m['AP']:.4f}  "
                    f"AF {m['AF']:+.4f}{how}")
+        degenerate_warning(result, job.label)
 
     def job_failed(self, job, error: str) -> None:
         self._line(f"[red]FAILED[/] {escape(job.label)}  {escape(error)}")

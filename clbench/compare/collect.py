@@ -87,7 +87,9 @@ def collect(tracker: tr.Tracker, all_configs: bool = False,
                         reference=dict((reference or {}).get((p.method, p.dataset), {})),
                         config=_config(p.method, p.params),
                         per_seed_ap={s: c.metrics["AP"] for s, c in chosen.items()
-                                     if "AP" in c.metrics}))
+                                     if "AP" in c.metrics},
+                        degenerate={s: c.tags[tr.TAG_DEGENERATE] for s, c in chosen.items()
+                                    if c.tags.get(tr.TAG_DEGENERATE, "none") != "none"}))
     counts: dict[tuple[str, str], int] = {}
     for r in rows:
         counts[(r.method, r.dataset)] = counts.get((r.method, r.dataset), 0) + 1

@@ -49,6 +49,13 @@ class Row:
     config: dict[str, str] = field(default_factory=dict)
     #: each seed's AP
     per_seed_ap: dict[int, float] = field(default_factory=dict)
+    #: seeds with tasks that learned nothing (their ``clbench.degenerate_tasks`` tag)
+    degenerate: dict[int, str] = field(default_factory=dict)
+
+    def degenerate_text(self) -> str:
+        """``"seed 4000: task 5; ..."``, or ``""``."""
+        return "; ".join(f"seed {s}: task {t.replace(',', ', ')}"
+                         for s, t in self.degenerate.items())
 
     def cell(self, metric: str, percent: bool = True) -> str:
         s = self.stats.get(metric)

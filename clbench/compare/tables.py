@@ -72,8 +72,14 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
         for d in datasets:
             r = cells.get((label, d))
             out.append("-" if r is None else
-                       f"AP {r.cell('AP')} · AF {r.cell('AF')} (n={len(r.seeds)})")
+                       f"AP {r.cell('AP')} · AF {r.cell('AF')} (n={len(r.seeds)})"
+                       + (" ⚠" if r.degenerate else ""))
         lines.append(f"| {label} | " + " | ".join(out) + " |")
+    flagged = [r for r in rows if r.degenerate]
+    if flagged:
+        lines += ["", "⚠ = degenerate tasks: a task that ended within one test node of its "
+                  "majority-class rate learned nothing (AP and AF can hide it): " + "; ".join(
+                      f"{r.label}/{r.dataset}: {r.degenerate_text()}" for r in flagged) + "."]
     if any(r.reference for r in rows):
         ref = reference_name or "reference"
         lines += [
@@ -149,7 +155,7 @@ def write_csv(rows: Sequence[Row], path: Path, tolerance: float = DEFAULT_TOLERA
                     *(f"{m}_{s}" for m in CSV_METRICS for s in ("mean", "std")), "parent_run_id",
                     "ref_AP", "delta_AP", "ref_AF", "delta_AF", "within_tolerance",
                     "selected_config", "hyperparameters", "cell_runs", "cell_run_seconds",
-                    "AP_per_seed", "config"])
+                    "AP_per_seed", "config", "degenerate_tasks"])
         for r in rows:
             vals = []
             for m in CSV_METRICS:
@@ -164,7 +170,8 @@ def write_csv(rows: Sequence[Row], path: Path, tolerance: float = DEFAULT_TOLERA
                         r.selection_label, " ".join(f"{k}={v}" for k, v in r.hparams.items()),
                         r.cell_runs, r.cell_seconds,
                         " ".join(f"{k}:{v!r}" for k, v in r.per_seed_ap.items()),
-                        " ".join(f"{k}={v}" for k, v in r.config.items())])
+                        " ".join(f"{k}={v}" for k, v in r.config.items()),
+                        r.degenerate_text()])
     return path
 
 

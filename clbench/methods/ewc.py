@@ -6,6 +6,13 @@ weights ``theta*``. Later tasks minimise::
 
     task loss + lamb * sum_k sum_i F_k[i] * (theta[i] - theta*_k[i])^2
 
+``fisher_norm="mean"`` (default) divides each task's Fisher by its mean entry before it
+is kept, so that ``lamb`` has one meaning on every dataset: the Fisher of a task that is
+fitted almost exactly is tiny (train loss ~1e-4) and its scale varies by orders of
+magnitude between datasets and tasks, so that a fixed ``lamb`` on the raw Fisher is
+inert on one dataset and overpowering on another. ``fisher_norm="none"`` keeps the raw
+Fisher (BeGin; with ``lamb=10000`` it is BeGin's EWC).
+
 ``fisher="batch"`` (BeGin, default) takes ``F`` as the squared gradient of the
 full-batch task loss; ``fisher="empirical"`` as the mean over the task's training
 nodes of the squared per-node loss gradients. With ``online=true`` a single
@@ -32,14 +39,16 @@ from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 from clbench.trainer import NCTrainer
 
 FISHER_KINDS = ("batch", "empirical")
+FISHER_NORMS = ("mean", "none")
 
 
 @register_method("ewc")
 class NCTaskILEWCTrainer(NCTrainer):
     """EWC for Task-IL node classification.
 
-    Hyperparameters (see ``methods/ewc.toml``): ``lamb`` (BeGin: 10000), ``fisher``
-    (batch | empirical), ``online`` and ``gamma`` (decay of the online Fisher).
+    Hyperparameters (see ``methods/ewc.toml``): ``lamb``, ``fisher_norm`` (mean | none;
+    BeGin: none with lamb 10000), ``fisher`` (batch | empirical), ``online`` and ``gamma``
+    (decay of the online Fisher).
 
     Training states: ``fishers`` and ``params``, each ``[K, P]`` (one row per past
     task, or a single row when online), empty ``[0, P]`` before the first task ends.
@@ -50,6 +59,7 @@ class NCTaskILEWCTrainer(NCTrainer):
         super().__init__(model, scenario, optimizer_fn, loss_fn, device, **kwargs)
         self.lamb = float(self.hparams["lamb"])
         self.fisher_kind = str(self.hparams["fisher"])
+        self.fisher_norm = str(self.hparams["fisher_norm"])
         self.online = bool(self.hparams["online"])
         self.gamma = float(self.hparams["gamma"])
 
@@ -103,6 +113,13 @@ class NCTaskILEWCTrainer(NCTrainer):
         finally:
             model.train(was_training)
 
+    def normalise(self, fisher: Tensor) -> Tensor:
+        """``fisher_norm="mean"``: ``fisher / mean(fisher)`` (left as is when all zero)."""
+        if self.fisher_norm == "none":
+            return fisher
+        mean = fisher.mean()
+        return fisher / mean if mean > 0 else fisher
+
     # ------------------------------------------------------------------ events
     def initTrainingStates(self, scenario: NCScenarioLoader, model: nn.Module,
                            optimizer: Optimizer) -> dict:
@@ -128,7 +145,7 @@ class NCTaskILEWCTrainer(NCTrainer):
         """Restore the best weights, then store (or accumulate) their Fisher and values."""
         super().processAfterTraining(task_id, curr_dataset, curr_model, curr_optimizer,
                                      curr_training_states)
-        fisher = self.fisher_diagonal(curr_model, curr_dataset.train).detach()
+        fisher = self.normalise(self.fisher_diagonal(curr_model, curr_dataset.train).detach())
         with torch.no_grad():
             theta = self.flat_params().detach().clone()
         states = curr_training_states

@@ -45,6 +45,9 @@ TAG_HOST = "clbench.host"
 TAG_RESUMED_AFTER = "clbench.resumed_after_task"
 TAG_RECOVERED_FROM = "clbench.recovered_from"
 TAG_INT_REFERENCE = "clbench.int_reference"
+#: The tasks of a run that learned nothing (:mod:`clbench.degenerate`), ``"1,3"``, or
+#: ``"none"``; runs logged before the check existed have no such tag.
+TAG_DEGENERATE = "clbench.degenerate_tasks"
 #: Code identity (:data:`clbench.provenance.CODE_TAGS`), one tag per key.
 TAG_GIT_COMMIT = "clbench.git_commit"
 TAG_GIT_DIRTY = "clbench.git_dirty"
@@ -232,6 +235,9 @@ def result_metrics(result: Mapping[str, Any]) -> list[tuple[str, float, int]]:
         out.append(("test/AP_so_far", result["ap_curve"][i], i))
         out.append(("val/AP_so_far", val_curve[i], i))
         out.append(("test/current_task", R[i, i], i))
+        ratios = result.get("task_penalty_ratio") or []
+        if i < len(ratios):
+            out.append(("train/penalty_ratio", ratios[i], i))
         for key, name in (("task_train_seconds", "time/train_seconds"),
                           ("task_eval_seconds", "time/eval_seconds"),
                           ("task_epochs", "time/epochs")):
@@ -254,6 +260,17 @@ def result_metrics(result: Mapping[str, Any]) -> list[tuple[str, float, int]]:
     out.append(("peak_rss_mb", result.get("peak_rss_mb"), 0))
     out.append(("extra_storage_bytes", result.get("extra_storage_bytes"), 0))
     return [(k, float(v), s) for k, v, s in out if finite(v)]
+
+
+def degenerate_text(tasks: Sequence[int]) -> str:
+    """:data:`TAG_DEGENERATE`'s value of a run's degenerate tasks."""
+    return ",".join(str(t) for t in tasks) or "none"
+
+
+def result_tags(result: Mapping[str, Any]) -> dict[str, str]:
+    """Tags only known after the run: its degenerate tasks (when it was checked)."""
+    tasks = result.get("degenerate_tasks")
+    return {} if tasks is None else {TAG_DEGENERATE: degenerate_text(tasks)}
 
 
 def result_params(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -321,6 +338,7 @@ __all__ = [
     "TAG_COMMAND",
     "TAG_CONFIG",
     "TAG_DATASET",
+    "TAG_DEGENERATE",
     "TAG_ERROR",
     "TAG_EXTERNAL_CODE_DIGEST",
     "TAG_GIT_COMMIT",
@@ -347,12 +365,14 @@ __all__ = [
     "code_tag",
     "command_owner",
     "dataset_card_info",
+    "degenerate_text",
     "job_params",
     "owner_gone",
     "process_token",
     "read_matrix_csv",
     "result_metrics",
     "result_params",
+    "result_tags",
     "select_seed_runs",
     "write_matrix_csv",
 ]

@@ -25,6 +25,7 @@ from clbench.tracking.records import (
     TAG_COMMAND,
     TAG_CONFIG,
     TAG_DATASET,
+    TAG_DEGENERATE,
     TAG_ERROR,
     TAG_INT_REFERENCE,
     TAG_METHOD,
@@ -44,6 +45,7 @@ from clbench.tracking.records import (
     read_matrix_csv,
     result_metrics,
     result_params,
+    result_tags,
     select_seed_runs,
     write_matrix_csv,
 )
@@ -243,8 +245,12 @@ class Tracker:
         metric_rows = [(f"{name}_{stat}", v[stat], 0) for name, v in agg.items()
                        for stat in ("mean", "std")]
         metric_rows.append(("n_seeds", float(len(chosen)), 0))
+        degenerate = {s: c.tags[TAG_DEGENERATE] for s, c in chosen.items()
+                      if c.tags.get(TAG_DEGENERATE, "none") != "none"}
         self._log(parent_id, metrics=metric_rows,
-                  tags={TAG_SEEDS: seeds_text(chosen) or "none"})
+                  tags={TAG_SEEDS: seeds_text(chosen) or "none",
+                        TAG_DEGENERATE: "; ".join(f"seed {s}: {t}" for s, t in
+                                                  degenerate.items()) or "none"})
 
         def write(d: Path) -> None:
             spread = {m: {s: c.metrics[m] for s, c in chosen.items()
@@ -288,7 +294,7 @@ class Tracker:
         """Log a finished job's metrics, late params and artifacts; mark it FINISHED (at
         ``finished_at``, Unix seconds, if given: a result recovered from disk)."""
         self._log(run_id, metrics=result_metrics(result), params=result_params(result),
-                  tags=dict(extra_tags or {}))
+                  tags={**result_tags(result), **(extra_tags or {})})
 
         def write(d: Path) -> None:
             write_matrix_csv(result["R_test"], d / "R_test.csv")

@@ -1,0 +1,104 @@
+"""Degenerate tasks (a task that ends within one test node of its majority-class rate
+learned nothing) are flagged in the result, on the console, in MLflow and in compare."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from mlflow_server import cli, shared_server, unique
+
+from clbench.degenerate import degenerate_tasks, majority_baseline
+from clbench.experiment import build_scenario, run_experiment
+from clbench.resolve import resolve_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: classes 0..3 in the ratio 3:1:3:1 in every split; tasks (0, 1) and (2, 3)
+PATTERN = [0, 0, 0, 1, 2, 2, 2, 3]
+
+
+def featureless_graph(path, n: int = 400):
+    """A graph whose nodes all look alike (zero features): a GCN can only learn each
+    task's class prior, i.e. predict its majority class (test rate 0.75)."""
+    idx = torch.arange(n)
+    y = torch.tensor(PATTERN)[(idx // 5) % len(PATTERN)]
+    gen = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.zeros(n, 4), "edge_index": torch.randint(0, n, (2, 800), generator=gen),
+                "y": y, "train_mask": idx % 5 < 3, "val_mask": idx % 5 == 3,
+                "test_mask": idx % 5 == 4}, path)
+    return str(path)
+
+
+def test_majority_baseline_and_margin(tmp_path):
+    spec = resolve_run("finetune", featureless_graph(tmp_path / "g.pt"), 0,
+                       class_order=(0, 1, 2, 3))
+    scenario = build_scenario(spec)
+    base, margin = majority_baseline(scenario)
+    assert base == [0.75, 0.75] and margin == [1 / 40, 1 / 40]  # 40 test nodes per task
+    spec = resolve_run("finetune", str(tmp_path / "g.pt"), 0, class_order=(0, 1, 2, 3),
+                       metric="balanced_accuracy")
+    base, margin = majority_baseline(build_scenario(spec))
+    assert base == [0.5, 0.5] and margin == [1 / (2 * 10)] * 2  # 10 test nodes of class 1
+
+
+def test_degenerate_tasks_is_within_one_node():
+    R = np.array([[0.775, 0.0], [0.0, 0.7751]])
+    assert degenerate_tasks(R, [0.75, 0.75], [0.025, 0.025]) == [0]
+    assert degenerate_tasks(np.eye(2) * 0.5, [0.75, 0.75], [0.025, 0.025]) == [0, 1]
+
+
+def test_a_run_that_learns_nothing_is_flagged(tmp_path):
+    result = run_experiment(method="finetune", dataset=featureless_graph(tmp_path / "g.pt"),
+                            seed=0, class_order=(0, 1, 2, 3),
+                            params={"epochs": 40, "hidden": 8, "lr": 0.05})
+    R = np.array(result["R_test"])
+    assert np.allclose(np.diag(R), 0.75)  # the majority class, every node
+    assert result["majority_test"] == [0.75, 0.75]
+    assert result["degenerate_tasks"] == [0, 1]
+
+
+def test_a_normal_run_is_not_flagged():
+    result = run_experiment(method="finetune", dataset="synthetic", seed=0,
+                            params={"epochs": 30, "hidden": 32})
+    assert result["degenerate_tasks"] == []
+    assert min(np.diag(np.array(result["R_test"])) - result["majority_test"]) > 0.1
+
+
+def test_flagged_on_the_console_in_mlflow_and_in_compare(tmp_path, workdir, capsys):
+    graph = featureless_graph(tmp_path / "g [x].pt")
+    args = ["--dataset", graph, "--class-order", "0,1,2,3", "--epochs", "40",
+            "--param", "hidden=8", "--param", "lr=0.05"]
+    assert cli("run", "--method", "finetune", "--json", str(tmp_path / "r.json"), *args) == 0
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "learned nothing" in x)
+    assert "finetune on g [x] (seed 0)" in line  # the file's name, escaped for Rich
+    assert "task 0 (0.7500 vs majority 0.7500), task 1" in line
+    assert json.loads((tmp_path / "r.json").read_text())["degenerate_tasks"] == [0, 1]
+
+    server = shared_server()
+    exp = unique("degenerate")
+    args[1] = f"{graph},synthetic"  # synthetic's classes 0-3 are learned: not flagged
+    assert cli("run", "--method", "finetune", "--seeds", "0", "--tasks", "2x2", "--jobs", "1",
+               "--tracking-uri", server.uri, "--experiment", exp, "-q", *args) == 0
+    err = capsys.readouterr().err
+    assert err.count("learned nothing") == 1 and "seed 0" in err
+    client = MlflowClient(server.uri)
+    eid = client.get_experiment_by_name(exp).experiment_id
+    tags = {r.data.tags["clbench.dataset"]: r.data.tags.get("clbench.degenerate_tasks")
+            for r in client.search_runs([eid], "tags.`clbench.role` = 'child'")}
+    assert tags == {graph: "0,1", "synthetic": "none"}
+
+    capsys.readouterr()
+    assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri) == 0
+    assert "degenerate" in capsys.readouterr().out
+    md = (workdir / "results" / f"compare-{exp}.md").read_text()
+    assert md.count("⚠") == 2  # the marked cell and its note
+    assert "finetune/" in md and "seed 0: task 0, 1" in md
+    with open(workdir / "results" / f"compare-{exp}.csv", newline="") as fh:
+        rows = {r["dataset"]: r["degenerate_tasks"] for r in csv.DictReader(fh)}
+    assert rows == {graph: "seed 0: task 0, 1", "synthetic": ""}
