@@ -3,9 +3,13 @@
 Layout of one experiment (one per ``clbench run`` / ``clbench sweep`` command, name
 settable)::
 
-    parent run   <method> · <dataset>       one per (method, dataset, config hash)
+    parent run   <method> · <dataset> · <configuration>   one per (method, dataset,
+                                                          config hash)
       child run  <method> · <dataset> · seed <s>    one per seed (nested through the
                                                     ``mlflow.parentRunId`` tag)
+
+The experiment is marked as a model-training one and holds a saved view of its runs
+table for the MLflow UI (:mod:`~clbench.tracking.mlflow_ui`).
 
 Only the orchestrating process talks to MLflow: workers return their results and
 the parent logs them, so a SQLite store never sees concurrent writers.
@@ -33,7 +37,9 @@ The package's modules:
 * :mod:`~clbench.tracking.records`: every tag name (``TAG_*``), :class:`RunRecord`, the
   aggregation over seeds, what a job logs (params, metrics, matrix CSVs), the owner of a
   run;
-* :mod:`~clbench.tracking.tracker`: the :class:`Tracker`.
+* :mod:`~clbench.tracking.tracker`: the :class:`Tracker`;
+* :mod:`~clbench.tracking.mlflow_ui`: how an experiment looks in the MLflow UI (its
+  kind, the saved view of AP and AF, the link that opens it, parent run names).
 """
 
 from clbench.parsing import parse_seed_list, seeds_text

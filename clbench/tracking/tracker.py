@@ -18,6 +18,7 @@ from clbench import plots
 from clbench.errors import ClbenchError
 from clbench.parsing import parse_seed_list, seeds_text
 from clbench.threads import DEFAULT_THREADS
+from clbench.tracking.mlflow_ui import config_label, experiment_ui_tags, mark_experiment
 from clbench.tracking.records import (
     FINAL_METRICS,
     SPREAD_METRICS,
@@ -104,7 +105,8 @@ class Tracker:
                     f"existing: {', '.join(known) or 'none'}"
                 )
             try:
-                return self.client.create_experiment(name, tags={TAG_SOURCE: "clbench"})
+                return self.client.create_experiment(
+                    name, tags={TAG_SOURCE: "clbench", **experiment_ui_tags()})
             except MlflowException:
                 exp = self.client.get_experiment_by_name(name)  # created concurrently
                 if exp is None:
@@ -115,6 +117,8 @@ class Tracker:
                 f"(`mlflow experiments restore --experiment-id {exp.experiment_id}`) "
                 f"or choose another --experiment"
             )
+        if create and exp.tags.get(TAG_SOURCE) == "clbench":  # perhaps by an older clbench
+            mark_experiment(self.client, exp.experiment_id, exp.tags)
         return exp.experiment_id
 
     def search(self, filter_string: str = "") -> list[RunRecord]:
@@ -172,7 +176,8 @@ class Tracker:
         """The parent run of every (method, dataset, config hash) among ``jobs``.
 
         An existing parent with the same tags is reused (resume); otherwise one is
-        created with the group's config as params.
+        created with the group's config as params, named ``method · dataset ·
+        configuration`` (``labels[group]``, else :func:`config_label`).
         """
         existing = self.find_parents()
         out: dict[tuple[str, str, str], str] = {}
@@ -183,9 +188,8 @@ class Tracker:
             if k in existing:
                 out[k] = existing[k].run_id
                 continue
-            name = f"{job.method} · {job.dataset}"
-            if labels and labels.get(k):
-                name += f" · {labels[k]}"
+            label = (labels or {}).get(k) or config_label(job)
+            name = f"{job.method} · {job.dataset} · {label}"
             run = self.client.create_run(self.experiment_id, run_name=name, tags={
                 TAG_ROLE: "parent", TAG_METHOD: job.method, TAG_DATASET: job.dataset,
                 TAG_CONFIG: job.config_hash, TAG_PROTOCOL: job.protocol_hash,
