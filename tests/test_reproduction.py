@@ -65,6 +65,7 @@ def test_sweep_file_is_the_begin_reproduction_protocol():
                          "weight_decay": [0.0, 5e-4]}
     assert spec.method_grid["ewc"] == {"lamb": [100.0, 10000.0]}
     assert spec.method_grid["piggyback"] == {"threshold": [0.1, 0.01]}
+    assert spec.method_params["piggyback"] == {"backbone_init": "random"}  # BeGin's
     jobs, _, _ = grid_jobs(spec)
     per_dataset = 18 * 3 + 36 * 2  # finetune, packnet, joint; ewc and piggyback
     assert len(jobs) == per_dataset * 2 * len(spec.grid_seeds)

@@ -9,6 +9,11 @@ learned: forgetting is zero by construction.
 Event functions keep the roles documented for BeGin's ``NCTaskILPiggybackTrainer``.
 Differences from BeGin, on purpose:
 
+* the default backbone is trained on the first task, then frozen
+  (``backbone_init = first_task``): BeGin's random backbone, frozen with BatchNorm at its
+  initial statistics, can leave a task at its majority class (see the card);
+  ``backbone_init = random`` is BeGin's setting;
+
 * masked weights are passed to the forward pass (the
   :meth:`~clbench.trainer.NCTrainer.forward_weights` hook, ``torch.func.functional_call``)
   instead of being written into the model and restored, so the backbone is never
