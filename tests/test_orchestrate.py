@@ -203,6 +203,7 @@ def test_default_sqlite_store_no_lost_runs_resume_and_recovery(workdir, capsys):
         assert data["started_at"] < data["finished_at"]
 
 
+@pytest.mark.slow
 def test_closed_parent_is_reaggregated_when_its_runs_get_int_later(workdir, capsys):
     """A parent with no job of its own in a command is still re-logged when a joint run
     of that command gives its children INT (intransigence needs the joint reference)."""
@@ -334,6 +335,7 @@ class Growing(NCTaskILBareTrainer):
 """
 
 
+@pytest.mark.slow
 def test_a_worker_replaced_for_its_memory_growth_is_silent_and_loses_nothing(workdir):
     """loky replaces a worker whose memory grew by 300 MB since its first job and warns
     "A worker stopped while some jobs were given to the executor ... memory leak" (seen

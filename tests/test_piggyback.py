@@ -47,7 +47,8 @@ class Snapshots:
         trainer.processAfterTraining = hooked
 
 
-@pytest.mark.parametrize("backbone_init", ["random", "first_task", "dgi"])
+@pytest.mark.parametrize("backbone_init", ["random", "first_task",
+                                           pytest.param("dgi", marks=pytest.mark.slow)])
 def test_zero_forgetting_and_bit_identical_frozen_state(synthetic, backbone_init):
     trainer = make_trainer(synthetic, threshold=0.1, backbone_init=backbone_init,
                            dgi_epochs=20, weight_decay=5e-4)
@@ -171,6 +172,7 @@ def test_evaluation_costs_one_forward_per_task_and_no_copies(synthetic, monkeypa
     assert (3, 4) in after_tasks
 
 
+@pytest.mark.slow
 def test_default_cli_run_is_piggyback_with_zero_forgetting():
     r = run_experiment(seed=0, params=FAST)
     assert r["method"] == "piggyback"

@@ -18,6 +18,7 @@ def finetune_runs():
     return [run_experiment(method="finetune", seed=s, params=FAST) for s in (0, 1)]
 
 
+@pytest.mark.slow
 def test_finetune_forgets_and_joint_is_an_upper_bound(finetune_runs):
     joint = [run_experiment(method="joint", seed=s, params=FAST) for s in (0, 1)]
     for ft in finetune_runs:
