@@ -191,7 +191,7 @@ def test_a_dask_job_process_exits_when_its_worker_dies(tmp_path):
     worker = ("import json\n"
               "from clbench.orchestrate import Job, execute_job_isolated\n"
               f"job = Job.from_dict(json.load(open({str(tmp_path / 'job.json')!r})))\n"
-              "execute_job_isolated(job, {})\n")
+              "execute_job_isolated(job)\n")
     tmp = tmp_path / "tmp"  # the killed worker leaves its job folder behind: here
     tmp.mkdir()
     middle = subprocess.Popen([sys.executable, "-c", worker], cwd=tmp_path,
