@@ -46,11 +46,11 @@ def project_gradient(grad: Tensor, memory_grads: Tensor, margin: float) -> Tenso
     from qpsolvers import solve_qp  # imported on first use: it imports scipy
     from qpsolvers.exceptions import ProblemError
 
-    G = memory_grads.detach().double().cpu().numpy()
-    g = grad.detach().double().cpu().numpy()
-    P = G @ G.T
+    G = memory_grads.detach().double()  # [K, P]; only the K x K problem goes to numpy
+    g = grad.detach().double()
+    P = (G @ G.T).cpu().numpy()
     P = 0.5 * (P + P.T)
-    q = G @ g
+    q = (G @ g).cpu().numpy()
     k = P.shape[0]
     scale = max(float(np.trace(P)) / k, np.finfo(np.float64).tiny)
     ridge = RIDGE * scale
@@ -65,7 +65,7 @@ def project_gradient(grad: Tensor, memory_grads: Tensor, margin: float) -> Tenso
         ridge *= 10.0
     if v is None:
         raise RuntimeError("GEM: the quadratic program has no solution")
-    return torch.from_numpy(G.T @ v + g).to(grad)
+    return (g + torch.from_numpy(v).to(G) @ G).to(grad)
 
 
 @register_method("gem")
