@@ -50,6 +50,8 @@ def same_run(a: dict, b: dict) -> None:
     ("piggyback", {}),
     ("piggyback", {"backbone_init": "first_task"}),  # backbone trained on task 0, then frozen
     ("joint", {}),
+    ("gem", {"num_memories": 50}),  # random memories drawn after each task
+    ("ergnn", {"num_memories": 50}),  # CM: random subsamples and tie-breaks
 ])
 def test_interrupted_run_continues_bit_identically(tmp_path, method, extra):
     params = {**PARAMS, **extra}

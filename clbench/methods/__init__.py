@@ -11,8 +11,10 @@ from clbench.methods.base import METHODS, register_method
 #: module registers its class with ``@register_method`` under the same name and aliases
 #: when imported (tests/test_registry.py checks that they agree).
 BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ergnn": ("clbench.methods.ergnn:NCTaskILERGNNTrainer", ()),
     "ewc": ("clbench.methods.ewc:NCTaskILEWCTrainer", ()),
     "finetune": ("clbench.methods.finetune:NCTaskILBareTrainer", ("bare",)),
+    "gem": ("clbench.methods.gem:NCTaskILGEMTrainer", ()),
     "joint": ("clbench.methods.joint:NCTaskILJointTrainer", ()),
     "packnet": ("clbench.methods.packnet:NCTaskILPackNetTrainer", ()),
     "piggyback": ("clbench.methods.piggyback:NCTaskILPiggybackTrainer", ()),
