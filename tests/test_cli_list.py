@@ -19,5 +19,5 @@ def test_list_methods_shows_each_cards_help_and_overrides():
         assert f"{name}" in text and " ".join(card.summary.split()) in text
         for key, help_text in card.help.items():
             assert key in text and " ".join(help_text.split()) in text, (name, key)
-    assert "on cora: lamb=1e+12" in text  # EWC's per-dataset override
+    assert "on cora: num_memories=12" in text  # GEM's per-dataset override
     assert "batch, empirical" in text and "in [0, 1]" in text  # choices and bounds
