@@ -4,7 +4,9 @@ A card holds a method's typed defaults (``[params]``), the allowed values of str
 parameters (``[choices]``), intervals of numeric ones (``[bounds]``), one line of help
 per parameter (``[help]``), per-dataset overrides (``[datasets.<name>]``) and, for a
 parameter added after runs were recorded without it, the value those runs had
-(``[absent]``: a run record that lacks the key means that value). This module
+(``[absent]``: a run record that lacks the key means that value), and the incremental
+settings the method supports (``settings = ["task", "class"]``; without it, Task-IL
+only, with ``settings_note`` saying why a setting is left out). This module
 only reads cards; :mod:`clbench.config` resolves a run's parameters from them. It does
 not import the method registry, so the trainer may use it.
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 from clbench.errors import ClbenchError
 from clbench.parsing import Interval
+from clbench.spec import SETTINGS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,6 +53,11 @@ class MethodCard:
     #: identity and record of the runs made before the key existed), and a record without
     #: the key is read back with that value (:func:`clbench.resolve.resolve_record`).
     absent: dict[str, Any] = field(default_factory=dict)
+    #: the incremental settings (:data:`clbench.spec.SETTINGS`) the method runs in; a
+    #: card that declares none is Task-IL only (the setting every method was written for)
+    settings: tuple[str, ...] = ("task",)
+    #: why the method leaves a setting out (shown when a run asks for it)
+    settings_note: str = ""
     path: Path | None = None
 
     @classmethod
@@ -68,6 +76,8 @@ class MethodCard:
             help=dict(raw.get("help", {})),
             datasets={normalize_name(k): dict(v) for k, v in raw.get("datasets", {}).items()},
             absent=_card_absent(raw, where),
+            settings=_card_settings(raw, where),
+            settings_note=str(raw.get("settings_note", "")),
             path=path,
         )
 
@@ -95,6 +105,16 @@ def _card_absent(raw: dict, where: str) -> dict[str, Any]:
     return out
 
 
+def _card_settings(raw: dict, where: str) -> tuple[str, ...]:
+    """A card's ``settings``: a non-empty list of :data:`clbench.spec.SETTINGS`."""
+    value = raw.get("settings", ["task"])
+    if (not isinstance(value, list) or not value
+            or any(v not in SETTINGS for v in value)):
+        raise ClbenchError(f"{where}: settings must be a non-empty list of "
+                           f"{', '.join(map(repr, SETTINGS))}")
+    return tuple(dict.fromkeys(value))
+
+
 @cache
 def _read_card_file(path: Path) -> dict:
     try:
@@ -118,6 +138,18 @@ def read_card(name: str, trainer_cls: type | None = None,
     if path is not None:
         return MethodCard.from_dict(name, _read_card_file(path), path, numeric)
     return MethodCard.from_dict(name, getattr(trainer_cls, "card", None) or {}, None, numeric)
+
+
+def declared_settings(trainer_cls: type) -> tuple[tuple[str, ...], str]:
+    """The incremental settings a trainer class's card declares, and its note on them
+    (a class without a card: Task-IL only)."""
+    name = getattr(trainer_cls, "method_name", None)
+    if name is not None:
+        card = read_card(name, trainer_cls)
+        return card.settings, card.settings_note
+    raw = getattr(trainer_cls, "card", None) or {}
+    return (_card_settings(raw, f"card of {trainer_cls.__name__}"),
+            str(raw.get("settings_note", "")))
 
 
 def declared_params(trainer_cls: type) -> dict[str, Any]:

@@ -66,7 +66,8 @@ def build_scenario(spec: RunSpec) -> NCScenarioLoader:
             num_tasks, per_task = card.num_tasks, card.classes_per_task
     return NCScenarioLoader(graph, num_tasks, per_task,
                             class_order=list(p.class_order) if p.class_order else None,
-                            seed=spec.seed, graph_mode=p.graph, metric=p.metric)
+                            seed=spec.seed, graph_mode=p.graph, metric=p.metric,
+                            setting=p.setting)
 
 
 def build_backbone(protocol: Protocol, scenario: NCScenarioLoader) -> torch.nn.Module:

@@ -17,7 +17,7 @@ from typing import Any
 from clbench.config import load_card, resolve_params
 from clbench.errors import ClbenchError, DataError, clip, quote
 from clbench.parsing import check_seed, is_graph_file
-from clbench.spec import TASK_KEYS, TRAINING_KEYS, Protocol, RunSpec, task_shape
+from clbench.spec import SETTINGS, TASK_KEYS, TRAINING_KEYS, Protocol, RunSpec, task_shape
 from clbench.threads import DEFAULT_THREADS
 
 GRAPH_MODES = ("full", "task")
@@ -47,8 +47,8 @@ def resolve_run(
     """One validated run. ``params``: ``--param`` overrides of protocol and method
     settings (strings are parsed to the key's type). ``tasks``: the protocol's task
     settings (:data:`clbench.spec.TASK_KEYS`: ``num_tasks``, ``classes_per_task``,
-    ``class_order``, ``split_seed``, ``graph``, ``metric``). ``device_here``: the device
-    must exist on this machine (not so for jobs sent to a Dask cluster)."""
+    ``class_order``, ``split_seed``, ``graph``, ``metric``, ``setting``). ``device_here``:
+    the device must exist on this machine (not so for jobs sent to a Dask cluster)."""
     from clbench.methods import METHODS
 
     unknown = set(tasks) - set(TASK_KEYS)
@@ -67,6 +67,8 @@ def resolve_run(
     if task["metric"] not in METRICS:
         raise ClbenchError("--metric must be accuracy or balanced_accuracy, got "
                            f"{quote(task['metric'])}")
+    if task["setting"] not in SETTINGS:
+        raise ClbenchError(f"--setting must be task or class, got {quote(task['setting'])}")
     check_data_dir(data_dir)
     if threads is not None and threads < 1:
         raise ClbenchError(f"--threads must be at least 1, got {threads}")
@@ -74,6 +76,7 @@ def resolve_run(
     resolved = resolve_params(method, None if is_graph_file(dataset) else dataset,
                               dict(params or {}))
     card = load_card(method)
+    check_setting(method, task["setting"], card.settings, card.settings_note)
     check_device(device, available=device_here)  # last: parsing a device imports torch
     protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, **task)
     return RunSpec(method, dataset, int(seed), protocol, {k: resolved[k] for k in card.params},
@@ -192,6 +195,17 @@ def check_device(device: object, available: bool = True) -> Any:
             raise ClbenchError(f"--device {quote(device)}: this machine has {count} CUDA "
                                f"device(s), cuda:0 to cuda:{count - 1}")
     return dev
+
+
+def check_setting(method: str, setting: str, supported: Sequence[str], note: str = "") -> None:
+    """``method`` declares ``setting`` among the incremental settings it runs in."""
+    if setting in supported:
+        return
+    names = {"task": "Task-IL", "class": "Class-IL"}
+    why = f": {note}" if note else " (its card declares no other)"
+    raise ClbenchError(
+        f"method {method!r} runs only in {', '.join(names.get(s, s) for s in supported)} "
+        f"(--setting {'/'.join(supported)}), not {names.get(setting, setting)}{why}")
 
 
 def check_task_split(dataset: str, num_tasks: int | None, classes_per_task: int | None,

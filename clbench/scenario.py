@@ -1,4 +1,4 @@
-"""The Task-IL node-classification scenario (BeGin's ``NCScenarioLoader``).
+"""The node-classification scenario (BeGin's ``NCScenarioLoader``), Task-IL or Class-IL.
 
 The classes of a graph are permuted (by the run's seed, or in a given order) and
 cut into ``num_tasks`` consecutive groups of ``classes_per_task`` classes; the
@@ -8,9 +8,17 @@ every task and only the labels of the current task are used for training (as in
 BeGin); ``graph="task"`` is CGLB's variant where each task trains and is
 evaluated on the subgraph induced by its own nodes.
 
-Task-IL: a node is always classified among its own task's classes only. This is
-encoded once, here, in :class:`NodeBatch` (``candidates`` = the classes a node's
-logits are restricted to), so every method shares the same restriction.
+Which classes a node is classified among is encoded once, here, in :class:`NodeBatch`
+(``candidates`` = the classes a node's logits are restricted to), so every method shares
+the same restriction:
+
+* ``setting="task"`` (Task-IL): its own task's classes;
+* ``setting="class"`` (Class-IL): every class seen so far, the same for every node: the
+  classes of tasks ``0..seen-1``, where ``seen`` is the number of tasks learned at the
+  step (training on task ``t`` and evaluating after it: ``t + 1``; the untrained model
+  is scored as at the start of task 0: ``1``). Nodes of tasks not seen yet cannot be
+  predicted right (their class is not a candidate): they are left out of the evaluation
+  batches and score 0.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from torch import Tensor
 
 from clbench.errors import ClbenchError
 from clbench.graph import Graph
-from clbench.spec import task_shape
+from clbench.spec import SETTINGS, task_shape
 
 SPLITS = ("train", "val", "test")
 METRICS = ("accuracy", "balanced_accuracy")
@@ -41,7 +49,8 @@ class NodeBatch:
         nodes: global node ids.
         labels: global class ids.
         task_ids: the task each node belongs to.
-        candidates: ``[n, classes_per_task]`` class ids each node is classified among.
+        candidates: ``[n, k]`` class ids each node is classified among (Task-IL: its
+            task's ``classes_per_task``; Class-IL: the classes seen so far).
         local_labels: position of ``labels`` within ``candidates``.
     """
 
@@ -56,7 +65,7 @@ class NodeBatch:
         return int(self.nodes.numel())
 
     def restrict(self, logits: Tensor) -> Tensor:
-        """Task-IL restriction: this batch's rows of ``logits``, only at candidate classes."""
+        """This batch's rows of ``logits``, only at its candidate classes."""
         return logits[self.nodes].gather(1, self.candidates)
 
     def subset(self, select: Tensor) -> NodeBatch:
@@ -83,7 +92,7 @@ class TaskDataset:
 
 
 class NCScenarioLoader:
-    """Splits a graph's classes into a sequence of Task-IL tasks.
+    """Splits a graph's classes into a sequence of tasks.
 
     Args:
         graph: the preprocessed graph.
@@ -94,6 +103,7 @@ class NCScenarioLoader:
         seed: seed of the class-order permutation.
         graph_mode: ``"full"`` (BeGin) or ``"task"`` (CGLB, no inter-task edges).
         metric: per-task accuracy, ``"accuracy"`` or ``"balanced_accuracy"``.
+        setting: ``"task"`` (Task-IL) or ``"class"`` (Class-IL).
     """
 
     def __init__(
@@ -106,7 +116,10 @@ class NCScenarioLoader:
         seed: int = 0,
         graph_mode: str = "full",
         metric: str = "accuracy",
+        setting: str = "task",
     ) -> None:
+        if setting not in SETTINGS:
+            raise ClbenchError(f"unknown setting {setting!r}; choose one of {SETTINGS}")
         if graph_mode not in GRAPH_MODES:
             raise ClbenchError(f"unknown graph mode {graph_mode!r}; choose one of {GRAPH_MODES}")
         if metric not in METRICS:
@@ -114,6 +127,7 @@ class NCScenarioLoader:
         self.graph = graph
         self.graph_mode = graph_mode
         self.metric = metric
+        self.setting = setting
         C = graph.num_classes
         self.num_classes = C
         T, K = task_shape(C, num_tasks, classes_per_task, graph.name)
@@ -173,22 +187,36 @@ class NCScenarioLoader:
             return self._task_graphs[tasks[0]]
         return self.graph.induced(torch.isin(self.node_task, torch.as_tensor(list(tasks))))
 
+    def seen_classes(self, seen: int) -> Tensor:
+        """The classes of tasks ``0..seen-1``, sorted (Class-IL's candidates)."""
+        return self.task_classes[:seen].reshape(-1).sort().values
+
     def batch(self, tasks: Sequence[int], split: str | Sequence[str],
-              graph: Graph | None = None) -> NodeBatch:
+              graph: Graph | None = None, seen: int | None = None) -> NodeBatch:
         """The labelled ``split`` nodes of ``tasks`` (several splits: their union), as one
-        batch."""
+        batch. Class-IL: classified among the classes of the first ``seen`` tasks (default:
+        up to the last of ``tasks``), which must cover ``tasks``."""
+        tasks = list(tasks)
         splits = (split,) if isinstance(split, str) else tuple(split)
         in_split = getattr(self.graph, f"{splits[0]}_mask")
         for name in splits[1:]:
             in_split = in_split | getattr(self.graph, f"{name}_mask")
         mask = in_split & torch.isin(
-            self.node_task, torch.as_tensor(list(tasks), device=self.node_task.device)
+            self.node_task, torch.as_tensor(tasks, device=self.node_task.device)
         )
         nodes = mask.nonzero().view(-1)
         labels = self.graph.y[nodes]
         task_ids = self.node_task[nodes]
-        candidates = self.task_classes[task_ids]
-        local = (candidates == labels.view(-1, 1)).long().argmax(1)
+        if self.setting == "task":
+            candidates = self.task_classes[task_ids]
+            local = (candidates == labels.view(-1, 1)).long().argmax(1)
+        else:
+            seen = max(tasks) + 1 if seen is None else seen
+            if max(tasks) >= seen:
+                raise ValueError(f"tasks {tasks} include a task beyond the {seen} seen")
+            classes = self.seen_classes(seen)
+            candidates = classes.expand(len(nodes), -1)
+            local = torch.searchsorted(classes, labels)
         return NodeBatch(graph or self.graph_for(tasks), nodes, labels, task_ids,
                          candidates, local)
 
@@ -206,13 +234,17 @@ class NCScenarioLoader:
         g = self.graph_for(tasks)
         return TaskDataset(task_id, tasks, g, *(self.batch(tasks, s, g) for s in SPLITS))
 
-    def eval_batches(self, split: str | Sequence[str]) -> list[NodeBatch]:
+    def eval_batches(self, split: str | Sequence[str], seen: int | None = None
+                     ) -> list[NodeBatch]:
         """Batches covering every task's ``split`` nodes (several splits: their union, so
         that one forward pass scores them all): one batch on the full graph, or one per
-        task when each task has its own subgraph."""
+        task when each task has its own subgraph. Class-IL: the nodes of the first
+        ``seen`` tasks (default: all), classified among their classes."""
+        T = self.num_tasks
+        tasks = range(T) if self.setting == "task" else range(min(seen or T, T))
         if self.graph_mode == "full":
-            return [self.batch(range(self.num_tasks), split)]
-        return [self.batch((t,), split) for t in range(self.num_tasks)]
+            return [self.batch(tasks, split, seen=seen)]
+        return [self.batch((t,), split, seen=seen) for t in tasks]
 
     def to(self, device: torch.device | str) -> NCScenarioLoader:
         self.graph = self.graph.to(device)
@@ -250,4 +282,5 @@ class NCScenarioLoader:
             "dropped_classes": self.dropped_classes,
             "graph_mode": self.graph_mode,
             "metric": self.metric,
+            "setting": self.setting,
         }

@@ -11,7 +11,9 @@ Hashes. ``config_hash`` identifies a configuration (method, every hyperparameter
 task protocol) without the seed, and ``protocol_hash`` the task sequence (dataset and
 task protocol): runs are found again, skipped and resumed by them, so their payloads
 (:attr:`RunSpec.config` and :attr:`RunSpec.task_protocol`) keep the layout the
-committed run records were hashed with.
+committed run records were hashed with. A task setting added later (``setting``) is in
+them only away from the value those records had (:data:`TASK_KEYS_ABSENT`): a Class-IL
+run has its own hashes, a Task-IL run the hashes it had before the key existed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ from clbench.parsing import is_graph_file, slug, stable_hash
 TRAINING_KEYS = ("model", "hidden", "layers", "dropout", "batch_norm", "optimizer", "lr",
                  "weight_decay", "epochs", "patience", "min_lr_ratio")
 #: The protocol fields that define the task sequence and its scoring.
-TASK_KEYS = ("num_tasks", "classes_per_task", "class_order", "split_seed", "graph", "metric")
+TASK_KEYS = ("num_tasks", "classes_per_task", "class_order", "split_seed", "graph", "metric",
+             "setting")
+#: The incremental settings: ``task`` (Task-IL: a node is classified among its own task's
+#: classes) and ``class`` (Class-IL: among every class seen so far, no task identity).
+SETTINGS = ("task", "class")
+#: The task settings added after runs were recorded without them, with the value those
+#: runs had: a protocol at that value leaves the key out of its hashed payload and its
+#: record, so the runs made before the key existed keep their identity.
+TASK_KEYS_ABSENT: dict[str, Any] = {"setting": "task"}
 
 
 @dataclass(frozen=True)
@@ -54,14 +64,17 @@ class Protocol:
     split_seed: int = 0          # seed of the stratified split (datasets without one)
     graph: str = "full"          # full: the whole graph is visible; task: task subgraphs
     metric: str = "accuracy"     # accuracy | balanced_accuracy
+    setting: str = "task"        # task (Task-IL) | class (Class-IL)
 
     def training(self) -> dict[str, Any]:
         """The training settings, as ``--param`` keys."""
         return {k: getattr(self, k) for k in TRAINING_KEYS}
 
     def tasks(self) -> dict[str, Any]:
-        """The task settings (the class order as a list)."""
-        out = {k: getattr(self, k) for k in TASK_KEYS}
+        """The task settings (the class order as a list), but a key of
+        :data:`TASK_KEYS_ABSENT` at its value there (Task-IL leaves ``setting`` out)."""
+        out = {k: getattr(self, k) for k in TASK_KEYS
+               if not (k in TASK_KEYS_ABSENT and getattr(self, k) == TASK_KEYS_ABSENT[k])}
         out["class_order"] = list(self.class_order) if self.class_order else None
         return out
 
@@ -149,12 +162,15 @@ class RunSpec:
         """The run as saved in its result (``result["spec"]``): flat, every hyperparameter
         under ``params``; :func:`clbench.config.resolve_run` reads it back."""
         p = self.protocol
-        return {"method": self.method, "dataset": self.dataset, "seed": self.seed,
-                "num_tasks": p.num_tasks, "classes_per_task": p.classes_per_task,
-                "class_order": list(p.class_order) if p.class_order else None,
-                "params": self.config, "data_dir": self.data_dir, "split_seed": p.split_seed,
-                "graph": p.graph, "metric": p.metric, "device": self.device,
-                "threads": self.threads}
+        out = {"method": self.method, "dataset": self.dataset, "seed": self.seed,
+               "num_tasks": p.num_tasks, "classes_per_task": p.classes_per_task,
+               "class_order": list(p.class_order) if p.class_order else None,
+               "params": self.config, "data_dir": self.data_dir, "split_seed": p.split_seed,
+               "graph": p.graph, "metric": p.metric, "device": self.device,
+               "threads": self.threads}
+        if "setting" in p.tasks():  # Class-IL; Task-IL records keep their old layout
+            out["setting"] = p.setting
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; :meth:`from_dict` inverts it (a job sent to another process)."""

@@ -1,4 +1,4 @@
-"""The one Task-IL training loop, with BeGin's event functions.
+"""The one training loop (Task-IL or Class-IL), with BeGin's event functions.
 
 :class:`NCTrainer` owns the loop; a continual-learning method is a subclass that
 overrides event functions (never the loop). The events, their arguments and
@@ -24,8 +24,9 @@ A method substitutes parameters in the forward pass by overriding
 ``afterInference`` as ``results["_before_inference"]`` (as in BeGin).
 
 Differences from BeGin, on purpose: no temporary files (initial weights are kept
-in memory), no model copies at evaluation, only Task-IL (the restriction of
-logits to a node's task lives in :class:`~clbench.scenario.NodeBatch`), and
+in memory), no model copies at evaluation, Task-IL and Class-IL by the scenario's
+setting (the restriction of logits to a node's candidate classes lives in
+:class:`~clbench.scenario.NodeBatch`; a method's card declares the settings it runs in), and
 ``processEvalIteration`` receives the training states (a BeGin override with two
 arguments, ``(model, _curr_batch)``, is still called without them).
 
@@ -48,7 +49,8 @@ from torch.func import functional_call
 from torch.optim import Optimizer
 
 from clbench import resume, statefile
-from clbench.cards import declared_params
+from clbench.cards import declared_params, declared_settings
+from clbench.errors import ClbenchError
 from clbench.loopstate import (
     OptimizerFn,
     TaskState,
@@ -68,7 +70,7 @@ _NOT_SAVED = frozenset({"scenario", "callbacks", "optimizer_fn", "scheduler_fn",
 
 
 class NCTrainer:
-    """Base trainer for Task-IL node classification (full-batch).
+    """Base trainer for node classification, Task-IL or Class-IL (full-batch).
 
     Args:
         model: the backbone, e.g. from :func:`clbench.models.build_model`.
@@ -99,6 +101,10 @@ class NCTrainer:
         callbacks: Sequence[TrainerCallback] = (),
         **hparams: Any,
     ) -> None:
+        settings, note = declared_settings(type(self))
+        if scenario.setting not in settings:
+            raise ClbenchError(f"{type(self).__name__} does not run in the "
+                               f"{scenario.setting!r} setting" + (f": {note}" if note else ""))
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.scenario = scenario.to(self.device)
@@ -217,13 +223,13 @@ class NCTrainer:
         """Per-task scores of the current model on every task's nodes of each split.
 
         The splits' nodes are predicted together (one ``processEvalIteration`` per
-        evaluation batch: one forward pass for finetune, one per task for
-        Piggyback/PackNet) and scored split by split.
+        evaluation batch: one forward pass for finetune, one per task for Piggyback/PackNet)
+        and scored split by split. Class-IL: a task not seen yet scores 0 (not a candidate).
         """
         self.model.eval()
         eval_fn = (eval_fn or type(self).processEvalIteration).__get__(self)
         preds, labels, tasks, nodes = [], [], [], []
-        for batch in self.scenario.eval_batches(splits):
+        for batch in self.scenario.eval_batches(splits, seen=max(self.curr_task, 0) + 1):
             p, _ = self._eval_iteration(eval_fn, batch)
             preds.append(p)
             labels.append(batch.labels)
@@ -353,14 +359,15 @@ class NCTrainer:
 
     def inference(self, model: nn.Module, _curr_batch: NodeBatch,
                   training_states: dict | None) -> dict:
-        """Task-IL forward and loss: each node's logits are restricted to its task's classes.
+        """Forward and loss, each node's logits restricted to its candidate classes (its
+        task's in Task-IL, every class seen so far in Class-IL).
 
         Called in training (``model.training``) and, by the default
         :meth:`processEvalIteration`, in validation and evaluation; the parameters
         :meth:`forward_weights` returns replace the model's for the forward pass.
         ``training_states`` is None only when an override (or a BeGin-style
         ``processEvalIteration``) passes None.
-        Returns ``{'preds': restricted logits [n, classes_per_task], 'loss': loss}``.
+        Returns ``{'preds': restricted logits [n, candidates], 'loss': loss}``.
         """
         weights = self.forward_weights(model, _curr_batch, training_states)
         logits = _curr_batch.restrict(self.forward(model, _curr_batch, weights))

@@ -108,6 +108,10 @@ INPUTS: dict[str, Callable[[Path], None]] = {
     "plugin-raises": _plugin("raise RuntimeError('plugin is broken')\n"),
     "plugin-syntax": _plugin("def broken(:\n"),
     "sweep-protocol-str": _sweep('protocol = "full"\n'),
+    "sweep-setting-unknown": _sweep('[protocol]\nsetting = "domain"\n'),
+    "sweep-class-packnet": lambda tmp: (tmp / "s.toml").write_text(
+        'methods = ["finetune", "packnet"]\ndatasets = ["synthetic"]\ngrid_seeds = [0]\n'
+        'final_seeds = [0]\n[protocol]\nsetting = "class"\n'),
     "sweep-method-int": lambda tmp: (tmp / "s.toml").write_text(
         'method = 3\ndatasets = ["synthetic"]\ngrid_seeds = [0]\nfinal_seeds = [0]\n'
         'methods = ["finetune"]\n'),
@@ -230,6 +234,14 @@ CASES = [
          message="--jobs must be at least 1"),
     case("graph-mode", *RUN, "--graph", "[partial]",
          message="--graph must be full or task, got '[partial]'"),
+    case("setting-unknown", *RUN, "--setting", "[domain]",
+         message="--setting must be task or class, got '[domain]'"),
+    case("setting-class-piggyback", *RUN, "--setting", "class", "--method", "piggyback",
+         message="method 'piggyback' runs only in Task-IL (--setting task), not Class-IL: it "
+                 "chooses each node's mask by the node's task"),
+    case("setting-class-packnet-orch", *RUN, "--setting", "class", "--method",
+         "finetune,packnet", "--seeds", "0-1", *ORCH,
+         message="method 'packnet' runs only in Task-IL"),
     case("backend-long", *RUN, "--seeds", "0-1", "--backend", LONG, *ORCH,
          message="unknown --backend"),
     case("tracking-uri-long", *RUN, "--seeds", "0-1", "--tracking-uri",
@@ -299,6 +311,10 @@ CASES = [
     case("sweep-path-long", "sweep", f"{{tmp}}/{LONG}.toml", message="File name too long"),
     case("sweep-protocol-str", "sweep", "s.toml", inputs="sweep-protocol-str",
          message="s.toml: [protocol] must be a table"),
+    case("sweep-setting-unknown", "sweep", "s.toml", inputs="sweep-setting-unknown",
+         message="--setting must be task or class, got 'domain'"),
+    case("sweep-class-packnet", "sweep", "s.toml", inputs="sweep-class-packnet",
+         message="method 'packnet' runs only in Task-IL"),
     case("sweep-method-int", "sweep", "s.toml", inputs="sweep-method-int",
          message="s.toml: [method] must be a table"),
     case("sweep-split-seed-str", "sweep", "s.toml", inputs="sweep-split-seed-str",

@@ -57,6 +57,10 @@ def print_methods() -> None:
         aliases = ", ".join(METHODS.aliases_of(name))
         head = name + (f" (alias {aliases})" if aliases else "")
         console.print(Text.assemble((head, "bold"), f": {card.summary}" if card.summary else ""))
+        names = {"task": "Task-IL", "class": "Class-IL"}
+        runs_in = " and ".join(names.get(s, s) for s in card.settings)
+        note = f" ({card.settings_note})" if card.settings_note else ""
+        console.print(f"  settings: {runs_in}{note}", markup=False, soft_wrap=True)
         if not card.params:
             console.print("  no hyperparameters of its own", markup=False)
         else:

@@ -71,6 +71,9 @@ def run(
              "(CGLB).")] = "full",
     metric: Annotated[str, typer.Option(
         help="Per-task score: accuracy or balanced_accuracy.")] = "accuracy",
+    setting: Annotated[str, typer.Option(
+        help="task: Task-IL, a node is classified among its task's classes; class: "
+             "Class-IL, among every class seen so far (no task identity).")] = "task",
     data_dir: Annotated[str | None, typer.Option(
         help="Data root (default: $CLBENCH_DATA, else ./datasets).")] = None,
     split_seed: Annotated[int, typer.Option(
@@ -98,7 +101,8 @@ def run(
     dry_run: DryRunOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run Task-IL experiments: one, or a grid of methods x datasets x seeds.
+    """Run continual-learning experiments (Task-IL, or Class-IL with --setting class): one,
+    or a grid of methods x datasets x seeds.
 
     A single run (one method, dataset and --seed, no tracking option) prints its
     accuracy matrix and metrics. Several methods, datasets or --seeds, or any of
@@ -136,7 +140,7 @@ def run(
     check_seed(split_seed, "--split-seed")
     order = parse_int_list(class_order, "--class-order")
     tasks_kw = {"num_tasks": num_tasks, "classes_per_task": per_task, "class_order": order,
-                "split_seed": split_seed, "graph": graph, "metric": metric}
+                "split_seed": split_seed, "graph": graph, "metric": metric, "setting": setting}
     grid = GridOptions(jobs=jobs, backend=backend, scheduler=scheduler,
                        tracking_uri=tracking_uri, experiment=experiment, force=force,
                        results_dir=results_dir, quiet=quiet, dry_run=dry_run,

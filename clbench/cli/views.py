@@ -32,9 +32,10 @@ def render_result(result: dict) -> None:
     R = np.asarray(result["R_test"])
     T = R.shape[0]
     sc = result["scenario"]
+    setting = {"class": "Class-IL"}.get(sc.get("setting", "task"), "Task-IL")
     table = Table(title=escape(f"{result['method']} on {result['dataset']} (seed "
-                               f"{result['seed']}): test {sc['metric']}, R[i][j] = task j "
-                               f"after training task i"))
+                               f"{result['seed']}, {setting}): test {sc['metric']}, R[i][j] = "
+                               f"task j after training task i"))
     table.add_column("after task", justify="right")
     for j in range(T):
         table.add_column(f"T{j} {sc['task_classes'][j]}", justify="right")

@@ -9,7 +9,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 
 from clbench import tracking as tr
-from clbench.compare.rows import PAUSE_SECONDS, SHOWN_PROTOCOL_KEYS, Provenance, Row
+from clbench.compare.rows import (
+    PAUSE_SECONDS,
+    SETTING_NAMES,
+    SHOWN_PROTOCOL_KEYS,
+    Provenance,
+    Row,
+)
 from clbench.errors import ClbenchError
 from clbench.parsing import parse_seed_list, slug
 from clbench.provenance import git_commit
@@ -50,7 +56,7 @@ def _selection_labels(tracker: tr.Tracker) -> dict[tuple[str, str], str]:
 
 
 def collect(tracker: tr.Tracker, all_configs: bool = False,
-            reference: Mapping[tuple[str, str], Mapping[str, float]] | None = None
+            reference: Mapping[tuple[str, ...], Mapping[str, float]] | None = None
             ) -> list[Row]:
     """Aggregate the experiment's finished seeds per parent run."""
     parents = tracker.parents()
@@ -59,12 +65,12 @@ def collect(tracker: tr.Tracker, all_configs: bool = False,
     if selected and not all_configs:
         parents = selected
     by_parent: dict[str, list[tr.RunRecord]] = {}
-    cost: dict[tuple[str, str], list[float]] = {}
+    cost: dict[tuple[str, str, str], list[float]] = {}
     for c in children:
         if c.parent_id:
             by_parent.setdefault(c.parent_id, []).append(c)
         if c.finished:
-            cost.setdefault((c.method, c.dataset), []).append(
+            cost.setdefault((c.method, c.dataset, c.params.get("setting", "task")), []).append(
                 c.metrics.get("time_total_seconds", 0.0))
     labels = _selection_labels(tracker)
     rows: list[Row] = []
@@ -78,26 +84,36 @@ def collect(tracker: tr.Tracker, all_configs: bool = False,
         tag = labels.get((p.method, slug(p.dataset)), "")
         if is_selected and tag.startswith(p.config_hash):
             label = tag[len(p.config_hash):].strip().strip("()")
-        runs = cost.get((p.method, p.dataset), [])
+        setting = p.params.get("setting", "task")
+        runs = cost.get((p.method, p.dataset, setting), [])
+        ref_key = (p.method, p.dataset) if setting == "task" else (p.method, p.dataset, setting)
         rows.append(Row(p.method, p.dataset, p.config_hash, p.method, list(chosen),
                         tr.aggregate([c.metrics for c in chosen.values()]), p.run_id,
                         is_selected, hparams=_hparams(p.method, p.params),
                         selection_label=label, selection=p.tags.get(tr.TAG_SELECTION, ""),
                         cell_runs=len(runs), cell_seconds=float(sum(runs)),
-                        reference=dict((reference or {}).get((p.method, p.dataset), {})),
+                        reference=dict((reference or {}).get(ref_key, {})),
                         config=_config(p.method, p.params),
                         per_seed_ap={s: c.metrics["AP"] for s, c in chosen.items()
                                      if "AP" in c.metrics},
                         degenerate={s: c.tags[tr.TAG_DEGENERATE] for s, c in chosen.items()
-                                    if c.tags.get(tr.TAG_DEGENERATE, "none") != "none"}))
-    counts: dict[tuple[str, str], int] = {}
-    for r in rows:
-        counts[(r.method, r.dataset)] = counts.get((r.method, r.dataset), 0) + 1
-    multi = {m for (m, _), n in counts.items() if n > 1}
-    for r in rows:
-        if r.method in multi:
-            r.label = f"{r.method} [{r.config_hash[:6]}]"
+                                    if c.tags.get(tr.TAG_DEGENERATE, "none") != "none"},
+                        setting=setting))
+    label_rows(rows)
     return rows
+
+
+def label_rows(rows: Sequence[Row]) -> None:
+    """Each row's label: its method, with its setting when the rows have more than one
+    (``finetune · Class-IL``), and the start of its config hash when its method has more
+    than one configuration in that setting. A label is one configuration, so a table
+    cell never mixes settings."""
+    mixed = len({r.setting for r in rows}) > 1
+    counts = Counter((r.method, r.setting, r.dataset) for r in rows)
+    multi = {(m, s) for (m, s, _), n in counts.items() if n > 1}
+    for r in rows:
+        label = f"{r.method} · {SETTING_NAMES.get(r.setting, r.setting)}" if mixed else r.method
+        r.label = f"{label} [{r.config_hash[:6]}]" if (r.method, r.setting) in multi else label
 
 
 def _utc(ms: float) -> str:

@@ -10,9 +10,12 @@ from clbench.compare.rows import TABLE_METRICS
 from clbench.errors import ClbenchError
 
 
-def load_reference(path: str | Path) -> dict[tuple[str, str], dict[str, float]]:
+def load_reference(path: str | Path) -> dict[tuple[str, ...], dict[str, float]]:
     """``(method, dataset) -> {"AP": .., "AF": ..}`` from a CSV with columns
-    ``method,dataset,AP[,AF]`` (other columns are ignored; values on a 0-1 scale).
+    ``method,dataset,AP[,AF][,setting]`` (other columns are ignored; values on a 0-1
+    scale). A number is of the Task-IL setting unless its ``setting`` is ``class``: a
+    Class-IL number is keyed ``(method, dataset, "class")`` and shown beside Class-IL rows
+    only.
 
     Method and dataset names are resolved like everywhere else (``bare`` is
     ``finetune``); names clbench does not know are kept as written.
@@ -26,7 +29,7 @@ def load_reference(path: str | Path) -> dict[tuple[str, str], dict[str, float]]:
             if missing:
                 raise ClbenchError(f"reference {path} needs the column(s) "
                                    f"{', '.join(missing)} (method,dataset,AP[,AF])")
-            out: dict[tuple[str, str], dict[str, float]] = {}
+            out: dict[tuple[str, ...], dict[str, float]] = {}
             for n, raw in enumerate(reader, start=2):
                 row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
                 if not row.get("method"):
@@ -46,8 +49,12 @@ def load_reference(path: str | Path) -> dict[tuple[str, str], dict[str, float]]:
                                            f"not on a 0-1 scale")
                 if "AP" not in values:
                     raise ClbenchError(f"reference {path} line {n}: no AP value")
-                out[(_canonical_method(row["method"]), _canonical_dataset(row["dataset"]))] = \
-                    values
+                setting = row.get("setting") or "task"
+                if setting not in ("task", "class"):
+                    raise ClbenchError(f"reference {path} line {n}: setting must be task or "
+                                       f"class, got {setting!r}")
+                key = (_canonical_method(row["method"]), _canonical_dataset(row["dataset"]))
+                out[key if setting == "task" else (*key, setting)] = values
     except FileNotFoundError:
         raise ClbenchError(f"reference file not found: {path}") from None
     if not out:

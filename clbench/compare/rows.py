@@ -10,6 +10,9 @@ from pathlib import Path
 TABLE_METRICS = ("AP", "AF")
 CSV_METRICS = ("AP", "AF", "BWT", "FWT", "INT", "val_AP", "time_total_seconds", "peak_rss_mb",
                "extra_storage_bytes")
+#: How the incremental settings (the ``setting`` param; runs logged before it existed
+#: lack it and were Task-IL) are named in tables.
+SETTING_NAMES = {"task": "Task-IL", "class": "Class-IL"}
 #: Protocol keys shown beside a method's own hyperparameters.
 SHOWN_PROTOCOL_KEYS = ("lr", "dropout", "weight_decay", "epochs")
 #: The default tolerance on |clbench AP - reference AP| (0-1 scale): how far clbench's AP
@@ -51,6 +54,13 @@ class Row:
     per_seed_ap: dict[int, float] = field(default_factory=dict)
     #: seeds with tasks that learned nothing (their ``clbench.degenerate_tasks`` tag)
     degenerate: dict[int, str] = field(default_factory=dict)
+    #: the incremental setting, ``task`` or ``class`` (one per row: a parent run is one
+    #: configuration, and the setting is part of it)
+    setting: str = "task"
+
+    @property
+    def setting_name(self) -> str:
+        return SETTING_NAMES.get(self.setting, self.setting)
 
     def degenerate_text(self) -> str:
         """``"seed 4000: task 5; ..."``, or ``""``."""

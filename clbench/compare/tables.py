@@ -53,6 +53,14 @@ def _fraction(stats: Mapping[str, float] | None) -> str:
     return "-" if stats is None else f"{signless_zero(stats['mean'], 3)} ± {stats['std']:.3f}"
 
 
+def _settings_line(rows: Sequence[Row]) -> str:
+    names = list(dict.fromkeys(r.setting_name for r in rows))
+    if len(names) == 1:
+        return f"Setting: {names[0]}."
+    return (f"Settings: {', '.join(names)}; each row is one setting (its label says which), "
+            "so no cell mixes them.")
+
+
 def markdown_table(rows: Sequence[Row], experiment: str, *,
                    provenance: Provenance | None = None, reference_name: str = "",
                    tolerance: float = DEFAULT_TOLERANCE, notes: str = "") -> str:
@@ -63,6 +71,8 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
         "",
         "AP = average accuracy after the last task; AF = average forgetting (positive = "
         "forgot); n = number of seeds; std = population standard deviation (ddof 0).",
+        "",
+        _settings_line(rows),
         "",
         "| method | " + " | ".join(datasets) + " |",
         "|---|" + "---|" * len(datasets),
@@ -155,7 +165,7 @@ def write_csv(rows: Sequence[Row], path: Path, tolerance: float = DEFAULT_TOLERA
                     *(f"{m}_{s}" for m in CSV_METRICS for s in ("mean", "std")), "parent_run_id",
                     "ref_AP", "delta_AP", "ref_AF", "delta_AF", "within_tolerance",
                     "selected_config", "hyperparameters", "cell_runs", "cell_run_seconds",
-                    "AP_per_seed", "config", "degenerate_tasks"])
+                    "AP_per_seed", "config", "degenerate_tasks", "setting"])
         for r in rows:
             vals = []
             for m in CSV_METRICS:
@@ -171,7 +181,7 @@ def write_csv(rows: Sequence[Row], path: Path, tolerance: float = DEFAULT_TOLERA
                         r.cell_runs, r.cell_seconds,
                         " ".join(f"{k}:{v!r}" for k, v in r.per_seed_ap.items()),
                         " ".join(f"{k}={v}" for k, v in r.config.items()),
-                        r.degenerate_text()])
+                        r.degenerate_text(), r.setting])
     return path
 
 

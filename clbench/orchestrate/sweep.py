@@ -38,6 +38,7 @@ def _protocol_kwargs(spec: SweepSpec) -> dict[str, Any]:
         "num_tasks": num_tasks, "classes_per_task": per_task,
         "class_order": p.get("class_order"), "split_seed": int(p.get("split_seed", 0)),
         "graph": p.get("graph", "full"), "metric": p.get("metric", "accuracy"),
+        "setting": p.get("setting", "task"),
         "data_dir": p.get("data_dir"), "device": p.get("device", "cpu"),
     }
 

@@ -10,7 +10,7 @@ A sweep file::
     final_seeds = "0-9"
     plugins = []                       # optional --plugin files/modules
 
-    [protocol]                         # optional: tasks = "3x2", graph, metric,
+    [protocol]                         # optional: tasks = "3x2", graph, metric, setting,
     split_seed = 0                     #   split_seed, class_order, data_dir, device
 
     [params]                           # fixed for every method and grid point
@@ -49,7 +49,8 @@ else:  # pragma: no cover
 
 _TOP_KEYS = {"experiment", "methods", "datasets", "grid_seeds", "final_seeds", "plugins",
              "protocol", "params", "grid", "method"}
-_PROTOCOL_KEYS = {"tasks", "graph", "metric", "split_seed", "class_order", "data_dir", "device"}
+_PROTOCOL_KEYS = {"tasks", "graph", "metric", "setting", "split_seed", "class_order", "data_dir",
+                  "device"}
 
 
 @dataclass

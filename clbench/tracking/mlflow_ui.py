@@ -113,13 +113,13 @@ def config_label(job: RunSpec) -> str:
     of its method on its dataset (``epochs=3 lr=0.01``), ``defaults`` if none do, or
     the configuration hash if the defaults cannot be known (a method no longer loaded)."""
     from clbench.config import resolve_params
-    from clbench.spec import Protocol
+    from clbench.spec import TASK_KEYS_ABSENT, Protocol
 
     try:
         base = resolve_params(job.method, None if is_graph_file(job.dataset) else job.dataset)
     except Exception:
         return f"config {job.config_hash[:8]}"
-    tasks = Protocol().tasks()
+    tasks = {**TASK_KEYS_ABSENT, **Protocol().tasks()}
     changed = [(k, v) for k, v in job.config.items() if base.get(k) != v]
     changed += [(k, v) for k, v in job.task_protocol.items() if k in tasks and tasks[k] != v]
     text = " ".join(f"{k}={_short(v)}" for k, v in changed) or "defaults"

@@ -212,6 +212,7 @@ def job_params(job: RunSpec) -> dict[str, Any]:
         "split_seed": p.split_seed,
         "graph": p.graph,
         "metric": p.metric,
+        "setting": p.setting,
         "tasks_requested": tasks,
         "class_order_requested": list(p.class_order) if p.class_order else "from seed",
         "config_hash": job.config_hash,
