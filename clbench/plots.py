@@ -210,8 +210,9 @@ def cd_diagram_figure(ranks: Mapping[str, float],
         label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}",
         label_props={"fontsize": 9}, crossbar_props={"color": "black", "linewidth": 2.5},
         color_palette={m: _COLOURS[k % len(_COLOURS)] for k, m in enumerate(names)})
-    ax.set_xlim(1.0, max(len(names), 2))  # the whole range of ranks, best on the left
-    ax.set_xticks(range(1, max(len(names), 2) + 1))
+    k = max(len(names), 2)
+    ax.set_xlim(0.9, k + 0.1)  # the whole range of ranks, best on the left; whole dots
+    ax.set_xticks(range(1, k + 1))
     ax.set_xlabel("average rank (1 = best)", fontsize=8)
     ax.xaxis.set_label_position("top")
     caption = (f"methods joined by a bar are not significantly different "

@@ -76,7 +76,7 @@ def verdict(v: VsBest | None) -> str:
     if v is None:
         return "-"
     if v.best:
-        return "best" if v.tie else "best (nothing tested)"
+        return f"best ({v.note})" if v.note else "best"
     if v.tie is None:
         return f"not tested: {v.note}" if v.note else "-"
     if v.tie:

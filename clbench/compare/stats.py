@@ -177,7 +177,7 @@ def versus_best(per_seed: Mapping[str, Mapping[int, float]], alpha: float = ALPH
     out.best = best
     out.rows = {m: VsBest(best=m == best) for m in means}
     if len(means) < 2:
-        out.note = "only one method"
+        out.note = out.rows[best].note = "only one method"
         return out
     seeds = sorted(per_seed[best])
     ref = np.array([per_seed[best][s] for s in seeds])
@@ -213,6 +213,7 @@ def versus_best(per_seed: Mapping[str, Mapping[int, float]], alpha: float = ALPH
     else:
         notes = sorted({r.note for r in out.rows.values() if r.note})
         out.note = "; ".join(notes)
+        out.rows[best].note = "no other method tested"
     return out
 
 
