@@ -183,3 +183,39 @@ def grouped_bars_figure(
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def cd_diagram(ranks: Mapping[str, float], pvalues: Mapping[str, Mapping[str, float]],
+               path: str | Path, title: str = "", alpha: float = 0.05) -> Path:
+    """A critical-difference diagram (scikit-posthocs): each method at its average rank
+    (1 = best, on the left), methods that the post-hoc test does not separate at ``alpha``
+    joined by a bar. ``pvalues[a][b]`` are the pairwise post-hoc p-values."""
+    return _save(cd_diagram_figure(ranks, pvalues, title, alpha), path)
+
+
+def cd_diagram_figure(ranks: Mapping[str, float],
+                      pvalues: Mapping[str, Mapping[str, float]], title: str = "",
+                      alpha: float = 0.05) -> Figure:
+    """The figure :func:`cd_diagram` saves."""
+    import pandas as pd
+    import scikit_posthocs as sp
+
+    names = list(ranks)
+    matrix = pd.DataFrame([[pvalues[a][b] for b in names] for a in names], index=names,
+                          columns=names)
+    fig = Figure(figsize=(7.0, 1.6 + 0.32 * len(names)), layout="constrained")
+    ax = fig.add_subplot()
+    sp.critical_difference_diagram(
+        dict(ranks), matrix, ax=ax, alpha=alpha,
+        label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}",
+        label_props={"fontsize": 9}, crossbar_props={"color": "black", "linewidth": 2.5},
+        color_palette={m: _COLOURS[k % len(_COLOURS)] for k, m in enumerate(names)})
+    k = max(len(names), 2)
+    ax.set_xlim(0.9, k + 0.1)  # the whole range of ranks, best on the left; whole dots
+    ax.set_xticks(range(1, k + 1))
+    ax.set_xlabel("average rank (1 = best)", fontsize=8)
+    ax.xaxis.set_label_position("top")
+    caption = (f"methods joined by a bar are not significantly different "
+               f"(Nemenyi, alpha = {alpha:g})")
+    fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=9)
+    return fig

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_server import cli, parent_runs, shared_server, unique
 
 from clbench.compare import Row, _counted, busy_intervals, markdown_table
+from clbench.compare.stats import t_interval
 from clbench.provenance import git_commit, source_digest
 
 
@@ -31,6 +32,19 @@ def test_compare_writes_table_csv_and_figure(workdir, capsys):
     assert set(rows) == {"finetune", "joint"}
     png = (workdir / "results" / f"compare-{exp}.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # the statistics: each cell's t-interval over its seeds, the test against the best
+    # (two seeds can separate nothing), no ranking on one dataset (the details and the
+    # diagram are in tests/test_compare_stats.py)
+    for r in rows.values():
+        per_seed = [float(v.split(":")[1]) for v in r["AP_per_seed"].split()]
+        ci = t_interval(per_seed)
+        assert [float(r["AP_ci_low"]), float(r["AP_ci_high"])] == pytest.approx(ci)
+        assert r["tie_with_best"] == "true"
+    assert {r["best_in_dataset"] for r in rows.values()} == {"true", "false"}
+    assert "## Statistics" in md and "smallest p possible with 2 seeds 0.5" in md
+    assert "Not computed: 1 dataset; ranks need at least 2." in md
+    assert "across datasets: not computed: 1 dataset" in out
+    assert not (workdir / "results" / f"compare-{exp}-cd.png").exists()
 
     client = MlflowClient(server.uri)
     eid = client.get_experiment_by_name(exp).experiment_id

@@ -8,7 +8,16 @@ parent runs: the latest FINISHED child per seed), and writes
 * ``compare-<experiment>.csv``: one row per (method, dataset, config) with the mean,
   std and count of every final metric (fractions, not %);
 * ``compare-<experiment>.png``: a grouped bar chart of AP and AF with std error bars
-  (and the reference AP as black markers when one is given).
+  (and the reference AP as black markers when one is given);
+* ``compare-<experiment>-cd.png``: the critical-difference diagram of the methods' average
+  ranks across datasets (from 2 datasets and 3 methods on).
+
+The statistics (:mod:`~clbench.compare.stats`, put together by
+:mod:`~clbench.compare.significance`): a 95% t-interval of AP and AF over seeds per cell;
+per dataset, each row against the best mean AP, paired by seed (Wilcoxon signed-rank, or
+an exact permutation test below 6 seeds; Holm-adjusted), the rows not significantly worse
+than the best in bold; across datasets, average ranks, the Friedman test and the Nemenyi
+post-hoc test.
 
 In a sweep's experiment only the selected configurations are shown (unless
 ``all_configs``); when several configurations of one method remain, each is its
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clbench import plots
 from clbench import tracking as tr
 from clbench.compare.collect import _counted as _counted
 from clbench.compare.collect import busy_intervals, collect, provenance
@@ -50,6 +60,7 @@ from clbench.compare.rows import (
     Report,
     Row,
 )
+from clbench.compare.significance import analyse, markdown_section, to_json
 from clbench.compare.tables import _duration as _duration
 from clbench.compare.tables import bar_chart, markdown_table, write_csv
 from clbench.errors import ClbenchError
@@ -65,13 +76,16 @@ __all__ = [
     "Provenance",
     "Report",
     "Row",
+    "analyse",
     "bar_chart",
     "busy_intervals",
     "collect",
     "compare",
     "load_reference",
+    "markdown_section",
     "markdown_table",
     "provenance",
+    "to_json",
     "write_csv",
 ]
 
@@ -103,11 +117,21 @@ def compare(tracker: tr.Tracker, out_dir: str | Path = "results",
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"compare-{slug(tracker.experiment_name)}"
+    report.columns, report.ranking = analyse(rows)
+    rk = report.ranking
+    if not rk.note:
+        report.cd_figure = plots.cd_diagram(
+            rk.ranks, rk.nemenyi, out / f"{stem}-cd.png",
+            f"{tracker.experiment_name}: average rank of the mean AP over "
+            f"{len(rk.datasets)} datasets (Friedman p = {rk.friedman_p:.3g})"
+            if rk.friedman_p is not None else tracker.experiment_name)
     report.markdown = out / f"{stem}.md"
     report.markdown.write_text(markdown_table(
         rows, tracker.experiment_name, provenance=report.provenance,
         reference_name=f"the reference `{reference}`" if reference is not None else "",
-        tolerance=tolerance, notes=note_text))
+        tolerance=tolerance, notes=note_text,
+        statistics=markdown_section(rows, report.columns, rk,
+                                    report.cd_figure.name if report.cd_figure else "")))
     report.csv = write_csv(rows, out / f"{stem}.csv", tolerance)
     report.figure = bar_chart(rows, out / f"{stem}.png", tracker.experiment_name)
     return report

@@ -96,6 +96,8 @@ def collect(tracker: tr.Tracker, all_configs: bool = False,
                         config=_config(p.method, p.params),
                         per_seed_ap={s: c.metrics["AP"] for s, c in chosen.items()
                                      if "AP" in c.metrics},
+                        per_seed_af={s: c.metrics["AF"] for s, c in chosen.items()
+                                     if "AF" in c.metrics},
                         degenerate={s: c.tags[tr.TAG_DEGENERATE] for s, c in chosen.items()
                                     if c.tags.get(tr.TAG_DEGENERATE, "none") != "none"},
                         setting=setting))

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clbench.compare.stats import ColumnTests, Ranking, VsBest
+
 TABLE_METRICS = ("AP", "AF")
 CSV_METRICS = ("AP", "AF", "BWT", "FWT", "INT", "val_AP", "time_total_seconds", "peak_rss_mb",
                "extra_storage_bytes")
@@ -57,10 +59,29 @@ class Row:
     #: the incremental setting, ``task`` or ``class`` (one per row: a parent run is one
     #: configuration, and the setting is part of it)
     setting: str = "task"
+    #: each seed's AF
+    per_seed_af: dict[int, float] = field(default_factory=dict)
+    #: the 95% confidence interval of the mean over seeds, per metric (0-1 scale)
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: this row against its dataset column's best (a paired test over seeds), if computed
+    vs_best: VsBest | None = None
 
     @property
     def setting_name(self) -> str:
         return SETTING_NAMES.get(self.setting, self.setting)
+
+    def per_seed(self, metric: str) -> dict[int, float]:
+        """Each seed's value of ``metric`` (AP or AF)."""
+        return {"AP": self.per_seed_ap, "AF": self.per_seed_af}.get(metric, {})
+
+    def ci_text(self, metric: str, percent: bool = True) -> str:
+        """``"[90.3, 93.7]"`` (in % by default), or ``"-"``."""
+        ci = self.ci.get(metric)
+        if ci is None:
+            return "-"
+        k = 100.0 if percent else 1.0
+        digits = 1 if percent else 3
+        return f"[{signless_zero(ci[0] * k, digits)}, {signless_zero(ci[1] * k, digits)}]"
 
     def degenerate_text(self) -> str:
         """``"seed 4000: task 5; ..."``, or ``""``."""
@@ -113,6 +134,10 @@ class Report:
     csv: Path | None = None
     figure: Path | None = None
     provenance: Provenance | None = None
+    #: per dataset: each row against the column's best
+    columns: dict[str, ColumnTests] = field(default_factory=dict)
+    ranking: Ranking | None = None
+    cd_figure: Path | None = None  # the critical-difference diagram, if drawn
 
 
 def signless_zero(value: float, digits: int) -> str:

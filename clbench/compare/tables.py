@@ -18,6 +18,7 @@ from clbench.compare.rows import (
     Row,
     signless_zero,
 )
+from clbench.compare.stats import ALPHA
 
 
 def _axes(rows: Sequence[Row]) -> tuple[list[str], list[str]]:
@@ -61,9 +62,26 @@ def _settings_line(rows: Sequence[Row]) -> str:
             "so no cell mixes them.")
 
 
+def _untested(r: Row) -> bool:
+    v = r.vs_best
+    return v is not None and not v.best and v.tie is None and bool(v.note)
+
+
+def _ap_text(r: Row) -> str:
+    """``AP 92.0 ± 2.4``, bold when the row ties with its column's best, † when untested."""
+    text = f"AP {r.cell('AP')}"
+    if r.vs_best is not None and r.vs_best.tie:
+        return f"**{text}**"
+    return f"{text} †" if _untested(r) else text
+
+
 def markdown_table(rows: Sequence[Row], experiment: str, *,
                    provenance: Provenance | None = None, reference_name: str = "",
-                   tolerance: float = DEFAULT_TOLERANCE, notes: str = "") -> str:
+                   tolerance: float = DEFAULT_TOLERANCE, notes: str = "",
+                   statistics: str = "") -> str:
+    """The table in Markdown; ``statistics`` (the Markdown section of
+    :func:`~clbench.compare.significance.markdown_section`) goes before the
+    configurations."""
     labels, datasets = _axes(rows)
     cells = {(r.label, r.dataset): r for r in rows}
     lines = [
@@ -82,9 +100,17 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
         for d in datasets:
             r = cells.get((label, d))
             out.append("-" if r is None else
-                       f"AP {r.cell('AP')} · AF {r.cell('AF')} (n={len(r.seeds)})"
+                       f"{_ap_text(r)} · AF {r.cell('AF')} (n={len(r.seeds)})"
                        + (" ⚠" if r.degenerate else ""))
         lines.append(f"| {label} | " + " | ".join(out) + " |")
+    if any(r.vs_best is not None and r.vs_best.tie for r in rows):
+        lines += ["", f"**Bold** AP = the dataset's best mean AP, or not significantly worse "
+                  f"than it (paired two-sided test over the seeds, Holm-adjusted, alpha = "
+                  f"{ALPHA:g}); the intervals, tests and p-values are under Statistics."]
+    if any(_untested(r) for r in rows):
+        lines += ["", "† = not tested against the dataset's best: " + "; ".join(
+            f"{r.label}/{r.dataset}: {r.vs_best.note}" for r in rows
+            if _untested(r) and r.vs_best is not None) + "."]
     flagged = [r for r in rows if r.degenerate]
     if flagged:
         lines += ["", "⚠ = degenerate tasks: a task that ended within one test node of its "
@@ -113,6 +139,8 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
                 f"{'-' if d is None else f'{d:+.3f}'} | {ok} | "
                 f"{_fraction(r.stats.get('AF'))} | "
                 f"{'-' if ref_af is None else signless_zero(ref_af, 3)} | {len(r.seeds)} |")
+    if statistics:
+        lines += ["", statistics]
     lines += [
         "",
         "## Configurations",
@@ -165,7 +193,9 @@ def write_csv(rows: Sequence[Row], path: Path, tolerance: float = DEFAULT_TOLERA
                     *(f"{m}_{s}" for m in CSV_METRICS for s in ("mean", "std")), "parent_run_id",
                     "ref_AP", "delta_AP", "ref_AF", "delta_AF", "within_tolerance",
                     "selected_config", "hyperparameters", "cell_runs", "cell_run_seconds",
-                    "AP_per_seed", "config", "degenerate_tasks", "setting"])
+                    "AP_per_seed", "config", "degenerate_tasks", "setting", "AP_ci_low",
+                    "AP_ci_high", "AF_ci_low", "AF_ci_high", "AF_per_seed", "best_in_dataset",
+                    "vs_best_test", "vs_best_p", "vs_best_p_holm", "tie_with_best", "vs_best_note"])
         for r in rows:
             vals = []
             for m in CSV_METRICS:
@@ -181,8 +211,24 @@ def write_csv(rows: Sequence[Row], path: Path, tolerance: float = DEFAULT_TOLERA
                         r.cell_runs, r.cell_seconds,
                         " ".join(f"{k}:{v!r}" for k, v in r.per_seed_ap.items()),
                         " ".join(f"{k}={v}" for k, v in r.config.items()),
-                        r.degenerate_text(), r.setting])
+                        r.degenerate_text(), r.setting, *_csv_stats(r)])
     return path
+
+
+def _csv_stats(r: Row) -> list[object]:
+    """The intervals and the test against the column's best, as CSV cells."""
+    cis: list[object] = []
+    for m in TABLE_METRICS:
+        ci = r.ci.get(m)
+        cis += list(ci) if ci else ["", ""]
+    v = r.vs_best
+    if v is None:
+        return [*cis, " ".join(f"{k}:{x!r}" for k, x in r.per_seed_af.items()),
+                "", "", "", "", "", ""]
+    return [*cis, " ".join(f"{k}:{x!r}" for k, x in r.per_seed_af.items()),
+            str(v.best).lower(), v.test, "" if v.p is None else v.p,
+            "" if v.p_holm is None else v.p_holm,
+            "" if v.tie is None else str(v.tie).lower(), v.note]
 
 
 def bar_chart(rows: Sequence[Row], path: Path, experiment: str) -> Path:
