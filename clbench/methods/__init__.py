@@ -14,6 +14,8 @@ BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ewc": ("clbench.methods.ewc:NCTaskILEWCTrainer", ()),
     "finetune": ("clbench.methods.finetune:NCTaskILBareTrainer", ("bare",)),
     "joint": ("clbench.methods.joint:NCTaskILJointTrainer", ()),
+    "lwf": ("clbench.methods.lwf:NCTaskILLwFTrainer", ()),
+    "mas": ("clbench.methods.mas:NCTaskILMASTrainer", ()),
     "packnet": ("clbench.methods.packnet:NCTaskILPackNetTrainer", ()),
     "piggyback": ("clbench.methods.piggyback:NCTaskILPiggybackTrainer", ()),
 }
