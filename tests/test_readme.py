@@ -23,7 +23,7 @@ def test_ci_runs_the_readme_test_command():
 def test_every_registered_builtin_method_is_documented():
     readme = (REPO / "README.md").read_text()
     for name in METHODS.names():
-        if name in ("finetune", "joint", "piggyback", "packnet", "ewc", "lwf", "mas"):
+        if name in ("finetune", "joint", "piggyback", "packnet", "ewc", "lwf", "mas", "twp"):
             assert f"`{name}`" in readme
 
 

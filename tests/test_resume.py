@@ -48,6 +48,7 @@ def same_run(a: dict, b: dict) -> None:
     ("ewc", {"lamb": 1000.0}),
     ("lwf", {}),
     ("mas", {}),
+    ("twp", {}),
     ("packnet", {}),
     ("piggyback", {}),
     ("piggyback", {"backbone_init": "first_task"}),  # backbone trained on task 0, then frozen

@@ -18,6 +18,7 @@ BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mas": ("clbench.methods.mas:NCTaskILMASTrainer", ()),
     "packnet": ("clbench.methods.packnet:NCTaskILPackNetTrainer", ()),
     "piggyback": ("clbench.methods.piggyback:NCTaskILPiggybackTrainer", ()),
+    "twp": ("clbench.methods.twp:NCTaskILTWPTrainer", ()),
 }
 
 for _name, (_path, _aliases) in BUILTIN_METHODS.items():
