@@ -43,7 +43,7 @@ def test_the_loop_keeps_no_keys_in_the_training_states(synthetic):
     assert trainer.task_state.best_val_loss < float("inf")
 
 
-@pytest.mark.parametrize("method", ["joint", "ewc", "packnet", "piggyback"])
+@pytest.mark.parametrize("method", ["joint", "ewc", "lwf", "mas", "twp", "packnet", "piggyback"])
 def test_no_builtin_method_finds_loop_keys_in_its_states(synthetic, method):
     trainer = make(METHODS.get(method), synthetic)
     trainer.run(epoch_per_task=3)

@@ -46,6 +46,9 @@ def same_run(a: dict, b: dict) -> None:
 @pytest.mark.parametrize(("method", "extra"), [
     ("finetune", {}),
     ("ewc", {"lamb": 1000.0}),
+    ("lwf", {}),
+    ("mas", {}),
+    ("twp", {}),
     ("packnet", {}),
     ("piggyback", {}),
     ("piggyback", {"backbone_init": "first_task"}),  # backbone trained on task 0, then frozen

@@ -16,8 +16,11 @@ BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "finetune": ("clbench.methods.finetune:NCTaskILBareTrainer", ("bare",)),
     "gem": ("clbench.methods.gem:NCTaskILGEMTrainer", ()),
     "joint": ("clbench.methods.joint:NCTaskILJointTrainer", ()),
+    "lwf": ("clbench.methods.lwf:NCTaskILLwFTrainer", ()),
+    "mas": ("clbench.methods.mas:NCTaskILMASTrainer", ()),
     "packnet": ("clbench.methods.packnet:NCTaskILPackNetTrainer", ()),
     "piggyback": ("clbench.methods.piggyback:NCTaskILPiggybackTrainer", ()),
+    "twp": ("clbench.methods.twp:NCTaskILTWPTrainer", ()),
 }
 
 for _name, (_path, _aliases) in BUILTIN_METHODS.items():
