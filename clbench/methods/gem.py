@@ -9,9 +9,9 @@ replaced by ``g~ = g + G^T v`` where ``v`` solves GEM's dual quadratic program::
 
     min_v  1/2 v^T (G G^T) v + (G g)^T v    subject to  v >= memory_strength
 
-(``G``: the memory gradients as rows; ``memory_strength = 0`` is the paper's exact
-projection, BeGin uses 0.5 as in the authors' code). The QP is solved by quadprog
-through qpsolvers. When no memory is violated the gradient is left untouched.
+(``G``: the memory gradients as rows; ``memory_strength = 0``, the default, is the
+paper's exact projection; BeGin uses 0.5 as in the authors' code). The QP is solved
+by quadprog through qpsolvers. When no memory is violated the gradient is left untouched.
 
 ``scope = "touched"`` (the default) solves it within the coordinates the current
 loss has a gradient on: ``G``'s other columns are zeroed, so the projection never
@@ -81,11 +81,11 @@ def project_gradient(grad: Tensor, memory_grads: Tensor, margin: float) -> Tenso
 class NCTaskILGEMTrainer(NCTrainer):
     """GEM for Task-IL node classification.
 
-    Hyperparameters (see ``methods/gem.toml``): ``memory_strength`` (BeGin's ``lamb``,
-    0.5: the lower bound of the dual variables), ``num_memories`` (the whole budget;
-    each task keeps ``num_memories // num_tasks`` of its training nodes) and ``scope``
-    (``touched``: project within the coordinates the current loss reaches; ``all``:
-    every parameter, as BeGin).
+    Hyperparameters (see ``methods/gem.toml``): ``memory_strength`` (the lower
+    bound of the dual variables: 0, the paper's projection; BeGin's ``lamb``: 0.5),
+    ``num_memories`` (the whole budget; each task keeps ``num_memories // num_tasks``
+    of its training nodes) and ``scope`` (``touched``: project within the coordinates
+    the current loss reaches; ``all``: every parameter, as BeGin).
 
     Training states: ``memories``, one tensor of node ids per finished task (empty
     tensors are not stored, so a budget below the number of tasks is fine-tuning).
