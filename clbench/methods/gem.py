@@ -9,9 +9,18 @@ replaced by ``g~ = g + G^T v`` where ``v`` solves GEM's dual quadratic program::
 
     min_v  1/2 v^T (G G^T) v + (G g)^T v    subject to  v >= memory_strength
 
-(``G``: the memory gradients as rows; ``memory_strength = 0`` is the paper's exact
-projection, BeGin uses 0.5 as in the authors' code). The QP is solved by quadprog
-through qpsolvers. When no memory is violated the gradient is left untouched.
+(``G``: the memory gradients as rows; ``memory_strength = 0``, the default, is the
+paper's exact projection; BeGin uses 0.5 as in the authors' code). The QP is solved
+by quadprog through qpsolvers. When no memory is violated the gradient is left untouched.
+
+``scope = "touched"`` (the default) solves it within the coordinates the current
+loss has a gradient on: ``G``'s other columns are zeroed, so the projection never
+moves the rest (earlier tasks' classifier rows) and ``G g~ >= 0`` still holds for
+the full memory gradients. With ``scope = "all"`` (BeGin, CGLB) those rows receive
+``v_k g_k``, which GEM's guarantee allows under plain gradient steps; under Adam
+(the protocol's optimizer, BeGin's and CGLB's too), whose state for coordinates that
+only ever see this component starts empty each task, it becomes a full learning-rate
+step per iteration, and the rows drift towards the few memory nodes.
 
 The current loss and all memory losses come from one forward pass (``graph="full"``:
 memories are nodes of the same graph); each memory gradient then costs one backward
@@ -72,9 +81,11 @@ def project_gradient(grad: Tensor, memory_grads: Tensor, margin: float) -> Tenso
 class NCTaskILGEMTrainer(NCTrainer):
     """GEM for Task-IL node classification.
 
-    Hyperparameters (see ``methods/gem.toml``): ``memory_strength`` (BeGin's ``lamb``,
-    0.5: the lower bound of the dual variables) and ``num_memories`` (the whole budget;
-    each task keeps ``num_memories // num_tasks`` of its training nodes).
+    Hyperparameters (see ``methods/gem.toml``): ``memory_strength`` (the lower
+    bound of the dual variables: 0, the paper's projection; BeGin's ``lamb``: 0.5),
+    ``num_memories`` (the whole budget; each task keeps ``num_memories // num_tasks``
+    of its training nodes) and ``scope`` (``touched``: project within the coordinates
+    the current loss reaches; ``all``: every parameter, as BeGin).
 
     Training states: ``memories``, one tensor of node ids per finished task (empty
     tensors are not stored, so a budget below the number of tasks is fine-tuning).
@@ -85,6 +96,7 @@ class NCTaskILGEMTrainer(NCTrainer):
         super().__init__(model, scenario, optimizer_fn, loss_fn, device, **kwargs)
         self.memory_strength = float(self.hparams["memory_strength"])
         self.per_task = int(self.hparams["num_memories"]) // self.num_tasks
+        self.scope = str(self.hparams["scope"])
 
     def _params(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
@@ -149,9 +161,13 @@ class NCTaskILGEMTrainer(NCTrainer):
 
     def projected(self, grad: Tensor, memory_grads: Tensor) -> Tensor | None:
         """The GEM projection of ``grad`` (flat) if it has a negative dot product with
-        a memory gradient (a row of ``memory_grads``); None (keep ``grad``) otherwise."""
+        a memory gradient (a row of ``memory_grads``); None (keep ``grad``) otherwise.
+        With ``scope="touched"`` the projection is restricted to ``grad``'s non-zero
+        coordinates (the violation test is the same: ``grad`` is zero elsewhere)."""
         if not bool(((memory_grads @ grad) < 0).any()):
             return None
+        if self.scope == "touched":  # leave what the current loss does not reach alone
+            memory_grads = memory_grads * (grad != 0)
         return project_gradient(grad, memory_grads, self.memory_strength)
 
     def processAfterTraining(self, task_id: int, curr_dataset: TaskDataset,
