@@ -34,16 +34,16 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from clbench.methods.anchored import AnchoredTrainer
 from clbench.methods.base import register_method
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
-from clbench.trainer import NCTrainer
 
 FISHER_KINDS = ("batch", "empirical")
 FISHER_NORMS = ("mean", "none")
 
 
 @register_method("ewc")
-class NCTaskILEWCTrainer(NCTrainer):
+class NCTaskILEWCTrainer(AnchoredTrainer):
     """EWC for Task-IL node classification.
 
     Hyperparameters (see ``methods/ewc.toml``): ``lamb``, ``fisher_norm`` (mean | none;
@@ -64,13 +64,6 @@ class NCTaskILEWCTrainer(NCTrainer):
         self.gamma = float(self.hparams["gamma"])
 
     # ------------------------------------------------------------------ helpers
-    def _reg_params(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def flat_params(self) -> Tensor:
-        """The regularised parameters as one vector (differentiable)."""
-        return torch.cat([p.reshape(-1) for p in self._reg_params()])
-
     def penalty(self, training_states: dict) -> Tensor | None:
         """``sum_k sum_i F_k[i] (theta[i] - theta*_k[i])^2`` (None before any task ends)."""
         fishers, stars = training_states["fishers"], training_states["params"]
@@ -129,15 +122,10 @@ class NCTaskILEWCTrainer(NCTrainer):
         self.training_states = states
         return states
 
-    def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
-                       _curr_batch: NodeBatch, training_states: dict) -> dict:
-        """Add ``lamb`` x the EWC penalty to the task loss, then back-propagate and step."""
+    def weighted_penalty(self, training_states: dict) -> Tensor | None:
+        """``lamb`` x the EWC penalty."""
         reg = self.penalty(training_states)
-        if reg is not None:
-            results["penalty"] = self.lamb * reg
-            results["loss"] = results["loss"] + results["penalty"]
-        return super().afterInference(results, model, optimizer, _curr_batch,
-                                      training_states)
+        return None if reg is None else self.lamb * reg
 
     def processAfterTraining(self, task_id: int, curr_dataset: TaskDataset,
                              curr_model: nn.Module, curr_optimizer: Optimizer,

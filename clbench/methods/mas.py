@@ -24,15 +24,15 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from clbench.methods.anchored import AnchoredTrainer
 from clbench.methods.base import register_method
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
-from clbench.trainer import NCTrainer
 
 IMPORTANCE_KINDS = ("batch", "node")
 
 
 @register_method("mas")
-class NCTaskILMASTrainer(NCTrainer):
+class NCTaskILMASTrainer(AnchoredTrainer):
     """MAS for Task-IL node classification.
 
     Hyperparameters (see ``methods/mas.toml``): ``lamb`` (BeGin: 1) and ``importance``
@@ -50,13 +50,6 @@ class NCTaskILMASTrainer(NCTrainer):
         self.importance_kind = str(self.hparams["importance"])
 
     # ------------------------------------------------------------------ helpers
-    def _reg_params(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def flat_params(self) -> Tensor:
-        """The regularised parameters as one vector (differentiable)."""
-        return torch.cat([p.reshape(-1) for p in self._reg_params()])
-
     def penalty(self, training_states: dict) -> Tensor | None:
         """``sum_i Omega[i] (theta[i] - theta*[i])^2`` (None before any task ends)."""
         omega, star = training_states["importance"], training_states["params"]
@@ -96,15 +89,10 @@ class NCTaskILMASTrainer(NCTrainer):
         empty = torch.zeros(0, device=self.device)
         return {"importance": empty, "params": empty.clone()}
 
-    def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
-                       _curr_batch: NodeBatch, training_states: dict) -> dict:
-        """Add ``lamb`` x the MAS penalty to the task loss, then back-propagate and step."""
+    def weighted_penalty(self, training_states: dict) -> Tensor | None:
+        """``lamb`` x the MAS penalty."""
         reg = self.penalty(training_states)
-        if reg is not None:
-            results["penalty"] = self.lamb * reg
-            results["loss"] = results["loss"] + results["penalty"]
-        return super().afterInference(results, model, optimizer, _curr_batch,
-                                      training_states)
+        return None if reg is None else self.lamb * reg
 
     def processAfterTraining(self, task_id: int, curr_dataset: TaskDataset,
                              curr_model: nn.Module, curr_optimizer: Optimizer,

@@ -38,13 +38,13 @@ from torch_geometric.nn import GATConv, GCNConv
 from torch_geometric.utils import degree, softmax
 
 from clbench.errors import ClbenchError
+from clbench.methods.anchored import AnchoredTrainer
 from clbench.methods.base import register_method
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
-from clbench.trainer import NCTrainer
 
 
 @register_method("twp")
-class NCTaskILTWPTrainer(NCTrainer):
+class NCTaskILTWPTrainer(AnchoredTrainer):
     """TWP for Task-IL node classification (GCN or GAT backbone).
 
     Hyperparameters (see ``methods/twp.toml``): ``lambda_l`` (BeGin: 1e4) and
@@ -64,13 +64,6 @@ class NCTaskILTWPTrainer(NCTrainer):
         self.lambda_t = float(self.hparams["lambda_t"])
 
     # ------------------------------------------------------------------ helpers
-    def _reg_params(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def flat_params(self) -> Tensor:
-        """The regularised parameters as one vector (differentiable)."""
-        return torch.cat([p.reshape(-1) for p in self._reg_params()])
-
     def penalty(self, training_states: dict) -> Tensor | None:
         """``sum_k (lambda_l Fl_k + lambda_t Ft_k) (theta - theta_k)^2`` (None before any
         task ends)."""
@@ -125,15 +118,9 @@ class NCTaskILTWPTrainer(NCTrainer):
         return {"loss_scores": empty, "topology_scores": empty.clone(),
                 "params": empty.clone()}
 
-    def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
-                       _curr_batch: NodeBatch, training_states: dict) -> dict:
-        """Add the TWP penalty to the task loss, then back-propagate and step."""
-        reg = self.penalty(training_states)
-        if reg is not None:
-            results["penalty"] = reg
-            results["loss"] = results["loss"] + reg
-        return super().afterInference(results, model, optimizer, _curr_batch,
-                                      training_states)
+    def weighted_penalty(self, training_states: dict) -> Tensor | None:
+        """The TWP penalty (its two lambdas are inside it)."""
+        return self.penalty(training_states)
 
     def processAfterTraining(self, task_id: int, curr_dataset: TaskDataset,
                              curr_model: nn.Module, curr_optimizer: Optimizer,
