@@ -24,10 +24,15 @@ class AnchoredTrainer(NCTrainer):
         """The regularised parameters as one vector (differentiable)."""
         return torch.cat([p.reshape(-1) for p in self._reg_params()])
 
-    def weighted_penalty(self, training_states: dict) -> Tensor | None:
-        """The term added to the task loss, strength included; None before any task
-        ended (nothing to anchor to)."""
+    def penalty(self, training_states: dict) -> Tensor | None:
+        """The unweighted penalty; None before any task ended (nothing to anchor to)."""
         raise NotImplementedError
+
+    def weighted_penalty(self, training_states: dict) -> Tensor | None:
+        """The term added to the task loss: ``self.lamb`` x :meth:`penalty` (a method
+        whose penalty holds its own weights overrides this)."""
+        reg = self.penalty(training_states)
+        return None if reg is None else self.lamb * reg
 
     def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
                        _curr_batch: NodeBatch, training_states: dict) -> dict:

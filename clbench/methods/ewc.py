@@ -122,11 +122,6 @@ class NCTaskILEWCTrainer(AnchoredTrainer):
         self.training_states = states
         return states
 
-    def weighted_penalty(self, training_states: dict) -> Tensor | None:
-        """``lamb`` x the EWC penalty."""
-        reg = self.penalty(training_states)
-        return None if reg is None else self.lamb * reg
-
     def processAfterTraining(self, task_id: int, curr_dataset: TaskDataset,
                              curr_model: nn.Module, curr_optimizer: Optimizer,
                              curr_training_states: dict) -> None:

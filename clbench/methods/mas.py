@@ -89,11 +89,6 @@ class NCTaskILMASTrainer(AnchoredTrainer):
         empty = torch.zeros(0, device=self.device)
         return {"importance": empty, "params": empty.clone()}
 
-    def weighted_penalty(self, training_states: dict) -> Tensor | None:
-        """``lamb`` x the MAS penalty."""
-        reg = self.penalty(training_states)
-        return None if reg is None else self.lamb * reg
-
     def processAfterTraining(self, task_id: int, curr_dataset: TaskDataset,
                              curr_model: nn.Module, curr_optimizer: Optimizer,
                              curr_training_states: dict) -> None:
