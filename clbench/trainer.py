@@ -366,12 +366,14 @@ class NCTrainer:
         :meth:`processEvalIteration`, in validation and evaluation; the parameters
         :meth:`forward_weights` returns replace the model's for the forward pass.
         ``training_states`` is None only when an override (or a BeGin-style
-        ``processEvalIteration``) passes None.
-        Returns ``{'preds': restricted logits [n, candidates], 'loss': loss}``.
+        ``processEvalIteration``) passes None. Returns ``preds`` (the restricted logits),
+        ``loss``, and for training-only terms the full ``logits`` and the ``weights`` used.
         """
         weights = self.forward_weights(model, _curr_batch, training_states)
-        logits = _curr_batch.restrict(self.forward(model, _curr_batch, weights))
-        return {"preds": logits, "loss": self.loss_fn(logits, _curr_batch.local_labels)}
+        logits = self.forward(model, _curr_batch, weights)
+        preds = _curr_batch.restrict(logits)
+        return {"preds": preds, "loss": self.loss_fn(preds, _curr_batch.local_labels),
+                "logits": logits, "weights": weights}
 
     def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
                        _curr_batch: NodeBatch, training_states: dict) -> dict:

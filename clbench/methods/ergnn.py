@@ -124,23 +124,11 @@ class NCTaskILERGNNTrainer(NCTrainer):
         """The buffer as batches to score (one per graph it is scored on)."""
         return stored_batches(self.scenario, training_states["buffer"])
 
-    def inference(self, model: nn.Module, _curr_batch: NodeBatch,
-                  training_states: dict | None) -> dict:
-        """The Task-IL loss; in training with a non-empty buffer, also the full logits
-        (``logits``) for the replay term."""
-        if not (model.training and training_states and training_states["buffer"].numel()):
-            return super().inference(model, _curr_batch, training_states)
-        weights = self.forward_weights(model, _curr_batch, training_states)
-        logits = self.forward(model, _curr_batch, weights)
-        preds = _curr_batch.restrict(logits)
-        return {"preds": preds, "loss": self.loss_fn(preds, _curr_batch.local_labels),
-                "logits": logits, "weights": weights}
-
     def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
                        _curr_batch: NodeBatch, training_states: dict) -> dict:
         """Mix the buffer's loss into the task loss (BeGin's beta), then step."""
-        logits, weights = results.pop("logits", None), results.pop("weights", None)
-        if logits is None:
+        logits, weights = results.pop("logits"), results.pop("weights")
+        if not training_states["buffer"].numel():
             return super().afterInference(results, model, optimizer, _curr_batch,
                                           training_states)
         batches = self.replay_batches(training_states)

@@ -13,7 +13,8 @@ nodes, without the ``T^2`` factor of Hinton et al.
 The previous model is frozen for the whole task, so its softened outputs are computed
 once, at the start of the task, and kept (``targets``, ``[n_train, t, classes_per_task]``)
 instead of a copy of the model run at every step as BeGin does; the values are the same.
-The current model's old-task logits come from the training forward pass itself (BeGin
+The current model's old-task logits come from the training forward pass itself
+(``inference``'s full ``logits``) (BeGin
 runs a second forward pass per old task, each with its own dropout mask). The term is
 added in ``afterInference``, so validation losses stay task losses.
 """
@@ -88,16 +89,6 @@ class NCTaskILLwFTrainer(NCTrainer):
         old = self.old_task_logits(logits, batch, task_id)
         curr_training_states["targets"] = F.softmax(old / self.T, dim=-1)
         curr_training_states["nodes"] = batch.nodes.clone()
-
-    def inference(self, model: nn.Module, _curr_batch: NodeBatch,
-                  training_states: dict | None) -> dict:
-        """The Task-IL forward and loss; also returns the full ``logits`` (for the old
-        tasks' heads)."""
-        weights = self.forward_weights(model, _curr_batch, training_states)
-        logits = self.forward(model, _curr_batch, weights)
-        preds = _curr_batch.restrict(logits)
-        return {"preds": preds, "loss": self.loss_fn(preds, _curr_batch.local_labels),
-                "logits": logits}
 
     def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
                        _curr_batch: NodeBatch, training_states: dict) -> dict:
