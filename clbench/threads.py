@@ -1,10 +1,12 @@
 """How many CPU threads a run uses, and how its idle OpenMP threads wait.
 
 A run's floating-point sums depend on its torch thread count, and with them the epoch at
-which a task stops and every number after it. So every run uses **one torch thread**
-unless ``--threads`` asks for more: a seed gives the same numbers run alone, through the
-orchestrator at any ``--jobs``, on Dask, or on a machine with more cores. Parallelism
-comes from running seeds side by side (``--jobs`` defaults to the usable cores).
+which a task stops and every number after it. So every orchestrated job uses **one torch
+thread** unless ``--threads`` asks for more: a seed gives the same numbers at any
+``--jobs``, on Dask, or on a machine with more cores, and parallelism comes from running
+seeds side by side (``--jobs`` defaults to the usable cores). A single ``clbench run``
+alone takes the usable cores instead (:func:`usable_cores`, chosen by the CLI); its
+record says how many, and ``--threads 1`` gives it the orchestrated numbers.
 
 With more than one thread, idle OpenMP threads spin-wait for work by default. Beside other
 busy processes they spin on cores the others need, and a run can take 5x as long

@@ -80,9 +80,10 @@ def run(
         help="Seed of random train/val/test splits (kept apart from --seed).")] = 0,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
     threads: Annotated[int | None, typer.Option(
-        help="torch threads per run. Default 1: a seed then gives the same numbers however "
-             "it runs (the thread count changes floating-point sums); more is faster for "
-             "one run alone, and is logged.")] = None,
+        help="torch threads per run, logged. Default: the usable cores for a single run "
+             "alone, 1 for each orchestrated job (the thread count changes floating-point "
+             "sums: --threads 1 gives a seed's numbers exactly as the orchestrator and the "
+             "committed tables do).")] = None,
     plugin: PluginOpt = None,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Write the full result (R matrices, metrics, config, timings) here "
@@ -155,8 +156,10 @@ def run(
         run_grid(specs, grid, shape=(len(methods), len(datasets), len(seed_list)))
         return
     # resolved before the progress bars: bad input gets its one line alone
+    # one run alone: all the usable cores (orchestrated jobs keep one thread each)
     spec = resolve_run(methods[0], datasets[0], seed_list[0], params=params,
-                       data_dir=data_dir, device=device, threads=threads, **tasks_kw)
+                       data_dir=data_dir, device=device,
+                       threads=threads if threads is not None else usable_cores(), **tasks_kw)
     configure_openmp(spec.threads or 1)  # before torch loads
     from clbench.experiment import run_experiment  # torch & co.: after every check
     from clbench.progress import RichProgress, TaskLines
