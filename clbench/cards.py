@@ -6,7 +6,9 @@ per parameter (``[help]``), per-dataset overrides (``[datasets.<name>]``) and, f
 parameter added after runs were recorded without it, the value those runs had
 (``[absent]``: a run record that lacks the key means that value), and the incremental
 settings the method supports (``settings = ["task", "class"]``; without it, Task-IL
-only, with ``settings_note`` saying why a setting is left out). This module
+only, with ``settings_note`` saying why a setting is left out), and the backbones it
+runs on (``backbones = ["gcn", "gat"]``, with ``backbones_note``; without it, any
+``--model``: a method that only changes the loss or the optimizer step). This module
 only reads cards; :mod:`clbench.config` resolves a run's parameters from them. It does
 not import the method registry, so the trainer may use it.
 """
@@ -58,6 +60,10 @@ class MethodCard:
     settings: tuple[str, ...] = ("task",)
     #: why the method leaves a setting out (shown when a run asks for it)
     settings_note: str = ""
+    #: the backbones (``--model`` names) the method runs on; empty: any backbone
+    backbones: tuple[str, ...] = ()
+    #: why the method runs on those backbones only (shown when a run asks for another)
+    backbones_note: str = ""
     path: Path | None = None
 
     @classmethod
@@ -78,6 +84,8 @@ class MethodCard:
             absent=_card_absent(raw, where),
             settings=_card_settings(raw, where),
             settings_note=str(raw.get("settings_note", "")),
+            backbones=_card_backbones(raw, where),
+            backbones_note=str(raw.get("backbones_note", "")),
             path=path,
         )
 
@@ -113,6 +121,18 @@ def _card_settings(raw: dict, where: str) -> tuple[str, ...]:
         raise ClbenchError(f"{where}: settings must be a non-empty list of "
                            f"{', '.join(map(repr, SETTINGS))}")
     return tuple(dict.fromkeys(value))
+
+
+def _card_backbones(raw: dict, where: str) -> tuple[str, ...]:
+    """A card's ``backbones``: a non-empty list of backbone names, or absent (any)."""
+    from clbench.registry import normalize_name
+
+    value = raw.get("backbones", [])
+    if not isinstance(value, list) or any(not isinstance(v, str) or not v for v in value) \
+            or ("backbones" in raw and not value):
+        raise ClbenchError(f"{where}: backbones must be a non-empty list of model names "
+                           "(leave it out for any backbone)")
+    return tuple(dict.fromkeys(normalize_name(v) for v in value))
 
 
 @cache

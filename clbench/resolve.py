@@ -77,6 +77,7 @@ def resolve_run(
                               dict(params or {}))
     card = load_card(method)
     check_setting(method, task["setting"], card.settings, card.settings_note)
+    check_backbone(method, resolved["model"], card.backbones, card.backbones_note)
     check_device(device, available=device_here)  # last: parsing a device imports torch
     protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, **task)
     return RunSpec(method, dataset, int(seed), protocol, {k: resolved[k] for k in card.params},
@@ -206,6 +207,15 @@ def check_setting(method: str, setting: str, supported: Sequence[str], note: str
     raise ClbenchError(
         f"method {method!r} runs only in {', '.join(names.get(s, s) for s in supported)} "
         f"(--setting {'/'.join(supported)}), not {names.get(setting, setting)}{why}")
+
+
+def check_backbone(method: str, model: str, supported: Sequence[str], note: str = "") -> None:
+    """``method`` runs on backbone ``model`` (its card lists none: any backbone)."""
+    if not supported or model in supported:
+        return
+    why = f": {note}" if note else ""
+    raise ClbenchError(f"method {method!r} runs only on --model {'/'.join(supported)}, "
+                       f"not {model}{why}")
 
 
 def check_task_split(dataset: str, num_tasks: int | None, classes_per_task: int | None,

@@ -61,6 +61,9 @@ def print_methods() -> None:
         runs_in = " and ".join(names.get(s, s) for s in card.settings)
         note = f" ({card.settings_note})" if card.settings_note else ""
         console.print(f"  settings: {runs_in}{note}", markup=False, soft_wrap=True)
+        on = ", ".join(card.backbones) if card.backbones else "any"
+        note = f" ({card.backbones_note})" if card.backbones_note else ""
+        console.print(f"  backbones: {on}{note}", markup=False, soft_wrap=True)
         if not card.params:
             console.print("  no hyperparameters of its own", markup=False)
         else:
