@@ -43,9 +43,9 @@ def test_cards_declare_only_known_backbones_and_bad_declarations_are_refused():
 def test_a_plugin_cards_backbones_are_enforced_before_anything_runs():
     import pytest
 
+    from clbench import NCTrainer, register_method
     from clbench.errors import ClbenchError
     from clbench.resolve import resolve_run
-    from clbench import NCTrainer, register_method
 
     class GcnOnly(NCTrainer):
         card = {"backbones": ["gcn"], "backbones_note": "it reads GCN weights"}

@@ -115,7 +115,7 @@ def test_penalty_value_storage_and_effect() -> None:
 
 def test_invalid_backbone_and_params() -> None:
     scenario = synthetic_scenario(0)
-    with pytest.raises(ClbenchError, match="gcn or gat"):
+    with pytest.raises(ClbenchError, match="runs only on --model gcn/gat, not sage"):
         make_trainer("twp", scenario, 0, model="sage", **FAST)
     with pytest.raises(ClbenchError):
         make_trainer("twp", scenario, 0, lambda_t=-1.0)
