@@ -21,9 +21,10 @@ from typing import Any
 from clbench.cards import MethodCard, card_file, read_card
 from clbench.errors import ClbenchError, UnknownNameError, quote
 from clbench.parsing import Interval
-from clbench.spec import PROTOCOL_DEFAULTS
+from clbench.spec import PROTOCOL_DEFAULTS, SCHEDULES
 
-PROTOCOL_CHOICES: dict[str, tuple[str, ...]] = {"optimizer": ("adam", "sgd")}
+PROTOCOL_CHOICES: dict[str, tuple[str, ...]] = {"optimizer": ("adam", "sgd"),
+                                                "schedule": SCHEDULES}
 
 #: The interval each protocol setting must lie in (a card's ``[bounds]`` adds its
 #: method's). ``hidden`` and ``layers`` are capped so that a typo fails before a model

@@ -56,7 +56,7 @@ def seed_everything(seed: int) -> None:
 def build_scenario(spec: RunSpec) -> NCScenarioLoader:
     """Load the dataset and cut it into tasks (dataset card defaults unless overridden)."""
     p = spec.protocol
-    graph = load_graph(spec.dataset, spec.data_dir, p.split_seed)
+    graph = load_graph(spec.dataset, spec.data_dir, p.split_seed, p.split)
     num_tasks, per_task = p.num_tasks, p.classes_per_task
     if num_tasks is None and per_task is None:
         if is_graph_file(spec.dataset):
@@ -131,6 +131,9 @@ def run_experiment(
         "split_seed": spec.protocol.split_seed,
         "config": spec.config,
         "spec": spec.record(),
+        "preset": spec.preset,
+        "protocol": spec.protocol.resolved(),
+        "protocol_sources": dict(spec.protocol_sources),
         "scenario": scenario.describe(),
         "R_test": out.R_test.tolist(),
         "R_val": out.R_val.tolist(),

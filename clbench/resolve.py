@@ -17,7 +17,16 @@ from typing import Any
 from clbench.config import load_card, resolve_params
 from clbench.errors import ClbenchError, DataError, clip, quote
 from clbench.parsing import check_seed, is_graph_file
-from clbench.spec import SETTINGS, TASK_KEYS, TRAINING_KEYS, Protocol, RunSpec, task_shape
+from clbench.registry import normalize_name
+from clbench.spec import (
+    SETTINGS,
+    SPLITS,
+    TASK_KEYS,
+    TRAINING_KEYS,
+    Protocol,
+    RunSpec,
+    task_shape,
+)
 from clbench.threads import DEFAULT_THREADS
 
 GRAPH_MODES = ("full", "task")
@@ -42,26 +51,35 @@ def resolve_run(
     threads: int | None = None,
     plugins: Sequence[str] = (),
     device_here: bool = True,
+    preset: str | None = None,
     **tasks: Any,
 ) -> RunSpec:
     """One validated run. ``params``: ``--param`` overrides of protocol and method
     settings (strings are parsed to the key's type). ``tasks``: the protocol's task
     settings (:data:`clbench.spec.TASK_KEYS`: ``num_tasks``, ``classes_per_task``,
-    ``class_order``, ``split_seed``, ``graph``, ``metric``, ``setting``). ``device_here``:
-    the device must exist on this machine (not so for jobs sent to a Dask cluster)."""
+    ``class_order``, ``split_seed``, ``graph``, ``metric``, ``setting``, ``split``).
+    ``preset``: a protocol preset (:mod:`clbench.presets`) whose values replace the
+    defaults; ``params`` and ``tasks`` override it. ``device_here``: the device must
+    exist on this machine (not so for jobs sent to a Dask cluster)."""
     from clbench.methods import METHODS
+    from clbench.presets import ID_ORDER, get_preset, id_order
 
     unknown = set(tasks) - set(TASK_KEYS)
     if unknown:
         raise TypeError(f"resolve_run() got unexpected keyword argument(s) {sorted(unknown)}")
     if tasks.get("class_order") is not None:
         tasks["class_order"] = tuple(tasks["class_order"]) or None
+    chosen = get_preset(preset) if preset is not None else None
+    values = dict(chosen.values) if chosen else {}
     defaults = Protocol()
-    task = {k: tasks.get(k, getattr(defaults, k)) for k in TASK_KEYS}
+    task = {k: tasks[k] if k in tasks else values.get(k, getattr(defaults, k))
+            for k in TASK_KEYS}
     method = METHODS.canonical(method or default_method())
     check_seed(seed, "--seed")
     check_seed(task["split_seed"], "--split-seed")
     dataset = canonical_dataset(dataset)
+    if task["class_order"] == ID_ORDER:
+        task["class_order"] = id_order(dataset)
     if task["graph"] not in GRAPH_MODES:
         raise ClbenchError(f"--graph must be full or task, got {quote(task['graph'])}")
     if task["metric"] not in METRICS:
@@ -69,21 +87,31 @@ def resolve_run(
                            f"{quote(task['metric'])}")
     if task["setting"] not in SETTINGS:
         raise ClbenchError(f"--setting must be task or class, got {quote(task['setting'])}")
+    if task["split"] not in SPLITS:
+        raise ClbenchError(f"--split must be dataset or random, got {quote(task['split'])}")
     check_data_dir(data_dir)
     if threads is not None and threads < 1:
         raise ClbenchError(f"--threads must be at least 1, got {threads}")
     check_task_split(dataset, task["num_tasks"], task["classes_per_task"], task["class_order"])
-    resolved = resolve_params(method, None if is_graph_file(dataset) else dataset,
-                              dict(params or {}))
+    card_data = None if is_graph_file(dataset) else dataset
+    given = dict(params or {})
+    resolved = resolve_params(method, card_data,
+                              {**{k: v for k, v in values.items() if k in TRAINING_KEYS},
+                               **given})
     card = load_card(method)
     check_setting(method, task["setting"], card.settings, card.settings_note)
     check_backbone(method, resolved["model"], card.backbones, card.backbones_note)
     check_device(device, available=device_here)  # last: parsing a device imports torch
     protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, **task)
+    from_card = {**card.params, **card.datasets.get(normalize_name(card_data or ""), {})}
+    sources = {k: "flag" if k in given or k in tasks else
+               f"preset:{chosen.name}" if chosen and k in values else
+               "card" if k in from_card else "default"
+               for k in (*TRAINING_KEYS, *TASK_KEYS)}
     return RunSpec(method, dataset, int(seed), protocol, {k: resolved[k] for k in card.params},
                    absent=card.absent, data_dir=data_dir, device=device,
-                   threads=threads or DEFAULT_THREADS,
-                   plugins=tuple(plugins))
+                   threads=threads or DEFAULT_THREADS, plugins=tuple(plugins),
+                   preset=chosen.name if chosen else None, protocol_sources=sources)
 
 
 def resolve_record(spec: Mapping[str, Any], **changes: Any) -> RunSpec:

@@ -30,18 +30,28 @@ from clbench.parsing import is_graph_file, slug, stable_hash
 
 #: The protocol fields that configure training (``--param`` keys), in their order.
 TRAINING_KEYS = ("model", "hidden", "layers", "dropout", "batch_norm", "optimizer", "lr",
-                 "weight_decay", "epochs", "patience", "min_lr_ratio")
+                 "weight_decay", "epochs", "patience", "min_lr_ratio", "schedule")
 #: The protocol fields that define the task sequence and its scoring.
 TASK_KEYS = ("num_tasks", "classes_per_task", "class_order", "split_seed", "graph", "metric",
-             "setting")
+             "setting", "split")
 #: The incremental settings: ``task`` (Task-IL: a node is classified among its own task's
 #: classes) and ``class`` (Class-IL: among every class seen so far, no task identity).
 SETTINGS = ("task", "class")
 #: The task settings added after runs were recorded without them, with the value those
 #: runs had: a protocol at that value leaves the key out of its hashed payload and its
 #: record, so the runs made before the key existed keep their identity.
-TASK_KEYS_ABSENT: dict[str, Any] = {"setting": "task"}
-
+TASK_KEYS_ABSENT: dict[str, Any] = {"setting": "task", "split": "dataset"}
+#: The same for the training settings (``schedule``): at that value a key is left out of
+#: :attr:`RunSpec.config` (so of the config hash, the record and the MLflow params).
+TRAINING_KEYS_ABSENT: dict[str, Any] = {"schedule": "plateau"}
+#: How a task trains: ``plateau`` (BeGin: ReduceLROnPlateau on the validation loss, the
+#: task stops at the lr floor, the best-validation weights are restored) or ``fixed``
+#: (CGLB: a constant lr for exactly ``epochs`` epochs, the last weights are kept).
+SCHEDULES = ("plateau", "fixed")
+#: Where the train/val/test split comes from: ``dataset`` (the official split of a
+#: dataset that has one, else a stratified 60/20/20 split drawn from ``split_seed``) or
+#: ``random`` (the stratified 60/20/20 split on every dataset, as CGLB does).
+SPLITS = ("dataset", "random")
 
 @dataclass(frozen=True)
 class Protocol:
@@ -58,6 +68,7 @@ class Protocol:
     epochs: int = 1000           # maximum epochs per task
     patience: int = 20           # ReduceLROnPlateau patience (epochs, on val loss)
     min_lr_ratio: float = 0.002  # a task stops when lr reaches lr * min_lr_ratio
+    schedule: str = "plateau"    # plateau (BeGin) | fixed (CGLB: exactly `epochs`, last weights)
     num_tasks: int | None = None         # None: from the dataset card
     classes_per_task: int | None = None  # None: from the dataset card
     class_order: tuple[int, ...] | None = None  # None: drawn from the run seed
@@ -65,10 +76,14 @@ class Protocol:
     graph: str = "full"          # full: the whole graph is visible; task: task subgraphs
     metric: str = "accuracy"     # accuracy | balanced_accuracy
     setting: str = "task"        # task (Task-IL) | class (Class-IL)
+    split: str = "dataset"       # dataset (official split if any) | random (60/20/20 always)
 
-    def training(self) -> dict[str, Any]:
-        """The training settings, as ``--param`` keys."""
-        return {k: getattr(self, k) for k in TRAINING_KEYS}
+    def training(self, every: bool = False) -> dict[str, Any]:
+        """The training settings, as ``--param`` keys, but a key of
+        :data:`TRAINING_KEYS_ABSENT` at its value there (unless ``every``)."""
+        return {k: getattr(self, k) for k in TRAINING_KEYS
+                if every or not (k in TRAINING_KEYS_ABSENT
+                                 and getattr(self, k) == TRAINING_KEYS_ABSENT[k])}
 
     def tasks(self) -> dict[str, Any]:
         """The task settings (the class order as a list), but a key of
@@ -78,9 +93,16 @@ class Protocol:
         out["class_order"] = list(self.class_order) if self.class_order else None
         return out
 
+    def resolved(self) -> dict[str, Any]:
+        """Every setting, in field order (the class order as a list): the protocol in
+        full, as logged with a run (not hashed)."""
+        out = asdict(self)
+        out["class_order"] = list(self.class_order) if self.class_order else None
+        return out
+
 
 #: Defaults of the training settings every method shares.
-PROTOCOL_DEFAULTS: dict[str, Any] = Protocol().training()
+PROTOCOL_DEFAULTS: dict[str, Any] = Protocol().training(every=True)
 
 
 @dataclass(frozen=True)
@@ -91,7 +113,10 @@ class RunSpec:
     ``absent``: the card's ``[absent]`` values (parameters added after runs were recorded
     without them); a parameter at that value is left out of :attr:`config`.
     ``data_dir``, ``device``, ``threads``, ``plugins``, ``note`` and ``resume_file`` say
-    where and how it runs; they are not part of any hash.
+    where and how it runs; ``preset`` (the protocol preset it was resolved from, if any)
+    and ``protocol_sources`` (each protocol value's origin: ``default``, ``card``,
+    ``preset:<name>`` or ``flag``) say where its values came from. None of these is part
+    of any hash: a run's identity is its resolved values.
     """
 
     method: str
@@ -106,10 +131,12 @@ class RunSpec:
     plugins: tuple[str, ...] = ()
     note: str = ""  # shown next to the run (e.g. a sweep's grid point)
     resume_file: str | None = None  # where a worker keeps the run's resume point
+    preset: str | None = None
+    protocol_sources: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
-        object.__setattr__(self, "absent", MappingProxyType(dict(self.absent)))
+        for name in ("params", "absent", "protocol_sources"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     # ------------------------------------------------------------------ identity
     @property
@@ -168,8 +195,10 @@ class RunSpec:
                "params": self.config, "data_dir": self.data_dir, "split_seed": p.split_seed,
                "graph": p.graph, "metric": p.metric, "device": self.device,
                "threads": self.threads}
-        if "setting" in p.tasks():  # Class-IL; Task-IL records keep their old layout
-            out["setting"] = p.setting
+        tasks = p.tasks()
+        for key in TASK_KEYS_ABSENT:  # away from the old value; old records keep their layout
+            if key in tasks:
+                out[key] = tasks[key]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +207,7 @@ class RunSpec:
         d["protocol"] = asdict(self.protocol)
         d["params"] = dict(self.params)
         d["absent"] = dict(self.absent)
+        d["protocol_sources"] = dict(self.protocol_sources)
         d["plugins"] = list(self.plugins)
         return d
 

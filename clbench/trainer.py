@@ -80,9 +80,8 @@ class NCTrainer:
         loss_fn: loss over restricted logits and task-local labels (default cross-entropy).
         device: torch device.
         protocol: the run's :class:`~clbench.spec.Protocol` (read-only; default: BeGin's).
-            Its ``patience`` and ``min_lr_ratio`` make the default scheduler.
-        scheduler_fn: ``optimizer -> scheduler`` (default :func:`plateau_scheduler` of
-            the protocol).
+            Its ``patience`` and ``min_lr_ratio`` make the default ``scheduler_fn``
+            (``optimizer -> scheduler``), which ``schedule="fixed"`` leaves unused.
         callbacks: :class:`TrainerCallback` s.
         **hparams: the method's hyperparameters, in ``self.hparams``. A run passes every
             one, resolved and validated; keys left out take the card's defaults.
@@ -427,8 +426,9 @@ class NCTrainer:
                                   curr_training_states: dict, curr_iter_results: dict) -> bool:
         """After each epoch's validation: keep the best-validation weights and step the
         scheduler (in :attr:`task_state`); False stops the task (the learning rate
-        reached its floor). ``curr_iter_results``: ``val_metric``, ``train_stats``,
-        ``val_stats``."""
+        reached its floor); the ``fixed`` schedule does neither (constant lr, every epoch)."""
+        if self.protocol.schedule == "fixed":  # CGLB: no scheduler, no best-weights restore
+            return True
         task = self.task_state
         val_loss = curr_iter_results["val_stats"]["loss"]
         if val_loss < task.best_val_loss:

@@ -1,4 +1,5 @@
-"""``clbench list``: methods (with their hyperparameters), datasets and models."""
+"""``clbench list``: methods (with their hyperparameters), datasets, models and protocol
+presets."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from clbench.errors import ClbenchError, quote
 
 @app.command("list", cls=ClbenchCommand)
 def list_(
-    what: Annotated[str, typer.Argument(help="methods, datasets or models")] = "all",
+    what: Annotated[str, typer.Argument(help="methods, datasets, models or presets")] = "all",
     data_dir: Annotated[str | None, typer.Option(help="Data root to check for local files.")]
         = None,
     plugin: Annotated[list[str] | None, typer.Option(help="Plugin to load first.")] = None,
 ) -> None:
-    """List methods (with hyperparameters), datasets (with sizes) and models."""
+    """List methods (with hyperparameters), datasets (with sizes), models and protocol
+    presets (each value with the reference code it comes from)."""
     from clbench.backbones import MODELS
     from clbench.datasets import data_root
     from clbench.plugins import load_plugin
@@ -32,7 +34,7 @@ def list_(
         load_plugin(p)
     check_given(data_dir=data_dir)
     check_data_dir(data_dir)
-    choices = ("all", "methods", "datasets", "models")
+    choices = ("all", "methods", "datasets", "models", "presets")
     if what not in choices:
         raise ClbenchError(f"unknown list {quote(what)}; choose one of {', '.join(choices)}")
     if what in ("all", "methods"):
@@ -43,6 +45,27 @@ def list_(
         print_dataset_table(data_root(data_dir), console)
     if what in ("all", "models"):
         console.print("models: " + ", ".join(MODELS.names()), markup=False)
+    if what in ("all", "presets"):
+        print_presets()
+
+
+def print_presets() -> None:
+    """Every protocol preset in full: each value and where it comes from, then what of
+    the reference it does not reproduce."""
+    from clbench.presets import PRESETS, describe
+
+    for preset in PRESETS.values():
+        console.print(Text.assemble((f"preset {preset.name}", "bold"), f": {preset.summary}"))
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1))
+        table.add_column("setting", no_wrap=True)
+        table.add_column("value", no_wrap=True)  # numbers are never cut
+        table.add_column(f"from ({preset.reference})", overflow="fold")
+        for key in preset.values:
+            table.add_row(key, escape(describe(preset, key)), escape(preset.where[key]))
+        console.print(table)
+        for gap in preset.gaps:
+            console.print(f"  not reproduced: {gap}", markup=False, soft_wrap=True)
+        console.print()
 
 
 def print_methods() -> None:

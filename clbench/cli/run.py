@@ -55,6 +55,9 @@ def run(
         help="Training seed (also draws the class order). Default 0.")] = None,
     seeds: Annotated[str | None, typer.Option(
         help="Several seeds, e.g. 0-9 or 0,2,5-7 (runs through the orchestrator).")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="Protocol preset: begin (the defaults) or cglb (see clbench list presets); "
+             "--param and the flags below override it.")] = None,
     tasks: Annotated[str | None, typer.Option(
         help="Number of tasks, or TASKSxCLASSES (e.g. 3x2). Default: the dataset card.")] = None,
     epochs: Annotated[int | None, typer.Option(
@@ -66,18 +69,22 @@ def run(
                               "method only (repeatable).")] = None,
     class_order: Annotated[str | None, typer.Option(
         help="Explicit class order, comma-separated (default: permutation from --seed).")] = None,
-    graph: Annotated[str, typer.Option(
-        help="full: whole graph in every task (BeGin); task: each task's induced subgraph "
-             "(CGLB).")] = "full",
-    metric: Annotated[str, typer.Option(
-        help="Per-task score: accuracy or balanced_accuracy.")] = "accuracy",
-    setting: Annotated[str, typer.Option(
-        help="task: Task-IL, a node is classified among its task's classes; class: "
-             "Class-IL, among every class seen so far (no task identity).")] = "task",
+    graph: Annotated[str | None, typer.Option(
+        help="full: whole graph in every task (BeGin, default); task: each task's induced "
+             "subgraph (CGLB).")] = None,
+    metric: Annotated[str | None, typer.Option(
+        help="Per-task score: accuracy (default) or balanced_accuracy.")] = None,
+    setting: Annotated[str | None, typer.Option(
+        help="task: Task-IL (default), a node is classified among its task's classes; "
+             "class: Class-IL, among every class seen so far (no task identity).")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="dataset: the official split where the dataset has one (default); random: a "
+             "stratified 60/20/20 split from --split-seed on every dataset (CGLB).")] = None,
     data_dir: Annotated[str | None, typer.Option(
         help="Data root (default: $CLBENCH_DATA, else ./datasets).")] = None,
-    split_seed: Annotated[int, typer.Option(
-        help="Seed of random train/val/test splits (kept apart from --seed).")] = 0,
+    split_seed: Annotated[int | None, typer.Option(
+        help="Seed of random train/val/test splits (kept apart from --seed). Default 0.")]
+        = None,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
     threads: Annotated[int | None, typer.Option(
         help="torch threads per run, logged. Default: the usable cores for a single run "
@@ -138,10 +145,14 @@ def run(
     if seed is not None and seeds is not None:
         raise ClbenchError("give either --seed or --seeds, not both")
     seed_list = parse_seeds(seeds) if seeds is not None else [check_seed(seed or 0, "--seed")]
-    check_seed(split_seed, "--split-seed")
-    order = parse_int_list(class_order, "--class-order")
-    tasks_kw = {"num_tasks": num_tasks, "classes_per_task": per_task, "class_order": order,
-                "split_seed": split_seed, "graph": graph, "metric": metric, "setting": setting}
+    if split_seed is not None:
+        check_seed(split_seed, "--split-seed")
+    given = {"class_order": parse_int_list(class_order, "--class-order"),
+             "split_seed": split_seed, "graph": graph, "metric": metric, "setting": setting,
+             "split": split}
+    tasks_kw: dict = {"preset": preset, **{k: v for k, v in given.items() if v is not None}}
+    if tasks is not None:  # both, so that --tasks replaces a preset's split as a whole
+        tasks_kw.update(num_tasks=num_tasks, classes_per_task=per_task)
     grid = GridOptions(jobs=jobs, backend=backend, scheduler=scheduler,
                        tracking_uri=tracking_uri, experiment=experiment, force=force,
                        results_dir=results_dir, quiet=quiet, dry_run=dry_run,

@@ -403,13 +403,27 @@ def resolve_card(name: str) -> DatasetCard:
     return DATASETS.get(name)
 
 
-def load_graph(name: str, data_dir: str | Path | None = None, split_seed: int = 0) -> Graph:
+def load_graph(name: str, data_dir: str | Path | None = None, split_seed: int = 0,
+               split: str = "dataset") -> Graph:
     """Load dataset ``name`` from the data root and preprocess it.
 
     ``name`` is a registry name (``"cora"``, ``"ogbn-arxiv"``) or the path of a
     user's ``.pt``/``.npz`` graph file (see :mod:`clbench.datasets.custom`).
-    ``split_seed`` draws the stratified split of datasets without an official one.
+    ``split_seed`` draws the stratified split of datasets without an official one;
+    ``split="random"`` draws it on every dataset, replacing an official split (or a
+    file's masks), as CGLB does.
     """
+    graph = _load_graph(name, data_dir, split_seed)
+    if split == "random":
+        graph.train_mask, graph.val_mask, graph.test_mask = stratified_split(graph.y,
+                                                                             split_seed)
+        graph.meta.update(split="stratified 60/20/20 (split=random)")
+    elif split != "dataset":
+        raise ValueError(f"unknown split {split!r}; choose dataset or random")
+    return graph
+
+
+def _load_graph(name: str, data_dir: str | Path | None, split_seed: int) -> Graph:
     if is_graph_file(name) and name not in DATASETS:
         from clbench.datasets.custom import load_custom_graph
 

@@ -104,7 +104,7 @@ def prepare_datasets(jobs: Sequence[RunSpec]) -> None:
 
     seen: set[tuple] = set()
     for job in jobs:
-        k = (job.dataset, job.data_dir)
+        k = (job.dataset, job.data_dir)  # the split is drawn after loading: not in the key
         if k in seen:
             continue
         seen.add(k)

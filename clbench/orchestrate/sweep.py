@@ -32,15 +32,19 @@ from clbench.spec import RunSpec
 
 
 def _protocol_kwargs(spec: SweepSpec) -> dict[str, Any]:
+    """:func:`resolve_grid`'s settings: the preset, and only the task settings the file
+    gives (the others: the preset's, else the defaults)."""
     p = spec.protocol
-    num_tasks, per_task = parse_tasks(str(p["tasks"])) if "tasks" in p else (None, None)
-    return {
-        "num_tasks": num_tasks, "classes_per_task": per_task,
-        "class_order": p.get("class_order"), "split_seed": int(p.get("split_seed", 0)),
-        "graph": p.get("graph", "full"), "metric": p.get("metric", "accuracy"),
-        "setting": p.get("setting", "task"),
-        "data_dir": p.get("data_dir"), "device": p.get("device", "cpu"),
-    }
+    out: dict[str, Any] = {"preset": spec.preset, "data_dir": p.get("data_dir"),
+                           "device": p.get("device", "cpu")}
+    if "tasks" in p:
+        out["num_tasks"], out["classes_per_task"] = parse_tasks(str(p["tasks"]))
+    for key in ("class_order", "graph", "metric", "setting", "split"):
+        if key in p:
+            out[key] = p[key]
+    if "split_seed" in p:
+        out["split_seed"] = int(p["split_seed"])
+    return out
 
 
 def _label(point: Mapping[str, Any], varying: Sequence[str]) -> str:

@@ -9,9 +9,10 @@ A sweep file::
     grid_seeds = "0-2"                 # "0-2", "0,1,2" or [0, 1, 2]
     final_seeds = "0-9"
     plugins = []                       # optional --plugin files/modules
+    preset = "cglb"                    # optional protocol preset (clbench list presets)
 
     [protocol]                         # optional: tasks = "3x2", graph, metric, setting,
-    split_seed = 0                     #   split_seed, class_order, data_dir, device
+    split_seed = 0                     #   split, split_seed, class_order, data_dir, device
 
     [params]                           # fixed for every method and grid point
     epochs = 1000
@@ -48,9 +49,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _TOP_KEYS = {"experiment", "methods", "datasets", "grid_seeds", "final_seeds", "plugins",
-             "protocol", "params", "grid", "method"}
-_PROTOCOL_KEYS = {"tasks", "graph", "metric", "setting", "split_seed", "class_order", "data_dir",
-                  "device"}
+             "preset", "protocol", "params", "grid", "method"}
+_PROTOCOL_KEYS = {"tasks", "graph", "metric", "setting", "split", "split_seed", "class_order",
+                  "data_dir", "device"}
 
 
 @dataclass
@@ -64,6 +65,7 @@ class SweepSpec:
     grid_seeds: list[int]
     final_seeds: list[int]
     plugins: list[str] = field(default_factory=list)
+    preset: str | None = None
     protocol: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
@@ -235,6 +237,16 @@ def load_sweep(path: str | Path) -> SweepSpec:
         method_params[name] = _params(table.get("params", {}), path, f"method.{name}.params")
         method_grid[name] = _grid(table.get("grid", {}), path, f"method.{name}.grid")
     plugins = _strings(raw.get("plugins", []), path, "plugins", empty_ok=True)
+    preset = raw.get("preset")
+    if preset is not None:
+        from clbench.presets import get_preset
+
+        if not isinstance(preset, str):
+            raise _type_error(path, "preset", "a preset name", preset)
+        try:
+            preset = get_preset(preset).name
+        except ClbenchError as exc:
+            raise ClbenchError(f"{_where(path)}: {exc}") from None
     return SweepSpec(
         path=path,
         experiment=experiment,
@@ -243,6 +255,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         grid_seeds=_seeds(raw["grid_seeds"], path, "grid_seeds"),
         final_seeds=_seeds(raw["final_seeds"], path, "final_seeds"),
         plugins=[str((path.parent / p).resolve()) if p.endswith(".py") else p for p in plugins],
+        preset=preset,
         protocol=_protocol(raw.get("protocol", {}), path),
         params=_params(raw.get("params", {}), path, "params"),
         grid=_grid(raw.get("grid", {}), path, "grid"),

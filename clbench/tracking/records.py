@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import math
 import os
 import socket
@@ -45,6 +46,11 @@ TAG_HOST = "clbench.host"
 TAG_RESUMED_AFTER = "clbench.resumed_after_task"
 TAG_RECOVERED_FROM = "clbench.recovered_from"
 TAG_INT_REFERENCE = "clbench.int_reference"
+#: A child run's protocol preset (``begin``, ``cglb`` or ``none``) and, as JSON, where each
+#: protocol value came from (``default``, ``card``, ``preset:<name>`` or ``flag``). Not
+#: parent tags: runs of one configuration share a parent whatever preset they came from.
+TAG_PRESET = "clbench.preset"
+TAG_PROTOCOL_SOURCES = "clbench.protocol_sources"
 #: The tasks of a run that learned nothing (:mod:`clbench.degenerate`), ``"1,3"``, or
 #: ``"none"``; runs logged before the check existed have no such tag.
 TAG_DEGENERATE = "clbench.degenerate_tasks"
@@ -199,6 +205,12 @@ def read_matrix_csv(path: str | Path) -> np.ndarray:
     return np.array([[float(v) for v in row[1:]] for row in rows[1:]], dtype=float)
 
 
+def job_tags(job: RunSpec) -> dict[str, str]:
+    """A child run's :data:`TAG_PRESET` and :data:`TAG_PROTOCOL_SOURCES`."""
+    return {TAG_PRESET: job.preset or "none",
+            TAG_PROTOCOL_SOURCES: json.dumps(dict(job.protocol_sources), sort_keys=True)}
+
+
 def job_params(job: RunSpec) -> dict[str, Any]:
     """Params known before a job runs: every resolved hyperparameter, protocol, data card."""
     p = job.protocol
@@ -213,6 +225,7 @@ def job_params(job: RunSpec) -> dict[str, Any]:
         "graph": p.graph,
         "metric": p.metric,
         "setting": p.setting,
+        **({"split": p.split} if "split" in p.tasks() else {}),  # old runs: no such param
         "tasks_requested": tasks,
         "class_order_requested": list(p.class_order) if p.class_order else "from seed",
         "config_hash": job.config_hash,
@@ -348,7 +361,9 @@ __all__ = [
     "TAG_INT_REFERENCE",
     "TAG_METHOD",
     "TAG_PARENT",
+    "TAG_PRESET",
     "TAG_PROTOCOL",
+    "TAG_PROTOCOL_SOURCES",
     "TAG_RECOVERED_FROM",
     "TAG_REPORT_SEEDS",
     "TAG_RESUMED_AFTER",
@@ -368,6 +383,7 @@ __all__ = [
     "dataset_card_info",
     "degenerate_text",
     "job_params",
+    "job_tags",
     "owner_gone",
     "process_token",
     "read_matrix_csv",

@@ -42,6 +42,7 @@ from clbench.tracking.records import (
     command_owner,
     finite,
     job_params,
+    job_tags,
     owner_gone,
     read_matrix_csv,
     result_metrics,
@@ -284,7 +285,7 @@ class Tracker:
                 TAG_ROLE: "child", TAG_PARENT: parent_id, TAG_METHOD: job.method,
                 TAG_DATASET: job.dataset, TAG_SEED: str(job.seed), TAG_CONFIG: job.config_hash,
                 TAG_PROTOCOL: job.protocol_hash, TAG_SOURCE: "clbench",
-                TAG_COMMAND: command_owner(),
+                TAG_COMMAND: command_owner(), **job_tags(job),
             },
         )
         self._log(run.info.run_id, params={**job_params(job), "seed": job.seed,
