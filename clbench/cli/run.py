@@ -4,7 +4,7 @@ orchestrator."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -167,10 +167,10 @@ def run(
         run_grid(specs, grid, shape=(len(methods), len(datasets), len(seed_list)))
         return
     # resolved before the progress bars: bad input gets its one line alone
-    # one run alone: all the usable cores (orchestrated jobs keep one thread each)
     spec = resolve_run(methods[0], datasets[0], seed_list[0], params=params,
-                       data_dir=data_dir, device=device,
-                       threads=threads if threads is not None else usable_cores(), **tasks_kw)
+                       data_dir=data_dir, device=device, threads=threads, **tasks_kw)
+    if threads is None:  # one run alone: the usable cores (orchestrated jobs: one each)
+        spec = replace(spec, threads=usable_cores())  # after every check
     configure_openmp(spec.threads or 1)  # before torch loads
     from clbench.experiment import run_experiment  # torch & co.: after every check
     from clbench.progress import RichProgress, TaskLines
