@@ -10,6 +10,7 @@ from datahelpers import method_trainer
 
 import clbench.methods.hat  # noqa: F401  (registration)
 from clbench import metrics
+from clbench.degenerate import majority_baseline
 from clbench.errors import ClbenchError
 from clbench.experiment import ExperimentSpec, build_scenario, run_experiment, seed_everything
 from clbench.methods.hat import NCTaskILHATTrainer
@@ -212,4 +213,7 @@ def test_cora_zero_forgetting_and_every_task_learned(cora_graph) -> None:
     check_zero_forgetting(out.R_test)
     for t in range(scenario.num_tasks - 1):
         assert torch.equal(task_logits(trainer, t), rec.logits[t]), t
-    assert np.diag(out.R_test).min() > 0.85  # no task at its majority class
+    majority, _ = majority_baseline(scenario)
+    diag = np.diag(out.R_test)
+    # no task at its majority class (Cora seed 0's task 1: majority 0.833)
+    assert all(d > m + 0.03 for d, m in zip(diag, majority, strict=True)), (diag, majority)
