@@ -16,6 +16,7 @@ BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ewc": ("clbench.methods.ewc:NCTaskILEWCTrainer", ()),
     "finetune": ("clbench.methods.finetune:NCTaskILBareTrainer", ("bare",)),
     "gem": ("clbench.methods.gem:NCTaskILGEMTrainer", ()),
+    "hat": ("clbench.methods.hat:NCTaskILHATTrainer", ()),
     "joint": ("clbench.methods.joint:NCTaskILJointTrainer", ()),
     "lwf": ("clbench.methods.lwf:NCTaskILLwFTrainer", ()),
     "mas": ("clbench.methods.mas:NCTaskILMASTrainer", ()),
