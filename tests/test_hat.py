@@ -192,7 +192,7 @@ def test_resumed_run_is_bit_identical(tmp_path) -> None:
 
 def test_refuses_gat_and_class_il() -> None:
     scenario = synthetic_scenario(0)
-    with pytest.raises(ClbenchError, match="gcn or sage"):
+    with pytest.raises(ClbenchError, match="runs only on --model gcn/sage, not gat"):
         make_trainer(scenario, 0, model="gat", **FAST)
     trainer, _ = make_trainer(scenario, 0, model="sage", **FAST)  # unit-wise: accepted
     assert trainer.lamb == 0.75 and trainer.smax == 400.0  # BeGin's defaults
