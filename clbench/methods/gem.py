@@ -24,8 +24,9 @@ step per iteration, and the rows drift towards the few memory nodes.
 
 Class-IL (``--setting class``): the current loss and every memory's loss are taken
 among all the classes seen so far (tasks ``0..t``), as BeGin's Class-IL trainer does;
-the current loss then reaches every seen class's classifier row, so ``touched`` leaves
-only the rows of classes not seen yet out of the projection.
+the current loss then reaches every seen class's classifier row, old ones included,
+so with ``touched`` too the projection may move them (it still leaves out what the
+current loss has no gradient on, e.g. the rows of classes not seen yet).
 
 The current loss and all memory losses come from one forward pass (``graph="full"``:
 memories are nodes of the same graph); each memory gradient then costs one backward
