@@ -1,4 +1,4 @@
-"""``lwf``: Learning without Forgetting (Li & Hoiem, 2017), as in BeGin's Task-IL and Class-IL trainers.
+"""``lwf``: Learning without Forgetting (Li & Hoiem, 2017), as in BeGin (Task-IL and Class-IL).
 
 While task ``t`` is learned, the model's outputs for every old task ``k < t`` on the
 current task's training nodes are pulled towards those of the model as it was when

@@ -1,4 +1,4 @@
-"""``mas``: Memory Aware Synapses (Aljundi et al., 2018), as in BeGin's Task-IL and Class-IL trainers.
+"""``mas``: Memory Aware Synapses (Aljundi et al., 2018), as in BeGin (Task-IL and Class-IL).
 
 After each task, at the restored best-validation weights (eval mode), the importance of
 every parameter is measured from the model's *outputs* alone, with no labels: the
