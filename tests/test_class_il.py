@@ -25,7 +25,8 @@ def _run(method: str, setting: str, dataset: str = "synthetic", **kw):
                                       **kw))
 
 
-@pytest.mark.parametrize("method", ["finetune", "ewc", "joint"])
+@pytest.mark.parametrize("method", ["finetune", "ewc", "joint", "lwf", "mas", "twp", "gem",
+                                    "ergnn"])
 def test_one_task_is_task_il_bit_for_bit(method):
     """With one task the classes seen so far are the task's classes: same candidates in the
     same order, so the same numbers to the last bit (matrices, untrained row, epochs)."""
@@ -156,10 +157,10 @@ def test_the_setting_is_part_of_a_runs_identity():
 
 def test_methods_declare_their_settings():
     """Piggyback and PackNet need the node's task at prediction: Task-IL only, refused with
-    the reason; finetune, joint and EWC run in both."""
+    the reason; finetune, joint, EWC, LwF, MAS, TWP, GEM and ER-GNN run in both."""
     from clbench.config import load_card
 
-    for name in ("finetune", "joint", "ewc"):
+    for name in ("finetune", "joint", "ewc", "lwf", "mas", "twp", "gem", "ergnn"):
         assert load_card(name).settings == ("task", "class")
         resolve_run(name, "synthetic", 0, setting="class")
     for name in ("piggyback", "packnet"):

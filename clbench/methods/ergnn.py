@@ -8,10 +8,12 @@ replays the buffer::
 
     loss = (1 - beta) * task loss + beta * loss on the buffer,   beta = |B| / (|B| + n_t)
 
-with ``n_t`` the current task's training nodes (BeGin's weighting). Each buffered
-node keeps its own task's Task-IL restriction. With ``graph="full"`` its logits come
-from the same full-graph forward pass as the current task's (as in BeGin); with
-``graph="task"`` each buffered task is scored on its own subgraph.
+with ``n_t`` the current task's training nodes (BeGin's weighting). In Task-IL each
+buffered node is scored among its own task's classes; in Class-IL among every class
+seen so far, like the current task's nodes (as BeGin's Class-IL trainer). With
+``graph="full"`` its logits come from the same full-graph forward pass as the current
+task's (as in BeGin); with ``graph="task"`` each buffered task is scored on its own
+subgraph.
 
 Samplers (on the node features, as BeGin's defaults; ``sampler_features = "l1"``
 row-normalises them first, which is what BeGin's DGL Cora and CiteSeer hold):
@@ -71,7 +73,7 @@ def mean_of_feature(own: Tensor, budget: int) -> Tensor:
 
 @register_method("ergnn")
 class NCTaskILERGNNTrainer(NCTrainer):
-    """ER-GNN for Task-IL node classification.
+    """ER-GNN for node classification, Task-IL or Class-IL.
 
     Hyperparameters (see ``methods/ergnn.toml``): ``num_memories`` (the whole buffer
     budget), ``sampler`` (CM | MF | random), ``distance_threshold`` (CM) and
@@ -121,8 +123,11 @@ class NCTaskILERGNNTrainer(NCTrainer):
         return {"buffer": torch.zeros(0, dtype=torch.long, device=self.device)}
 
     def replay_batches(self, training_states: dict) -> list[NodeBatch]:
-        """The buffer as batches to score (one per graph it is scored on)."""
-        return stored_batches(self.scenario, training_states["buffer"])
+        """The buffer as batches to score (one per graph it is scored on): in Task-IL
+        each node among its own task's classes, in Class-IL among every class seen so
+        far (the current batch's candidates)."""
+        return stored_batches(self.scenario, training_states["buffer"],
+                              seen=self.curr_task + 1)
 
     def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
                        _curr_batch: NodeBatch, training_states: dict) -> dict:

@@ -22,6 +22,12 @@ the full memory gradients. With ``scope = "all"`` (BeGin, CGLB) those rows recei
 only ever see this component starts empty each task, it becomes a full learning-rate
 step per iteration, and the rows drift towards the few memory nodes.
 
+Class-IL (``--setting class``): the current loss and every memory's loss are taken
+among all the classes seen so far (tasks ``0..t``), as BeGin's Class-IL trainer does;
+the current loss then reaches every seen class's classifier row, old ones included,
+so with ``touched`` too the projection may move them (it still leaves out what the
+current loss has no gradient on, e.g. the rows of classes not seen yet).
+
 The current loss and all memory losses come from one forward pass (``graph="full"``:
 memories are nodes of the same graph); each memory gradient then costs one backward
 pass. With ``graph="task"`` each memory is scored on its own task's subgraph (one
@@ -79,7 +85,7 @@ def project_gradient(grad: Tensor, memory_grads: Tensor, margin: float) -> Tenso
 
 @register_method("gem")
 class NCTaskILGEMTrainer(NCTrainer):
-    """GEM for Task-IL node classification.
+    """GEM for node classification, Task-IL or Class-IL.
 
     Hyperparameters (see ``methods/gem.toml``): ``memory_strength`` (the lower
     bound of the dual variables: 0, the paper's projection; BeGin's ``lamb``: 0.5),
@@ -107,18 +113,22 @@ class NCTaskILGEMTrainer(NCTrainer):
         return {"memories": []}
 
     def memory_batches(self, training_states: dict) -> list[NodeBatch]:
-        """One batch per stored memory, on the graph its task is trained on."""
+        """One batch per stored memory, on the graph its task is trained on; in Task-IL
+        among its task's classes, in Class-IL among every class seen so far (BeGin's
+        Class-IL GEM scores its memories with the current model's observed classes)."""
         scenario = self.scenario
         out = []
         for nodes in training_states["memories"]:
             task = int(scenario.node_task[nodes[0]])
-            out.append(stored_batch(scenario, nodes, scenario.graph_for((task,))))
+            out.append(stored_batch(scenario, nodes, scenario.graph_for((task,)),
+                                    seen=self.curr_task + 1))
         return out
 
     def inference(self, model: nn.Module, _curr_batch: NodeBatch,
                   training_states: dict | None) -> dict:
-        """The Task-IL loss; in training with memories, also each memory's loss
-        (``memory_losses``, from the same forward pass when on the same graph)."""
+        """The loss (among the setting's candidates); in training with memories, also
+        each memory's loss (``memory_losses``, from the same forward pass when on the
+        same graph)."""
         if not (model.training and training_states and training_states["memories"]):
             return super().inference(model, _curr_batch, training_states)
         weights = self.forward_weights(model, _curr_batch, training_states)

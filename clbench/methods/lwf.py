@@ -1,4 +1,4 @@
-"""``lwf``: Learning without Forgetting (Li & Hoiem, 2017), as in BeGin's Task-IL trainer.
+"""``lwf``: Learning without Forgetting (Li & Hoiem, 2017), as in BeGin (Task-IL and Class-IL).
 
 While task ``t`` is learned, the model's outputs for every old task ``k < t`` on the
 current task's training nodes are pulled towards those of the model as it was when
@@ -10,8 +10,14 @@ where ``z_k`` are the logits at task ``k``'s classes (its head, in Task-IL). Thi
 BeGin's loss exactly: a soft cross-entropy summed over the old tasks, averaged over the
 nodes, without the ``T^2`` factor of Hinton et al.
 
+Class-IL (``--setting class``), as BeGin's Class-IL trainer: one softmax over all the
+old classes together (the classes of tasks ``0..t-1``, taken by class id from the full
+logits, so the growing candidate set never shifts them), i.e. the sum over ``k`` above
+becomes a single group ``z_old = z[seen_classes(t)]``.
+
 The previous model is frozen for the whole task, so its softened outputs are computed
-once, at the start of the task, and kept (``targets``, ``[n_train, t, classes_per_task]``)
+once, at the start of the task, and kept (``targets``, ``[n_train, groups, classes]``:
+Task-IL ``[n_train, t, classes_per_task]``, Class-IL ``[n_train, 1, t * classes_per_task]``)
 instead of a copy of the model run at every step as BeGin does; the values are the same.
 The current model's old-task logits come from the training forward pass itself
 (``inference``'s full ``logits``) (BeGin
@@ -35,12 +41,12 @@ from clbench.trainer import NCTrainer
 
 @register_method("lwf")
 class NCTaskILLwFTrainer(NCTrainer):
-    """LwF for Task-IL node classification.
+    """LwF for node classification, Task-IL or Class-IL.
 
     Hyperparameters (see ``methods/lwf.toml``): ``lamb`` (weight of the distillation
     term; BeGin: 1) and ``T`` (softmax temperature; BeGin: 2).
 
-    Training states: ``targets``, the previous model's softened outputs at the old tasks'
+    Training states: ``targets``, the previous model's softened outputs at the old
     classes for the current task's training nodes (empty during task 0), and ``nodes``,
     those nodes.
     """
@@ -53,13 +59,18 @@ class NCTaskILLwFTrainer(NCTrainer):
 
     # ------------------------------------------------------------------ helpers
     def old_task_logits(self, logits: Tensor, batch: NodeBatch, num_old: int) -> Tensor:
-        """``[n, num_old, classes_per_task]``: the batch nodes' logits at the classes of
-        each of the tasks ``0..num_old-1``."""
+        """The batch nodes' logits at the old classes (tasks ``0..num_old-1``), by class
+        id, grouped by softmax: Task-IL ``[n, num_old, classes_per_task]`` (one group per
+        old task's head), Class-IL ``[n, 1, num_old * classes_per_task]`` (one group: all
+        old classes, sorted)."""
+        if self.scenario.setting == "class":
+            return logits[batch.nodes][:, self.scenario.seen_classes(num_old)].unsqueeze(1)
         return logits[batch.nodes][:, self.scenario.task_classes[:num_old]]
 
     def distillation(self, student: Tensor, targets: Tensor) -> Tensor:
         """Soft cross-entropy of ``student`` logits (``[n, K, c]``) against the target
-        probabilities, at temperature ``T``: summed over the K old tasks, mean over nodes."""
+        probabilities, at temperature ``T``: summed over the K groups (old tasks; one
+        group in Class-IL), mean over nodes."""
         log_q = F.log_softmax(student / self.T, dim=-1)
         return -(targets * log_q).sum(-1).mean(0).sum()
 
@@ -98,7 +109,9 @@ class NCTaskILLwFTrainer(NCTrainer):
             if not torch.equal(_curr_batch.nodes, training_states["nodes"]):
                 raise RuntimeError("lwf: the training batch is not the task's training "
                                    "nodes its targets were computed on (full batch only)")
-            student = self.old_task_logits(results["logits"], _curr_batch, targets.size(1))
+            student = self.old_task_logits(results["logits"], _curr_batch, self.curr_task)
+            if student.shape != targets.shape:
+                raise RuntimeError("lwf: the old classes changed within the task")
             results["penalty"] = self.lamb * self.distillation(student, targets)
             results["loss"] = results["loss"] + results["penalty"]
         return super().afterInference(results, model, optimizer, _curr_batch,

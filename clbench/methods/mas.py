@@ -1,10 +1,11 @@
-"""``mas``: Memory Aware Synapses (Aljundi et al., 2018), as in BeGin's Task-IL trainer.
+"""``mas``: Memory Aware Synapses (Aljundi et al., 2018), as in BeGin (Task-IL and Class-IL).
 
 After each task, at the restored best-validation weights (eval mode), the importance of
 every parameter is measured from the model's *outputs* alone, with no labels: the
-sensitivity of the squared L2 norm of each training node's Task-IL output (its logits at
-its task's classes). Importances are summed over tasks and the weights after the last
-task are kept; later tasks minimise::
+sensitivity of the squared L2 norm of each training node's output at its candidate
+classes (Task-IL: its task's classes; Class-IL: every class seen so far, as in BeGin's
+Class-IL trainer, whose logits of classes not seen yet are constants). Importances are
+summed over tasks and the weights after the last task are kept; later tasks minimise::
 
     task loss + lamb * sum_i Omega[i] * (theta[i] - theta*[i])^2
 
@@ -33,7 +34,7 @@ IMPORTANCE_KINDS = ("batch", "node")
 
 @register_method("mas")
 class NCTaskILMASTrainer(AnchoredTrainer):
-    """MAS for Task-IL node classification.
+    """MAS for node classification, Task-IL or Class-IL.
 
     Hyperparameters (see ``methods/mas.toml``): ``lamb`` (BeGin: 1) and ``importance``
     (batch | node).
@@ -59,8 +60,9 @@ class NCTaskILMASTrainer(AnchoredTrainer):
         return (omega * diff * diff).sum()
 
     def output_sq_norms(self, model: nn.Module, batch: NodeBatch) -> Tensor:
-        """``||f(x_n)||^2`` per node of ``batch``: its logits at its task's classes. Reads
-        the nodes and their tasks, never their labels."""
+        """``||f(x_n)||^2`` per node of ``batch``: its logits at its candidate classes (its
+        task's in Task-IL, the classes seen so far in Class-IL). Reads the nodes and
+        their candidates, never their labels."""
         return batch.restrict(self.forward(model, batch)).pow(2).sum(-1)
 
     def task_importance(self, model: nn.Module, batch: NodeBatch) -> Tensor:

@@ -23,7 +23,9 @@ constant: it changes the printed loss and nothing else), so there is no ``beta``
 and they back-propagate the task loss twice per step (``2 grad L + grad penalty``),
 which halves the penalty's weight against the task loss under Adam: BeGin's
 ``lambda`` s correspond to about half of them here. The penalty is added in
-``afterInference``, so validation losses stay task losses.
+``afterInference``, so validation losses stay task losses. In Class-IL the task loss
+(trained on, and the one ``Fl_k`` is measured on) is among every class seen so far, as
+in BeGin's Class-IL trainer; the edge scores do not depend on the setting.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 
 @register_method("twp")
 class NCTaskILTWPTrainer(AnchoredTrainer):
-    """TWP for Task-IL node classification (GCN or GAT backbone).
+    """TWP for node classification, Task-IL or Class-IL (GCN or GAT backbone).
 
     Hyperparameters (see ``methods/twp.toml``): ``lambda_l`` (BeGin: 1e4) and
     ``lambda_t`` (BeGin's grid: {100, 1000}).
