@@ -120,6 +120,15 @@ def test_growth_per_task_and_width_match_the_card() -> None:
     assert [b.width for b in trainer.model.blocks] == widths
 
 
+def test_task_subgraphs_score_the_memory_on_its_own_subgraph_and_forget_nothing() -> None:
+    """``--graph task``: the memory of each earlier task is scored on that task's subgraph
+    (a forward pass of its own); the blocks still isolate every task."""
+    result = run_experiment(method="pignn", dataset="synthetic", seed=4, graph="task",
+                            params={**FAST, "epochs": 8})
+    check_zero_forgetting(np.array(result["R_test"]))
+    assert result["scenario"]["graph_mode"] == "task"
+
+
 @pytest.mark.parametrize("batch_norm", [True, False])
 def test_the_count_formula_matches_real_modules(batch_norm: bool) -> None:
     """One block of width h is the plain backbone, parameter for parameter; a grown
