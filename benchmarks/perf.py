@@ -80,7 +80,7 @@ warnings.filterwarnings("ignore", message="Sparse invariant checks")
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS_TIMED = ("finetune", "ewc", "lwf", "mas", "twp", "packnet", "piggyback", "gem",
-                 "ergnn", "cgnn", "hat")
+                 "ergnn", "cgnn", "hat", "pignn")
 #: Per-epoch target of a method against finetune (default 1.2x).
 EPOCH_TARGETS = {"lwf": 1.5, "mas": 1.5, "twp": 1.5}
 #: Timed, with their ratio to finetune reported but no target: a memory method's step
@@ -287,6 +287,7 @@ def trainer_at_task(method: str, scenario, dataset_key: str | None, task: int = 
         model, scenario, make_optimizer_fn(params), None, "cpu",
         scheduler_fn=plateau_scheduler(params["patience"], params["min_lr_ratio"]),
         callbacks=[Stop()], **{k: params[k] for k in method_param_keys(method)})
+    model = trainer.model  # a method may train a network of its own (PI-GNN grows one)
     with contextlib.suppress(_StopAtTask):  # stopped at the start of task ``task``
         trainer.run(epoch_per_task=warm_epochs)
     trainer.callbacks.clear()

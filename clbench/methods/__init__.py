@@ -22,6 +22,7 @@ BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mas": ("clbench.methods.mas:NCTaskILMASTrainer", ()),
     "packnet": ("clbench.methods.packnet:NCTaskILPackNetTrainer", ()),
     "piggyback": ("clbench.methods.piggyback:NCTaskILPiggybackTrainer", ()),
+    "pignn": ("clbench.methods.pignn:NCTaskILPIGNNTrainer", ()),
     "twp": ("clbench.methods.twp:NCTaskILTWPTrainer", ()),
 }
 
