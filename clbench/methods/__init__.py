@@ -11,6 +11,7 @@ from clbench.methods.base import METHODS, register_method
 #: module registers its class with ``@register_method`` under the same name and aliases
 #: when imported (tests/test_registry.py checks that they agree).
 BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cat": ("clbench.methods.cat:NCTaskILCaTTrainer", ()),
     "ergnn": ("clbench.methods.ergnn:NCTaskILERGNNTrainer", ()),
     "ewc": ("clbench.methods.ewc:NCTaskILEWCTrainer", ()),
     "finetune": ("clbench.methods.finetune:NCTaskILBareTrainer", ("bare",)),
