@@ -12,6 +12,7 @@ from clbench.methods.base import METHODS, register_method
 #: when imported (tests/test_registry.py checks that they agree).
 BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cgnn": ("clbench.methods.cgnn:NCTaskILCGNNTrainer", ("continualgnn",)),
+    "cat": ("clbench.methods.cat:NCTaskILCaTTrainer", ()),
     "ergnn": ("clbench.methods.ergnn:NCTaskILERGNNTrainer", ()),
     "ewc": ("clbench.methods.ewc:NCTaskILEWCTrainer", ()),
     "finetune": ("clbench.methods.finetune:NCTaskILBareTrainer", ("bare",)),

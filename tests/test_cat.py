@@ -1,0 +1,214 @@
+"""CaT: the condensed memory (its size per class, no real node in it, the distribution
+matching lowering its loss), training in memory (BeGin's weighted loss, each synthetic
+node among its own task's classes), its storage, resume points, and an empty budget
+being fine-tuning."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from datahelpers import method_trainer as make_trainer
+from test_resume import PARAMS, Stop, same_run
+
+import clbench.methods.cat as cat
+from clbench.errors import ClbenchError
+from clbench.experiment import ExperimentSpec, build_scenario, run_experiment, seed_everything
+from clbench.resolve import resolve_run
+from clbench.scenario import NCScenarioLoader
+from clbench.trainer import TrainerCallback
+
+FAST = {"epochs": 10, "hidden": 32, "condense_steps": 20}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def synthetic_scenario(seed: int = 0) -> NCScenarioLoader:
+    seed_everything(seed)
+    return build_scenario(ExperimentSpec(method="cat", dataset="synthetic", seed=seed))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A full run on synthetic (5 tasks x 2 classes, 72 training nodes per class) with a
+    memory of 60: 12 synthetic nodes per task."""
+    scenario = synthetic_scenario(0)
+    trainer, params = make_trainer("cat", scenario, 0, num_memories=60, **FAST)
+    out = trainer.run(params["epochs"])
+    return scenario, trainer, out
+
+
+def test_class_budgets_follow_begins_rounding() -> None:
+    assert cat.class_budgets([72, 72], 12) == [6, 6]
+    # 4, 2.5, 3.5 -> 4, 2, 3; one left: the largest remainder, ties to the later class
+    assert cat.class_budgets([40, 25, 35], 10) == [4, 2, 4]
+    assert cat.class_budgets([1, 99], 4) == [1, 3]  # every class keeps at least one
+    assert cat.class_budgets([2, 1], 10) == [2, 1]  # never more than the training nodes
+
+
+def test_memory_has_the_budgeted_size_per_class(trained) -> None:
+    scenario, trainer, _ = trained
+    states = trainer.training_states
+    assert len(states["memory_x"]) == scenario.num_tasks
+    for t in range(scenario.num_tasks):
+        train = scenario.get_task(t).train
+        classes, counts = train.labels.unique(return_counts=True)
+        expected = cat.class_budgets(counts.tolist(), 60 // scenario.num_tasks)
+        y = states["memory_y"][t]
+        assert [int((y == c).sum()) for c in classes.tolist()] == expected == [6, 6]
+        assert states["memory_x"][t].shape == (12, scenario.graph.num_features)
+        assert bool((states["memory_task"][t] == t).all())
+        assert torch.equal(states["memory_weight"][t], torch.full((12,), len(train) / 12))
+
+
+def test_memory_holds_no_real_node(trained) -> None:
+    """Only synthetic rows, their classes, tasks and weights are kept: no memory row is
+    any real node's feature row, and there is no node id anywhere in the states."""
+    scenario, trainer, _ = trained
+    states = trainer.training_states
+    assert set(states) == set(cat.MEMORY_KEYS)
+    x = scenario.graph.x
+    for rows in states["memory_x"]:
+        assert rows.dtype.is_floating_point
+        assert not bool((rows[:, None, :] == x[None, :, :]).all(-1).any())
+        # not a copy of a real row either up to rounding: condensation moved every row
+        assert float(torch.cdist(rows, x).min()) > 1e-3
+    for y, tasks in zip(states["memory_y"], states["memory_task"], strict=True):
+        assert bool((scenario.task_classes[tasks] == y[:, None]).any(1).all())
+    long_tensors = [k for k in cat.MEMORY_KEYS for t in states[k] if not t.is_floating_point()]
+    assert set(long_tensors) == {"memory_y", "memory_task"}
+
+
+def test_condensation_lowers_the_matching_loss() -> None:
+    """Scored with 20 random encoders that the optimisation never saw, the condensed
+    features match the real class means better than the real rows they started from.
+    (lr 0.05: the synthetic features are Gaussians of scale 4, which Adam at the default
+    1e-3 moves by at most 0.2 in 200 steps.)"""
+    scenario = synthetic_scenario(1)
+    trainer, _ = make_trainer("cat", scenario, 1, num_memories=50,
+                              **{**FAST, "condense_steps": 200, "lr": 0.05})
+    train = scenario.get_task(0).train
+    x0, y = trainer.initial_synthetic(train)
+    x1, losses = trainer.condense(train, x0, y)
+    assert len(losses) == 200
+
+    def mean_loss(x: torch.Tensor) -> float:
+        torch.manual_seed(1234)
+        encoder = copy.deepcopy(trainer.model).eval()
+        classes, counts = train.labels.unique(return_counts=True)
+        weights = counts.float() / counts.sum()
+        total = 0.0
+        for _ in range(20):
+            cat.randomize_(encoder)
+            with torch.no_grad():
+                g = train.graph
+                real = cat.embed(encoder, encoder.inputs(g), g)[train.nodes]
+                means = cat.class_means(real, train.labels, classes)
+                total += float(cat.matching_loss(encoder, means, x, y, classes, weights))
+        return total / 20
+
+    before, after = mean_loss(x0), mean_loss(x1)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_empty_budget_is_finetune_bit_for_bit() -> None:
+    """num_memories below the number of tasks: no synthetic node, the real task."""
+    out = run_experiment(method="cat", dataset="synthetic", seed=2,
+                         params={**FAST, "num_memories": 4})  # 5 tasks: 4 // 5 = 0
+    params = {k: v for k, v in FAST.items() if k != "condense_steps"}
+    bare = run_experiment(method="finetune", dataset="synthetic", seed=2, params=params)
+    assert np.array_equal(np.array(out["R_test"]), np.array(bare["R_test"]))
+    assert np.array_equal(np.array(out["R_val"]), np.array(bare["R_val"]))
+    assert out["timing"]["task_epochs"] == bare["timing"]["task_epochs"]
+    assert out["extra_storage_bytes"] == 0
+
+
+def test_extra_storage_is_the_memory(trained) -> None:
+    scenario, trainer, out = trained
+    features = scenario.graph.num_features
+    # 60 synthetic nodes: a float32 row, an int64 class, an int64 task, a float32 weight
+    assert out.extra_storage_bytes == 60 * (4 * features + 8 + 8 + 4)
+    states = trainer.training_states
+    assert out.extra_storage_bytes == sum(t.numel() * t.element_size()
+                                          for k in cat.MEMORY_KEYS for t in states[k])
+
+
+def test_training_step_is_on_the_memory_only() -> None:
+    """Train in Memory: the step's loss is BeGin's sum of (n_t / |M_t|) x cross-entropy
+    over the synthetic nodes of tasks 0..t, each among its own task's classes, whatever
+    the real batch; its gradients are those of that loss."""
+    scenario = synthetic_scenario(3)
+    trainer, _ = make_trainer("cat", scenario, 3, num_memories=50, **FAST)
+
+    class StopAtTask2(TrainerCallback):
+        def on_epoch_end(self, trainer, task_id, epoch, results):
+            if task_id == 2:
+                raise KeyboardInterrupt
+
+    trainer.callbacks.append(StopAtTask2())
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(FAST["epochs"])
+    states, model = trainer.training_states, trainer.model
+    assert len(states["memory_x"]) == 3  # task 2 was condensed before it trained
+    batch = trainer.memory_batch(states)
+    assert torch.equal(batch.candidates, scenario.task_classes[batch.task_ids])
+    assert torch.equal(batch.candidates.gather(1, batch.local_labels[:, None])[:, 0],
+                       batch.labels)
+    assert batch.graph.num_edges == 0
+
+    reference = copy.deepcopy(model).train()
+    for norm in cat.batchnorm_modules(reference):
+        norm.eval()  # memory_bn = "running"
+    logits = reference(batch.graph.x, batch.graph)
+    per_node = F.cross_entropy(batch.restrict(logits), batch.local_labels, reduction="none")
+    n_train = [len(scenario.get_task(t).train) for t in range(3)]
+    weights = torch.tensor([n_train[t] / 10 for t in batch.task_ids.tolist()])
+    expected = (weights * per_node).sum()
+    expected.backward()
+
+    model.train()
+    real = scenario.get_task(0).val  # any real batch: it is not used
+    stats = trainer.processTrainIteration(model, trainer.optimizer, real, states)
+    assert stats["loss"] == pytest.approx(expected.item(), rel=1e-6)
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert all(m.training for m in cat.batchnorm_modules(model))
+
+
+def test_memory_bn_running_leaves_the_statistics_alone(trained) -> None:
+    """With the default, no memory step changes BatchNorm's running statistics."""
+    _, trainer, _ = trained
+    for norm in cat.batchnorm_modules(trainer.model):
+        assert torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))
+        assert torch.equal(norm.running_var, torch.ones_like(norm.running_var))
+
+
+def test_interrupted_run_continues_bit_identically(tmp_path) -> None:
+    params = {**PARAMS, "num_memories": 50, "condense_steps": 10}
+    reference = run_experiment(method="cat", seed=3, params=params)
+    path = tmp_path / "run.resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(method="cat", seed=3, params=params, callbacks=[Stop()],
+                       resume_file=path, resume_tag="t")
+    torch.manual_seed(12345)
+    resumed = run_experiment(method="cat", seed=3, params=params, resume_file=path,
+                             resume_tag="t")
+    assert resumed["resumed"]["after_task"] == 2
+    same_run(resumed, reference)
+
+
+def test_task_il_only() -> None:
+    with pytest.raises(ClbenchError, match="own task's classes"):
+        resolve_run("cat", "synthetic", 0, setting="class")
+
+
+@pytest.mark.slow
+def test_cora_no_task_stuck_at_its_majority_class(cora_root) -> None:
+    """Cora, BeGin's budget (12: 4 synthetic nodes per task): every task is learned."""
+    out = run_experiment(method="cat", dataset="cora", seed=0, data_dir=str(cora_root),
+                         params={"epochs": 200})
+    diag = np.diag(np.array(out["R_test"]))
+    assert (diag > 0.8).all(), diag
