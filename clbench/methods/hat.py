@@ -48,6 +48,7 @@ from torch.optim import Optimizer
 
 from clbench.errors import ClbenchError
 from clbench.methods.base import register_method
+from clbench.methods.taskviews import eval_by_subset
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 from clbench.trainer import NCTrainer
 
@@ -282,17 +283,10 @@ class NCTaskILHATTrainer(NCTrainer):
         states = training_states
         if self.curr_task < 0 or states is None:
             return super().processEvalIteration(model, _curr_batch, training_states)
-        views = _curr_batch.task_ids.clamp(max=self.curr_task)
-        preds = torch.empty_like(_curr_batch.labels)
-        loss_sum = 0.0
-        for j in views.unique().tolist():
-            select = views == j
-            sub = _curr_batch.subset(select)
-            gates, buffers = self.eval_view(j, states)
-            logits = sub.restrict(self.gated_forward(model, sub, gates, buffers))
-            preds[select] = sub.to_global(logits.argmax(-1))
-            loss_sum += self.loss_fn(logits, sub.local_labels).item() * len(sub)
-        return preds, {"loss": loss_sum / max(len(_curr_batch), 1)}
+        return eval_by_subset(
+            _curr_batch, _curr_batch.task_ids.clamp(max=self.curr_task),
+            lambda j, sub: sub.restrict(self.gated_forward(model, sub, *self.eval_view(j, states))),
+            self.loss_fn)
 
     def extraStorageBytes(self, training_states: dict) -> int:
         """The embeddings, the stored masks (one bool per unit per finished task), their

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from clbench.methods.base import register_method
+from clbench.methods.taskviews import eval_by_view
 from clbench.models import batchnorm_modules, freeze_batchnorm
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 from clbench.trainer import NCTrainer, TaskState
@@ -256,17 +257,10 @@ class NCTaskILPackNetTrainer(NCTrainer):
         batch = _curr_batch
         if t <= 0:
             return super().processEvalIteration(model, batch, training_states)
-        views = batch.task_ids.clamp(max=t)
-        logits: Tensor | None = None
-        for j in torch.unique(views).tolist():
-            sel = (views == j).nonzero().view(-1)
-            weights = self.task_weights(j, training_states) if j < t else None
-            out = self.forward(model, batch, weights)
-            if logits is None:
-                logits = out.new_empty(batch.candidates.shape)
-            logits[sel] = out[batch.nodes[sel]].gather(1, batch.candidates[sel])
-        loss = self.loss_fn(logits, batch.local_labels)
-        return batch.to_global(logits.argmax(-1)), {"loss": loss.item()}
+        return eval_by_view(
+            batch, batch.task_ids.clamp(max=t),
+            lambda j: self.forward(model, batch, self.task_weights(j, training_states)
+                                   if j < t else None), self.loss_fn)
 
     def extraStorageBytes(self, training_states: dict) -> int:
         """The owner ids: one ``int8`` per masked weight (``int16`` beyond 126 tasks)."""

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import DeepGraphInfomax
 
 from clbench.methods.base import register_method
+from clbench.methods.taskviews import eval_by_subset
 from clbench.models import freeze_batchnorm
 from clbench.scenario import NodeBatch
 from clbench.trainer import NCTrainer, plateau_scheduler
@@ -276,17 +277,11 @@ class NCTaskILPiggybackTrainer(NCTrainer):
         Nodes of tasks not learned yet use the current mask.
         """
         states = training_states
-        keys = _curr_batch.task_ids.clamp(max=max(self.curr_task, 0))
-        preds = torch.empty_like(_curr_batch.labels)
-        loss_sum = 0.0
-        for key in keys.unique().tolist():
-            select = keys == key
-            sub = _curr_batch.subset(select)
-            weights = self._eval_weights(model, key, states) if states else None
-            logits = sub.restrict(self.forward(model, sub, weights))
-            preds[select] = sub.to_global(logits.argmax(-1))
-            loss_sum += self.loss_fn(logits, sub.local_labels).item() * len(sub)
-        return preds, {"loss": loss_sum / max(len(_curr_batch), 1)}
+        return eval_by_subset(
+            _curr_batch, _curr_batch.task_ids.clamp(max=max(self.curr_task, 0)),
+            lambda key, sub: sub.restrict(self.forward(
+                model, sub, self._eval_weights(model, key, states) if states else None)),
+            self.loss_fn)
 
     def extraStorageBytes(self, training_states) -> int:
         """Bytes of the stored bit-packed masks (1 bit per masked weight per task, 2 for

@@ -48,6 +48,7 @@ from clbench.errors import ClbenchError
 from clbench.graph import Graph
 from clbench.methods.base import register_method
 from clbench.methods.memory import buffer_bytes, stored_batches, stored_logits
+from clbench.methods.taskviews import eval_by_view
 from clbench.models import AdjGCNConv, NodeClassifier, SparseInputLinear
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 from clbench.trainer import NCTrainer
@@ -262,17 +263,9 @@ class NCTaskILPIGNNTrainer(NCTrainer):
         """A node of task ``j`` is predicted with blocks ``0..j`` (tasks not learned yet:
         every block); one forward pass per task view in the batch."""
         batch = _curr_batch
-        views = batch.task_ids.clamp(max=len(model.blocks) - 1)
         x = model.inputs(batch.graph)
-        logits: Tensor | None = None
-        for j in torch.unique(views).tolist():
-            sel = (views == j).nonzero().view(-1)
-            out = model(x, batch.graph, upto=j)
-            if logits is None:
-                logits = out.new_empty(batch.candidates.shape)
-            logits[sel] = out[batch.nodes[sel]].gather(1, batch.candidates[sel])
-        loss = self.loss_fn(logits, batch.local_labels)
-        return batch.to_global(logits.argmax(-1)), {"loss": loss.item()}
+        return eval_by_view(batch, batch.task_ids.clamp(max=len(model.blocks) - 1),
+                            lambda j: model(x, batch.graph, upto=j), self.loss_fn)
 
     def extraStorageBytes(self, training_states: dict) -> int:
         """Bytes beyond the plain backbone: the grown network's parameters and buffers
