@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datahelpers import method_trainer as make_trainer
-from test_resume import PARAMS, Stop, same_run
 
 import clbench.methods.cat as cat
 from clbench.errors import ClbenchError
@@ -184,20 +183,6 @@ def test_memory_bn_running_leaves_the_statistics_alone(trained) -> None:
     for norm in cat.batchnorm_modules(trainer.model):
         assert torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))
         assert torch.equal(norm.running_var, torch.ones_like(norm.running_var))
-
-
-def test_interrupted_run_continues_bit_identically(tmp_path) -> None:
-    params = {**PARAMS, "num_memories": 50, "condense_steps": 10}
-    reference = run_experiment(method="cat", seed=3, params=params)
-    path = tmp_path / "run.resume.pt"
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(method="cat", seed=3, params=params, callbacks=[Stop()],
-                       resume_file=path, resume_tag="t")
-    torch.manual_seed(12345)
-    resumed = run_experiment(method="cat", seed=3, params=params, resume_file=path,
-                             resume_tag="t")
-    assert resumed["resumed"]["after_task"] == 2
-    same_run(resumed, reference)
 
 
 def test_task_il_only() -> None:

@@ -170,26 +170,6 @@ def test_extra_storage_is_the_embeddings_masks_and_statistics() -> None:
     assert len(trainer.training_states["bn_stats"]) == T
 
 
-def test_resumed_run_is_bit_identical(tmp_path) -> None:
-    class Stop(TrainerCallback):
-        def on_task_start(self, trainer, task_id: int) -> None:
-            if task_id == 2:
-                raise KeyboardInterrupt
-
-    params = {**FAST, "epochs": 8}
-    reference = run_experiment(method="hat", seed=3, params=params)
-    path = tmp_path / "run.resume.pt"
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(method="hat", seed=3, params=params, callbacks=[Stop()],
-                       resume_file=path, resume_tag="t")
-    torch.manual_seed(12345)
-    resumed = run_experiment(method="hat", seed=3, params=params, resume_file=path,
-                             resume_tag="t")
-    assert resumed["resumed"]["after_task"] == 1
-    for key in ("R_test", "R_val", "metrics", "extra_storage_bytes"):
-        assert resumed[key] == reference[key], key
-
-
 def test_refuses_gat_and_class_il() -> None:
     scenario = synthetic_scenario(0)
     with pytest.raises(ClbenchError, match="runs only on --model gcn/sage, not gat"):

@@ -205,29 +205,6 @@ def test_training_loss_adds_retrain_times_the_memory_loss(retrain: float) -> Non
     assert total == pytest.approx(task_loss + retrain * memory_loss, rel=1e-6)
 
 
-def test_a_resumed_run_continues_bit_identically(tmp_path) -> None:
-    """The model grows back to the saved number of blocks, optimizer groups included."""
-    params = {**FAST, "epochs": 6, "dropout": 0.5}
-
-    class Stop(TrainerCallback):
-        def on_task_start(self, trainer, task_id) -> None:
-            if task_id == 3:
-                raise KeyboardInterrupt
-
-    reference = run_experiment(method="pignn", seed=3, params=params)
-    path = tmp_path / "run.resume.pt"
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(method="pignn", seed=3, params=params, callbacks=[Stop()],
-                       resume_file=path, resume_tag="t")
-    torch.manual_seed(12345)
-    resumed = run_experiment(method="pignn", seed=3, params=params, resume_file=path,
-                             resume_tag="t")
-    assert resumed["resumed"]["after_task"] == 2
-    for key in ("R_test", "R_val", "metrics", "extra_storage_bytes"):
-        assert resumed[key] == reference[key], key
-    assert resumed["timing"]["task_epochs"] == reference["timing"]["task_epochs"]
-
-
 @pytest.mark.parametrize(("settings", "match"), [
     ({"params": {"model": "sage"}}, "runs only on --model gcn, not sage: it grows its own"),
     ({"params": {"model": "gat"}}, "runs only on --model gcn, not gat"),

@@ -55,6 +55,11 @@ def same_run(a: dict, b: dict) -> None:
     ("joint", {}),
     ("gem", {"num_memories": 50}),  # random memories drawn after each task
     ("ergnn", {"num_memories": 50}),  # CM: random subsamples and tie-breaks
+    ("hat", {}),  # task embeddings, stored masks and per-task BatchNorm statistics
+    # memory id lists, class counts, kept past nodes, Fisher and anchor
+    ("cgnn", {"memory_size": 20, "new_nodes_size": 10, "ewc_lambda": 80.0}),
+    ("pignn", {"lr": 0.01, "num_memories": 40, "retrain": 1.0}),  # blocks re-grown first
+    ("cat", {"num_memories": 50, "condense_steps": 10}),  # synthetic memory, random encoders
 ])
 def test_interrupted_run_continues_bit_identically(tmp_path, method, extra):
     params = {**PARAMS, **extra}
