@@ -118,11 +118,13 @@ class Graph:
         return to_torch_csr_tensor(self.edge_index.flip(0), size=(self.num_nodes, self.num_nodes))
 
     def to(self, device: torch.device | str) -> Graph:
+        """The graph on ``device``: itself (with its cached adjacencies) when every
+        tensor is there already, as ``Tensor.to`` does; else a moved copy."""
+        keys = ("x", "y", "edge_index", "train_mask", "val_mask", "test_mask")
+        if all(getattr(self, k).device == torch.device(device) for k in keys):
+            return self
         moved = Graph(
-            **{
-                k: getattr(self, k).to(device)
-                for k in ("x", "y", "edge_index", "train_mask", "val_mask", "test_mask")
-            },
+            **{k: getattr(self, k).to(device) for k in keys},
             name=self.name,
             meta=self.meta,
         )
