@@ -1,5 +1,6 @@
-"""Degenerate tasks: a task whose score right after it was learned, ``R[i][i]``, is within
-one test node of what predicting its most frequent class for every node scores. Such a
+"""Degenerate tasks: a task whose score right after it was learned, ``R[i][i]``, is at
+most one test node above what predicting its most frequent class for every node scores
+(or below it). Such a
 task learned nothing, whatever AP and AF say (a method with zero forgetting by
 construction has AF = 0 on it). Checked for every run of every method.
 

@@ -21,8 +21,8 @@ def degenerate_warning(result: dict, label: str) -> None:
         return
     R, base = result["R_test"], result["majority_test"]
     parts = ", ".join(f"task {i} ({R[i][i]:.4f} vs majority {base[i]:.4f})" for i in tasks)
-    err_console.print(f"[yellow]warning[/] {escape(label)}: learned nothing (within one test "
-                      f"node of the majority-class rate): {parts}", highlight=False,
+    err_console.print(f"[yellow]warning[/] {escape(label)}: learned nothing (no more than one "
+                      f"test node above the majority-class rate): {parts}", highlight=False,
                       soft_wrap=True)
 
 

@@ -113,9 +113,10 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
             if _untested(r) and r.vs_best is not None) + "."]
     flagged = [r for r in rows if r.degenerate]
     if flagged:
-        lines += ["", "⚠ = degenerate tasks: a task that ended within one test node of its "
-                  "majority-class rate learned nothing (AP and AF can hide it): " + "; ".join(
-                      f"{r.label}/{r.dataset}: {r.degenerate_text()}" for r in flagged) + "."]
+        cells = "; ".join(f"{r.label}/{r.dataset}: {r.degenerate_text()}" for r in flagged)
+        lines += ["", "⚠ = degenerate tasks: a task that ended no more than one test node "
+                  "above its majority-class rate (or below it) learned nothing (AP and AF "
+                  f"can hide it): {cells}."]
     if any(r.reference for r in rows):
         ref = reference_name or "reference"
         lines += [
