@@ -201,3 +201,18 @@ def method_trainer(method: str, scenario, seed: int, dataset: str | None = None,
     trainer = build_trainer(spec, scenario, callbacks)
     params = spec.config
     return trainer, params
+
+
+def record_replays(trainer) -> list[tuple[int, list]]:
+    """Wrap ``trainer.replay_batches`` (ER-GNN) so that every call's ``(task being
+    learned, batches replayed)`` is recorded in the returned list."""
+    calls: list[tuple[int, list]] = []
+    original = trainer.replay_batches
+
+    def replay_batches(states):
+        batches = original(states)
+        calls.append((trainer.curr_task, batches))
+        return batches
+
+    trainer.replay_batches = replay_batches
+    return calls

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from datahelpers import record_replays
 
 from clbench.experiment import build_backbone, build_scenario, make_optimizer_fn, seed_everything
 from clbench.methods import METHODS
@@ -149,15 +150,7 @@ def test_ergnn_class_il_replays_past_training_nodes_among_seen_classes(graph):
     (40 // 10 = 4 per class), each classified among the classes of tasks 0..t (the
     current batch's candidates), with its label at the right position."""
     trainer, scenario = trainer_of(spec_of("ergnn", "class", graph=graph, num_memories=40))
-    calls: list[tuple[int, list[NodeBatch]]] = []
-    original = trainer.replay_batches
-
-    def replay_batches(states):
-        batches = original(states)
-        calls.append((trainer.curr_task, batches))
-        return batches
-
-    trainer.replay_batches = replay_batches
+    calls = record_replays(trainer)
     trainer.run(FAST["epochs"])
     g = scenario.graph
     assert {t for t, _ in calls} == {1, 2}

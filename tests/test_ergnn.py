@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from datahelpers import method_trainer as make_trainer
+from datahelpers import record_replays
 from test_gem import many_task_scenario
 
 import clbench.methods.ergnn as ergnn
@@ -48,15 +49,7 @@ def test_replayed_nodes_are_past_tasks_training_nodes(sampler: str, graph: str) 
     scenario = synthetic_scenario(0, graph=graph)
     trainer, params = make_trainer("ergnn", scenario, 0, num_memories=40, sampler=sampler,
                                    **FAST)
-    seen: list[tuple[int, list]] = []
-    original = trainer.replay_batches
-
-    def replay_batches(states):
-        batches = original(states)
-        seen.append((trainer.curr_task, batches))
-        return batches
-
-    trainer.replay_batches = replay_batches
+    seen = record_replays(trainer)
     trainer.run(params["epochs"])
     g = scenario.graph
     assert {t for t, _ in seen} == set(range(1, scenario.num_tasks))
