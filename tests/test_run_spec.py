@@ -56,7 +56,8 @@ BEGIN_RUNS = RUNS / "begin-cora-citeseer-bf04eadb"
 
 
 def _record(name: str) -> dict:
-    return json.loads((BEGIN_RUNS / name).read_text())
+    """A committed run record: ``<experiment folder>/<file>``, or a file of the BeGin table."""
+    return json.loads((RUNS / name if "/" in name else BEGIN_RUNS / name).read_text())
 
 
 def test_committed_records_keep_their_hashes():
@@ -79,6 +80,9 @@ def test_committed_records_keep_their_hashes():
     "finetune__cora__643eb99cf69d__seed5000.json",
     pytest.param("piggyback__cora__86c69feef368__seed6000.json", marks=pytest.mark.slow),
     pytest.param("ewc__cora__8a6300f76a4e__seed3000.json", marks=pytest.mark.slow),
+    # EWC at its new default (the mean-normalised Fisher), recorded by the defaults sweep
+    pytest.param("cora-citeseer-b38b1a7c/ewc__cora__01fbbd23aaa3__seed5000.json",
+                 marks=pytest.mark.slow),
 ])
 def test_a_committed_run_record_reruns_bit_for_bit(name, cora_root):
     """Re-running a committed run from its record alone gives its accuracy matrices
