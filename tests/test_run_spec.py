@@ -80,8 +80,9 @@ def test_committed_records_keep_their_hashes():
     "finetune__cora__643eb99cf69d__seed5000.json",
     pytest.param("piggyback__cora__86c69feef368__seed6000.json", marks=pytest.mark.slow),
     pytest.param("ewc__cora__8a6300f76a4e__seed3000.json", marks=pytest.mark.slow),
-    # EWC at its new default (the mean-normalised Fisher), recorded by the defaults sweep
-    pytest.param("cora-citeseer-b38b1a7c/ewc__cora__01fbbd23aaa3__seed5000.json",
+    # EWC at its new default (the mean-normalised Fisher, lamb 100), recorded by the
+    # defaults sweep at a900f80
+    pytest.param("cora-citeseer-b38b1a7c/ewc__cora__93f7a73e80aa__seed6000.json",
                  marks=pytest.mark.slow),
 ])
 def test_a_committed_run_record_reruns_bit_for_bit(name, cora_root):
