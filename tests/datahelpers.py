@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 #: The repository's root folder.
 REPO = Path(__file__).resolve().parents[1]
@@ -216,3 +217,19 @@ def record_replays(trainer) -> list[tuple[int, list]]:
 
     trainer.replay_batches = replay_batches
     return calls
+
+
+def check_zero_forgetting(R: np.ndarray) -> None:
+    """AF is exactly 0 and every task's score stays at its value right after it was
+    learned, bit for bit (PackNet, HAT, PI-GNN)."""
+    from clbench import metrics
+
+    T = R.shape[0]
+    assert metrics.average_forgetting(R) == 0.0
+    for j in range(T):
+        assert all(R[i, j] == R[j, j] for i in range(j, T)), (j, R[:, j])
+
+
+def flat_grads(model) -> torch.Tensor:
+    """The gradients of ``model``'s trainable parameters, flattened into one vector."""
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])

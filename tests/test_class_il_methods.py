@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from datahelpers import record_replays
+from datahelpers import flat_grads, record_replays
 
 from clbench.experiment import build_backbone, build_scenario, make_optimizer_fn, seed_everything
 from clbench.methods import METHODS
@@ -171,10 +171,6 @@ def test_ergnn_class_il_replays_past_training_nodes_among_seen_classes(graph):
 
 
 # ----------------------------------------------------------------------------- GEM
-def flat_grads(model) -> torch.Tensor:
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
-
-
 @pytest.mark.parametrize("scope", ["touched", "all"])
 def test_gem_class_il_projected_steps_raise_no_memory_loss(scope):
     """Memories are scored among the classes of tasks 0..t; every step whose gradient

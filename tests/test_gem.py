@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from datahelpers import flat_grads
 from datahelpers import method_trainer as make_trainer
 
 import clbench.methods.gem as gem
@@ -82,10 +83,6 @@ def test_empty_memory_is_finetune_bit_for_bit() -> None:
     assert np.array_equal(np.array(out["R_val"]), np.array(bare["R_val"]))
     assert out["timing"]["task_epochs"] == bare["timing"]["task_epochs"]
     assert out["extra_storage_bytes"] == 0
-
-
-def flat_grads(model) -> torch.Tensor:
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
 
 
 @pytest.mark.parametrize("strength", [0.0, 0.5])

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from datahelpers import method_trainer
+from datahelpers import check_zero_forgetting, method_trainer
 
 import clbench.methods.hat  # noqa: F401  (registration)
-from clbench import metrics
 from clbench.degenerate import majority_baseline
 from clbench.errors import ClbenchError
 from clbench.experiment import ExperimentSpec, build_scenario, run_experiment, seed_everything
@@ -56,13 +55,6 @@ class Record(TrainerCallback):
 
     def on_epoch_end(self, trainer, task_id, epoch, results) -> None:
         self.train_stats.append(results["train_stats"])
-
-
-def check_zero_forgetting(R: np.ndarray) -> None:
-    T = R.shape[0]
-    assert metrics.average_forgetting(R) == 0.0
-    for j in range(T):
-        assert all(R[i, j] == R[j, j] for i in range(j, T)), (j, R[:, j])
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])

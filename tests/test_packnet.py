@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from datahelpers import method_trainer
+from datahelpers import check_zero_forgetting, method_trainer
 
 import clbench.methods.packnet  # noqa: F401  (registration)
-from clbench import metrics
 from clbench.experiment import ExperimentSpec, build_scenario, seed_everything
 from clbench.methods.packnet import NCTaskILPackNetTrainer, begin_keep_ratio
 from clbench.models import batchnorm_modules
@@ -46,14 +44,6 @@ class Snapshots(TrainerCallback):
     def on_task_end(self, trainer, task_id, test_row) -> None:
         self.states.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
         self.owners.append({k: v.clone() for k, v in trainer.training_states["owners"].items()})
-
-
-def check_zero_forgetting(R: np.ndarray) -> None:
-    T = R.shape[0]
-    assert metrics.average_forgetting(R) == 0.0
-    for j in range(T):
-        assert R[j, j] == R[T - 1, j], (j, R[j, j], R[T - 1, j])
-        assert all(R[i, j] == R[j, j] for i in range(j, T))
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from datahelpers import method_trainer
+from datahelpers import check_zero_forgetting, method_trainer
 
 import clbench.methods.pignn  # noqa: F401  (registration)
-from clbench import metrics
 from clbench.errors import ClbenchError
 from clbench.experiment import (
     ExperimentSpec,
@@ -65,13 +64,6 @@ class Snapshots(TrainerCallback):
     def on_task_end(self, trainer, task_id, test_row) -> None:
         self.states.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
         self.counts.append(n_params(trainer.model))
-
-
-def check_zero_forgetting(R: np.ndarray) -> None:
-    T = R.shape[0]
-    assert metrics.average_forgetting(R) == 0.0
-    for j in range(T):
-        assert all(R[i, j] == R[j, j] for i in range(j, T)), (j, R[:, j])
 
 
 def test_isolated_blocks_are_bit_identical_and_forgetting_is_zero() -> None:
