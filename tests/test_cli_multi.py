@@ -199,6 +199,42 @@ def test_sweep_file_errors(workdir, capsys):
     assert not (workdir / "mlflow.db").exists()
 
 
+def test_sweep_in_parts_by_method_adds_up_to_the_whole_file(workdir, capsys):
+    """`--methods` runs part of a file: only that method's jobs run and are logged, the
+    selection CSV gains its rows and keeps the other parts', and afterwards the whole file
+    has nothing left to train. A method the file does not list exits 2, writing nothing."""
+    exp = unique("sweep-parts")
+    (workdir / "s.toml").write_text(SWEEP.format(exp=exp).replace(
+        'methods = ["finetune"]', 'methods = ["finetune", "joint"]'))
+    assert cli("sweep", "s.toml", "--methods", "ewc") == 2
+    err = capsys.readouterr().err
+    assert "does not list the method 'ewc'" in err and len(err.strip().splitlines()) == 1
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "results").exists()
+
+    server = shared_server()
+    csv_path = workdir / "results" / f"sweep-{exp}.csv"
+
+    def csv_pairs() -> list[tuple[str, str]]:
+        return [tuple(line.split(",")[:2]) for line in csv_path.read_text().splitlines()[1:]]
+
+    assert cli("sweep", "s.toml", "--methods", "joint", "--tracking-uri", server.uri,
+               "-q") == 0
+    client = MlflowClient(server.uri)
+    eid = client.get_experiment_by_name(exp).experiment_id
+    children = [r for r in client.search_runs([eid], max_results=1000)
+                if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.tags["clbench.method"] for r in children} == {"joint"}
+    assert len(children) == 3  # 2 grid configurations on seed 0, the selected on seed 1
+    assert csv_pairs() == [("joint", "synthetic")]
+
+    assert cli("sweep", "s.toml", "--methods", "finetune", "--tracking-uri", server.uri,
+               "-q") == 0
+    assert csv_pairs() == [("finetune", "synthetic"), ("joint", "synthetic")]
+    capsys.readouterr()
+    assert cli("sweep", "s.toml", "--dry-run", "--tracking-uri", server.uri) == 0
+    assert "nothing to train: every job has a finished run" in capsys.readouterr().out
+
+
 def test_example_sweep_file_is_valid():
     from clbench.orchestrate.sweep import grid_jobs
     from clbench.orchestrate.sweepfile import load_sweep

@@ -61,6 +61,13 @@ def sweep(
              "./datasets). Not part of any run's identity, so a sweep resumes from any "
              "root.")] = None,
     plugin: opt.PluginOpt = None,
+    methods: Annotated[str | None, typer.Option(
+        "--methods", help="Run only these of the file's methods (comma-separated). The "
+        "configuration is selected per method and dataset, so the other methods can run "
+        "later with the same result.")] = None,
+    datasets: Annotated[str | None, typer.Option(
+        "--datasets", help="Run only these of the file's datasets (comma-separated).")]
+        = None,
     dry_run: opt.DryRunOpt = False,
     quiet: opt.QuietOpt = False,
 ) -> None:
@@ -76,7 +83,8 @@ def sweep(
         prepare_datasets,
     )
     from clbench.orchestrate.sweep import grid_jobs, run_sweep
-    from clbench.orchestrate.sweepfile import load_sweep
+    from clbench.orchestrate.sweepfile import load_sweep, restrict
+    from clbench.parsing import parse_names
     from clbench.plugins import load_plugin
 
     check_backend_options(backend, jobs, scheduler)
@@ -85,6 +93,8 @@ def sweep(
     spec.plugins = opt.plugin_paths([*spec.plugins, *(plugin or [])])
     for p in spec.plugins:
         load_plugin(p)
+    spec = restrict(spec, parse_names(methods, "--methods") if methods is not None else None,
+                    parse_names(datasets, "--datasets") if datasets is not None else None)
     if experiment:
         spec.experiment = experiment
     if data_dir:

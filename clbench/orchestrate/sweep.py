@@ -175,7 +175,8 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
         result.final = run_jobs(final_jobs, tracker, backend, results_dir=results_dir,
                                 force=force, reporter=reporter, parent_labels=labels,
                                 report_seeds={g: spec.final_seeds for g in selected})
-    write_selection(result, Path(results_dir) / f"sweep-{slug(spec.experiment)}.csv")
+    write_selection(result, Path(results_dir) / f"sweep-{slug(spec.experiment)}.csv",
+                    keep_others=spec.restricted)
     return result
 
 
@@ -231,18 +232,31 @@ def plan_sweep(spec: SweepSpec, tracker: Any | None, *, results_dir: str | Path 
     return plan
 
 
-def write_selection(result: SweepResult, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_selection(result: SweepResult, path: Path, keep_others: bool = False) -> Path:
+    """The selections and their final aggregates as CSV. ``keep_others`` (a sweep run for
+    some of its file's methods or datasets): rows of other (method, dataset) pairs already
+    in the file are kept, so the parts of a sweep add up to the whole file's CSV."""
+    header = ["method", "dataset", "config_hash", "config", "grid_mean_val_AP",
+              "grid_seeds_used", "candidates", "final_AP_mean", "final_AP_std",
+              "final_AF_mean", "final_AF_std", "final_n", "parent_run_id"]
     aggregates = result.final.aggregates if result.final else {}
+    rows = []
+    for s in result.selections:
+        agg = aggregates.get((s.method, s.dataset, s.config_hash), {})
+        ap, af = agg.get("AP", {}), agg.get("AF", {})
+        rows.append([s.method, s.dataset, s.config_hash, s.label, s.mean_val_ap, s.n_seeds,
+                     s.candidates, ap.get("mean", ""), ap.get("std", ""), af.get("mean", ""),
+                     af.get("std", ""), ap.get("n", ""), s.parent_id])
+    if keep_others and path.is_file():
+        new = {(r[0], r[1]) for r in rows}
+        with open(path, newline="") as fh:
+            old = list(csv.reader(fh))
+        if old and old[0] == header:
+            rows += [r for r in old[1:] if len(r) == len(header) and (r[0], r[1]) not in new]
+        rows.sort(key=lambda r: (r[0], r[1]))
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["method", "dataset", "config_hash", "config", "grid_mean_val_AP",
-                    "grid_seeds_used", "candidates", "final_AP_mean", "final_AP_std",
-                    "final_AF_mean", "final_AF_std", "final_n", "parent_run_id"])
-        for s in result.selections:
-            agg = aggregates.get((s.method, s.dataset, s.config_hash), {})
-            ap, af = agg.get("AP", {}), agg.get("AF", {})
-            w.writerow([s.method, s.dataset, s.config_hash, s.label, s.mean_val_ap, s.n_seeds,
-                        s.candidates, ap.get("mean", ""), ap.get("std", ""), af.get("mean", ""),
-                        af.get("std", ""), ap.get("n", ""), s.parent_id])
+        w.writerow(header)
+        w.writerows(rows)
     return path

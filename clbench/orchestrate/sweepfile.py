@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,8 @@ class SweepSpec:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    #: Whether :func:`restrict` left some of the file's methods or datasets out.
+    restricted: bool = False
 
     def method_tables(self, method: str) -> tuple[dict[str, Any], dict[str, list[Any]]]:
         """A method's own (params, grid) tables, found under its name or its canonical name."""
@@ -263,3 +265,34 @@ def load_sweep(path: str | Path) -> SweepSpec:
         method_grid=method_grid,
     )
 
+
+
+def restrict(spec: SweepSpec, methods: list[str] | None = None,
+             datasets: list[str] | None = None) -> SweepSpec:
+    """``spec`` with only the named ``methods`` and ``datasets`` (``clbench sweep --methods
+    ... --datasets ...``), each of which the file must list (by any of its names). A
+    configuration is selected per method and dataset, so a part of a sweep selects what
+    the whole file would: the rest can run later, in any order."""
+    from clbench.datasets import DATASETS
+    from clbench.methods import METHODS
+
+    def pick(names: list[str] | None, listed: list[str], registry: Any, what: str) -> list[str]:
+        if not names:
+            return listed
+
+        def key(name: str) -> str:
+            return registry.canonical(name) if name in registry else name.strip().lower()
+
+        by_key = {key(n): n for n in listed}
+        unknown = [n for n in names if key(n) not in by_key]
+        if unknown:
+            raise ClbenchError(f"{_where(spec.path)} does not list the {what} "
+                               f"{quote(unknown[0])}; it lists {', '.join(listed)}")
+        wanted = {key(n) for n in names}
+        return [n for n in listed if key(n) in wanted]
+
+    kept_methods = pick(methods, spec.methods, METHODS, "method")
+    kept_datasets = pick(datasets, spec.datasets, DATASETS, "dataset")
+    restricted = spec.restricted or (kept_methods, kept_datasets) != (spec.methods,
+                                                                       spec.datasets)
+    return replace(spec, methods=kept_methods, datasets=kept_datasets, restricted=restricted)
