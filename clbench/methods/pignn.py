@@ -17,16 +17,25 @@ BatchNorm statistics fixed) and block ``t`` is trained on
     loss = task loss + retrain * loss on the memory
 
 where the memory holds ``num_memories // num_tasks`` random training nodes of each
-earlier task (each scored on its own task's classes, with the whole network): BeGin's
+earlier task (each scored, with the whole network, on its own task's classes in
+Task-IL, on every class seen so far in Class-IL): BeGin's
 ``retrain`` (``retrain_beta``, its parameter-isolation phase's weight for "the size
 imbalance problem" between the new task's nodes and the few stored ones). PI-GNN's
 other phase, knowledge rectification (fine-tuning the old parameters on nodes whose
 neighbourhood the new snapshot did not change), only exists in BeGin's Time-IL trainer:
-in Task-IL the graph does not change between tasks, and BeGin skips it.
+in Task-IL and Class-IL the graph does not change between tasks, and BeGin skips it.
 
 Evaluation: a node of task ``j`` is predicted with blocks ``0..j`` only (one forward
 per task view, as BeGin; tasks not learned yet use the whole network). Old tasks are
 therefore scored by frozen parameters only: forgetting is exactly zero.
+
+Class-IL (``--setting class``, BeGin's ``NCClassILPIGNNTrainer``): the same growth,
+freezing and memory; the task's nodes and the memory's are scored among every class
+seen so far (tasks ``0..t``), and prediction has no task identity: every node is
+predicted with the whole network (every block learned so far, the logits summed over
+their classifier slices) among the seen classes, in one forward pass. The frozen blocks
+stay bit-identical, but the new block's classifier slice adds to every class's logit,
+old ones included, so an old task's score can change: forgetting is not zero there.
 
 Width: BeGin enlarges the hidden size until the grown network has at least as many
 parameters as the plain backbone; here the total width ``H`` is the smallest with
@@ -164,7 +173,7 @@ def state_bytes(model: nn.Module) -> int:
 
 @register_method("pignn")
 class NCTaskILPIGNNTrainer(NCTrainer):
-    """PI-GNN for Task-IL node classification.
+    """PI-GNN for node classification, Task-IL or Class-IL.
 
     The ``model`` argument (the protocol's ``gcn`` backbone) gives the architecture
     and the parameter budget; the trainer trains a :class:`ProgressiveGCN` instead.
@@ -229,13 +238,20 @@ class NCTaskILPIGNNTrainer(NCTrainer):
         for block in model.blocks[: self.curr_task]:
             block.eval()
 
+    def memory_batches(self, training_states: dict) -> list[NodeBatch]:
+        """The memory as batches to score (one per graph it is scored on): in Task-IL
+        each node among its own task's classes, in Class-IL among every class seen so
+        far (tasks ``0..t``, the current batch's candidates, as BeGin's observed classes)."""
+        return stored_batches(self.scenario, torch.cat(training_states["memories"]),
+                              seen=self.curr_task + 1)
+
     def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
                        _curr_batch: NodeBatch, training_states: dict) -> dict:
-        """Add ``retrain`` x the memory's loss (whole network, each stored node on its own
-        task's classes, one mean over all of them as BeGin), then step."""
+        """Add ``retrain`` x the memory's loss (whole network, each stored node among the
+        setting's candidates, one mean over all of them as BeGin), then step."""
         logits = results.pop("logits")
         if training_states["memories"] and self.retrain > 0:
-            batches = stored_batches(self.scenario, torch.cat(training_states["memories"]))
+            batches = self.memory_batches(training_states)
             parts = [stored_logits(b, _curr_batch, logits,
                                    lambda b: self.forward(model, b)) for b in batches]
             memory_loss = self.loss_fn(torch.cat(parts),
@@ -260,8 +276,11 @@ class NCTaskILPIGNNTrainer(NCTrainer):
     @torch.no_grad()
     def processEvalIteration(self, model: nn.Module, _curr_batch: NodeBatch,
                              training_states: dict | None = None) -> tuple[Tensor, dict]:
-        """A node of task ``j`` is predicted with blocks ``0..j`` (tasks not learned yet:
-        every block); one forward pass per task view in the batch."""
+        """Task-IL: a node of task ``j`` is predicted with blocks ``0..j`` (tasks not
+        learned yet: every block); one forward pass per task view in the batch.
+        Class-IL: no task identity; every node with every block, among the seen classes."""
+        if self.scenario.setting == "class":
+            return super().processEvalIteration(model, _curr_batch, training_states)
         batch = _curr_batch
         x = model.inputs(batch.graph)
         return eval_by_view(batch, batch.task_ids.clamp(max=len(model.blocks) - 1),
