@@ -45,6 +45,10 @@ class Graph:
     test_mask: Tensor
     name: str = "graph"
     meta: dict = field(default_factory=dict)
+    #: The nodes of an :meth:`induced` graph (None: every node). The others stay in the
+    #: graph as isolated nodes, so that node ids stay global; BatchNorm's training
+    #: statistics are taken over these nodes only (:func:`clbench.models.norm_rows`).
+    node_mask: Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -121,12 +125,14 @@ class Graph:
         """The graph on ``device``: itself (with its cached adjacencies) when every
         tensor is there already, as ``Tensor.to`` does; else a moved copy."""
         keys = ("x", "y", "edge_index", "train_mask", "val_mask", "test_mask")
-        if all(getattr(self, k).device == torch.device(device) for k in keys):
+        if all(getattr(self, k).device == torch.device(device) for k in keys) and (
+                self.node_mask is None or self.node_mask.device == torch.device(device)):
             return self
         moved = Graph(
             **{k: getattr(self, k).to(device) for k in keys},
             name=self.name,
             meta=self.meta,
+            node_mask=None if self.node_mask is None else self.node_mask.to(device),
         )
         return moved
 
@@ -134,13 +140,20 @@ class Graph:
         """The same node set, keeping only edges whose two ends are in ``node_mask``.
 
         Node indices stay global, so a task's nodes keep their ids; nodes outside
-        the mask become isolated (their own features only).
+        the mask become isolated (their own features only) and are left out of
+        BatchNorm's training statistics (``node_mask``), so nothing of them reaches the
+        mask's nodes. The features are the same tensor, so their sparse form, if built
+        already, is shared rather than built again.
         """
         ei, _ = subgraph(node_mask, self.edge_index, num_nodes=self.num_nodes)
-        return Graph(
+        out = Graph(
             self.x, self.y, ei, self.train_mask, self.val_mask, self.test_mask,
-            name=self.name, meta=self.meta,
+            name=self.name, meta=self.meta, node_mask=node_mask.bool(),
         )
+        for key in ("sparse_features", "x_csr"):  # functions of x alone
+            if key in self.__dict__:
+                out.__dict__[key] = self.__dict__[key]
+        return out
 
 
 def _check_field(data: Data, key: str, source: str) -> Tensor:

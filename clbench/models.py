@@ -79,6 +79,18 @@ class SparseInputLinear(Linear):
         return out if self.bias is None else out + self.bias
 
 
+def norm_rows(norm: nn.Module, h: Tensor, graph: Graph) -> Tensor:
+    """``norm(h)``, except that a BatchNorm in training mode on an induced graph (a task's
+    subgraph, ``graph.node_mask``) takes its statistics over the graph's own nodes only:
+    the other rows (isolated nodes of other tasks) are left out and come out as zeros, so
+    their features reach neither the batch statistics nor the running ones. In eval mode
+    BatchNorm is row by row (running statistics) and needs no mask."""
+    mask = graph.node_mask
+    if mask is None or not norm.training or not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return norm(h)
+    return h.new_zeros(h.shape).index_put((mask,), norm(h[mask]))
+
+
 class NodeClassifier(nn.Module):
     """Stack of ``convs`` (+ ``norms``) and a ``classifier`` head.
 
@@ -138,7 +150,7 @@ class NodeClassifier(nn.Module):
                 h = h if conv.bias is None else h + conv.bias
             else:
                 h = conv(h, adj)
-            h = F.relu(norm(h))
+            h = F.relu(norm_rows(norm, h, graph))
             h = F.dropout(h, self.dropout, self.training)
         return h
 

@@ -58,7 +58,7 @@ from clbench.graph import Graph
 from clbench.methods.base import register_method
 from clbench.methods.memory import buffer_bytes, stored_batches, stored_logits
 from clbench.methods.taskviews import eval_by_view
-from clbench.models import AdjGCNConv, NodeClassifier, SparseInputLinear
+from clbench.models import AdjGCNConv, NodeClassifier, SparseInputLinear, norm_rows
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 from clbench.trainer import NCTrainer
 
@@ -160,7 +160,7 @@ class ProgressiveGCN(nn.Module):
                     z = z if conv.bias is None else z + conv.bias
                 else:
                     z = conv(x, adj)
-                outs.append(F.relu(block.norms[layer](z)))
+                outs.append(F.relu(norm_rows(block.norms[layer], z, graph)))
             h = F.dropout(torch.cat(outs, 1), self.dropout, self.training)
         parts = torch.split(h, [b.width for b in blocks], dim=1)
         return torch.stack([b.classifier(p) for b, p in zip(blocks, parts, strict=True)]).sum(0)
