@@ -142,17 +142,17 @@ class Graph:
         Node indices stay global, so a task's nodes keep their ids; nodes outside
         the mask become isolated (their own features only) and are left out of
         BatchNorm's training statistics (``node_mask``), so nothing of them reaches the
-        mask's nodes. The features are the same tensor, so their sparse form, if built
-        already, is shared rather than built again.
+        mask's nodes. The features are the same tensor, so their sparse form is built
+        once, here, and shared.
         """
         ei, _ = subgraph(node_mask, self.edge_index, num_nodes=self.num_nodes)
         out = Graph(
             self.x, self.y, ei, self.train_mask, self.val_mask, self.test_mask,
             name=self.name, meta=self.meta, node_mask=node_mask.bool(),
         )
-        for key in ("sparse_features", "x_csr"):  # functions of x alone
-            if key in self.__dict__:
-                out.__dict__[key] = self.__dict__[key]
+        out.__dict__["sparse_features"] = self.sparse_features  # functions of x alone
+        if self.sparse_features:
+            out.__dict__["x_csr"] = self.x_csr
         return out
 
 
