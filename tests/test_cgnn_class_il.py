@@ -319,3 +319,28 @@ def test_class_il_detection_compares_outputs_over_the_classes_seen_before():
     replay = set(trainer.training_states["replay"].tolist())
     assert replay == picked(scenario.seen_classes(2))
     assert replay != picked(None)  # over all outputs: other nodes
+
+
+# ----------------------------------------------------------------------------- resume
+class Interrupt(TrainerCallback):
+    def on_task_start(self, trainer, task_id: int) -> None:
+        if task_id == 3:
+            raise KeyboardInterrupt
+
+
+def test_class_il_interrupted_run_continues_bit_identically(tmp_path):
+    """A Class-IL run stopped as task 3 starts continues from its resume point with the
+    same numbers (memory, kept past nodes, Fisher and anchor restored; dropout on)."""
+    kw = {"method": "cgnn", "dataset": "synthetic", "seed": 3, "setting": "class",
+          "params": {"epochs": 8, "hidden": 32, "dropout": 0.5, "memory_size": 20,
+                     "new_nodes_size": 10, "ewc_lambda": 80.0}}
+    reference = run_experiment(**kw)
+    path = tmp_path / "run.resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(**kw, callbacks=[Interrupt()], resume_file=path, resume_tag="t")
+    torch.manual_seed(12345)  # the resumed run must not depend on the process's generator
+    resumed = run_experiment(**kw, resume_file=path, resume_tag="t")
+    assert resumed["resumed"]["after_task"] == 2
+    for key in ("R_test", "R_val", "extra_storage_bytes"):
+        assert resumed[key] == reference[key], key
+    assert resumed["timing"]["task_epochs"] == reference["timing"]["task_epochs"]
