@@ -1,8 +1,9 @@
 """``cgnn``: ContinualGNN (Wang et al., "Streaming Graph Neural Networks via Continual
-Learning", CIKM 2020), as BeGin applies it to Task-IL node classification.
+Learning", CIKM 2020), as BeGin applies it to Task-IL and Class-IL node classification.
 
 Each task after the first trains on three sets of nodes together (one mean loss over
-their union, each node among its own task's classes):
+their union, each node among its own task's classes; in Class-IL among every class
+seen so far, see below):
 
 * the task's own training nodes;
 * **detected** nodes (``detect_strategy = "bfs"``, at most ``new_nodes_size``): the
@@ -26,6 +27,12 @@ With the union's mean, the loss is ``(1 - beta) * task loss + beta * replay loss
 the start of the task and ``F`` the squared gradient of the loss on the memory (on all
 past training nodes when ``memory_size = 0``, as BeGin), computed then (BeGin keeps
 only this latest pair). ``ewc_type = "l2"`` uses BeGin's constant ``1e-5`` for ``F``.
+
+Class-IL (``--setting class``, as BeGin's Class-IL trainer): at task ``t`` the task's
+and the replayed nodes are scored among the classes of tasks ``0..t``; the Fisher and
+the detection use the model as task ``t - 1`` left it, over the classes it has seen
+(tasks ``0..t-1``: BeGin computes both before the model observes task ``t``'s labels,
+so the other outputs are masked to a constant). The memory is the same in both settings.
 
 The detection picks among ALL past training nodes (BeGin's ``old_nodes_list``), so while
 ``new_nodes_size > 0`` (or the Fisher needs them) the method keeps their ids, labels and
@@ -81,7 +88,7 @@ def node_importance(nodes: Tensor, labels: Tensor, known: Tensor, edge_index: Te
 
 @register_method("cgnn", aliases=("continualgnn",))
 class NCTaskILCGNNTrainer(NCTrainer):
-    """ContinualGNN for Task-IL node classification.
+    """ContinualGNN for node classification, Task-IL or Class-IL.
 
     Hyperparameters (see ``methods/cgnn.toml``): ``memory_size``, ``memory_strategy``
     (class | random), ``p``, ``alpha``, ``new_nodes_size``, ``detect_strategy`` (bfs),
@@ -133,6 +140,9 @@ class NCTaskILCGNNTrainer(NCTrainer):
         after = sc.graph.induced(torch.isin(sc.node_task, seen))
         h_before = self.forward(model, sc.batch((task_id,), "train", graph=before))
         h_after = self.forward(model, sc.batch((task_id,), "train", graph=after))
+        if sc.setting == "class":  # the outputs over the classes the model has seen
+            cols = sc.seen_classes(task_id).to(h_after.device)
+            h_before, h_after = h_before[:, cols], h_after[:, cols]
         change = torch.zeros(sc.graph.num_nodes, dtype=h_after.dtype, device=h_after.device)
         change[current.nodes] = (h_after - h_before)[current.nodes].abs().sum(1)
         influence = spread(change, after.edge_index)[past]
@@ -140,10 +150,11 @@ class NCTaskILCGNNTrainer(NCTrainer):
         order = torch.sort(influence[hit], descending=True, stable=True).indices
         return past[hit[order[: self.new_nodes_size]]]
 
-    def fisher(self, model: nn.Module, nodes: Tensor) -> Tensor:
-        """Squared gradient of the mean loss on ``nodes`` (each among its task's
-        classes), flat, at the current weights (model in eval mode)."""
-        batches = stored_batches(self.scenario, nodes)
+    def fisher(self, model: nn.Module, nodes: Tensor, seen: int | None = None) -> Tensor:
+        """Squared gradient of the mean loss on ``nodes``, flat, at the current weights
+        (model in eval mode). Each node among its task's classes (Task-IL) or among the
+        classes of the first ``seen`` tasks (Class-IL)."""
+        batches = stored_batches(self.scenario, nodes, seen=seen)
         with torch.enable_grad():  # one batch on the whole graph, or one per task
             logits = torch.cat([b.restrict(self.forward(model, b)) for b in batches])
             loss = self.loss_fn(logits, torch.cat([b.local_labels for b in batches]))
@@ -223,6 +234,12 @@ class NCTaskILCGNNTrainer(NCTrainer):
                 lst[i] = v
             held[c].add(v)
 
+    def replay_batches(self, training_states: dict) -> list[NodeBatch]:
+        """The replayed nodes as batches to score: in Task-IL each among its own task's
+        classes, in Class-IL among every class seen so far (the current batch's)."""
+        return stored_batches(self.scenario, training_states["replay"],
+                              seen=self.curr_task + 1)
+
     # ------------------------------------------------------------------ events
     def initTrainingStates(self, scenario: NCScenarioLoader, model: nn.Module,
                            optimizer: Optimizer) -> dict:
@@ -258,7 +275,7 @@ class NCTaskILCGNNTrainer(NCTrainer):
                                                       torch.zeros(0, device=self.device))
                 important = parts[0] if self.memory_size > 0 else past
                 if self.ewc_type == "ewc" and important.numel():
-                    states["fisher"] = self.fisher(curr_model, important)
+                    states["fisher"] = self.fisher(curr_model, important, seen=task_id)
                 if self.ewc_type == "l2" or important.numel():
                     states["anchor"] = torch.cat(
                         [p.detach().reshape(-1) for p in self._params()]).clone()
@@ -272,7 +289,7 @@ class NCTaskILCGNNTrainer(NCTrainer):
         replay_loss = None
         replay = training_states["replay"]
         if replay.numel():
-            batches = stored_batches(self.scenario, replay)
+            batches = self.replay_batches(training_states)
             parts = [stored_logits(b, _curr_batch, logits,
                                    lambda b: self.forward(model, b, weights)) for b in batches]
             replay_loss = self.loss_fn(torch.cat(parts),
