@@ -8,6 +8,7 @@ so far, and its Task-IL numbers unchanged by the Class-IL code.
 * an empty memory is Class-IL fine-tuning, bit for bit;
 * evaluation predicts among every seen class: a prediction can land in another task's;
 * with one task Class-IL is Task-IL bit for bit;
+* a Class-IL run resumes bit for bit;
 * Task-IL equals, bit for bit, a frozen copy of the pre-Class-IL logic and the numbers
   recorded with it.
 """
@@ -22,7 +23,13 @@ import torch
 import torch.nn.functional as F
 
 import clbench.methods.cat as cat
-from clbench.experiment import build_backbone, build_scenario, make_optimizer_fn, seed_everything
+from clbench.experiment import (
+    build_backbone,
+    build_scenario,
+    make_optimizer_fn,
+    run_experiment,
+    seed_everything,
+)
 from clbench.methods import METHODS
 from clbench.methods.cat import NCTaskILCaTTrainer
 from clbench.models import batchnorm_modules
@@ -261,3 +268,26 @@ def test_task_il_numbers_recorded_before_class_il():
     assert np.array_equal(np.rint(out.R_test * 48).astype(int), np.array(PINNED_TASK_IL))
     assert np.array_equal(out.R_test * 48, np.rint(out.R_test * 48))
     assert out.task_epochs == [10] * 5
+
+
+# ----------------------------------------------------------------------------- resume
+def test_class_il_interrupted_run_continues_bit_identically(tmp_path):
+    """Stopped when task 2 starts and resumed from the point saved after task 1: the
+    memory and the task count its candidates come from are restored (dropout on, so a
+    wrongly restored generator shows)."""
+    class Stop(TrainerCallback):
+        def on_task_start(self, trainer, task_id):
+            if task_id == 2:
+                raise KeyboardInterrupt
+
+    spec = spec_of("cat", "class", seed=3, num_memories=30, dropout=0.5, epochs=8)
+    reference = run_experiment(spec)
+    path = tmp_path / "run.resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(spec, callbacks=[Stop()], resume_file=path, resume_tag="t")
+    torch.manual_seed(12345)  # the resumed run must not depend on the process's generator
+    resumed = run_experiment(spec, resume_file=path, resume_tag="t")
+    assert resumed["resumed"]["after_task"] == 1
+    for key in ("R_test", "R_val", "init_test", "ap_curve", "extra_storage_bytes"):
+        assert resumed[key] == reference[key], key
+    assert resumed["timing"]["task_epochs"] == reference["timing"]["task_epochs"]
