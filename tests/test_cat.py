@@ -1,7 +1,7 @@
 """CaT: the condensed memory (its size per class, no real node in it, the distribution
 matching lowering its loss), training in memory (BeGin's weighted loss, each synthetic
 node among its own task's classes), its storage, resume points, and an empty budget
-being fine-tuning."""
+being fine-tuning. Class-IL: tests/test_cat_class_il.py."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ import torch.nn.functional as F
 from datahelpers import method_trainer as make_trainer
 
 import clbench.methods.cat as cat
-from clbench.errors import ClbenchError
 from clbench.experiment import ExperimentSpec, build_scenario, run_experiment, seed_everything
-from clbench.resolve import resolve_run
 from clbench.scenario import NCScenarioLoader
 from clbench.trainer import TrainerCallback
 
@@ -183,11 +181,6 @@ def test_memory_bn_running_leaves_the_statistics_alone(trained) -> None:
     for norm in cat.batchnorm_modules(trainer.model):
         assert torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))
         assert torch.equal(norm.running_var, torch.ones_like(norm.running_var))
-
-
-def test_task_il_only() -> None:
-    with pytest.raises(ClbenchError, match="own task's classes"):
-        resolve_run("cat", "synthetic", 0, setting="class")
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""``cat``: Condense and Train (Liu, Qiu & Huang, ICDM 2023), as BeGin's Task-IL trainer.
+"""``cat``: Condense and Train (Liu, Qiu & Huang, ICDM 2023), Task-IL and Class-IL.
 
 At the start of every task (before it is trained, as in BeGin: the task is learned
 through its own condensed graph), the task's training nodes are **condensed** into a
@@ -23,7 +23,12 @@ the task's real nodes (BeGin's ``processTrainIteration``)::
 
     loss = sum_t sum_{j in M_t} (n_t / |M_t|) * CE_j        (a sum, as in BeGin's Task-IL)
 
-each synthetic node scored among its own task's classes. With ``memory_bn = "running"``
+each synthetic node scored among its own task's classes (Task-IL) or among every class
+seen so far, tasks ``0..t`` (Class-IL, as BeGin's ``NCClassILCaTTrainer``, whose head
+masks the classes not observed yet): the same memory, the same condensation and the
+same loss, only the candidates differ. (BeGin's Class-IL trainer divides the weights by
+their sum, a weighted mean; clbench keeps the sum in both settings, so that with one
+task Class-IL is Task-IL bit for bit; see the card.) With ``memory_bn = "running"``
 (the default) BatchNorm uses its running statistics in these steps and never updates
 them: the statistics of a batch of four synthetic nodes (Cora) are not those of the
 real graph it is evaluated on, and with them (``"batch"``, BeGin) Cora's first task
@@ -104,7 +109,7 @@ def matching_loss(encoder: nn.Module, real_means: Tensor, syn_x: Tensor, syn_y: 
 
 @register_method("cat")
 class NCTaskILCaTTrainer(NCTrainer):
-    """CaT for Task-IL node classification.
+    """CaT for node classification, Task-IL or Class-IL.
 
     Hyperparameters (see ``methods/cat.toml``): ``num_memories`` (the whole memory,
     ``num_memories // num_tasks`` synthetic nodes per task) and ``condense_steps``.
@@ -159,12 +164,21 @@ class NCTaskILCaTTrainer(NCTrainer):
 
     def memory_batch(self, training_states: dict) -> NodeBatch:
         """The whole memory as one batch on its own edgeless graph, each synthetic node
-        restricted to its own task's classes."""
+        restricted to its own task's classes (Task-IL) or to the classes of tasks
+        ``0..curr_task`` (Class-IL: the current training batch's candidates)."""
         x = torch.cat(training_states["memory_x"])
         y = torch.cat(training_states["memory_y"])
         tasks = torch.cat(training_states["memory_task"])
-        candidates = self.scenario.task_classes[tasks]
-        local = (candidates == y.view(-1, 1)).long().argmax(1)
+        if self.scenario.setting == "task":
+            candidates = self.scenario.task_classes[tasks]
+            local = (candidates == y.view(-1, 1)).long().argmax(1)
+        else:
+            seen = self.curr_task + 1
+            if bool((tasks >= seen).any()):
+                raise ValueError(f"Class-IL: the memory holds a task beyond the {seen} seen")
+            classes = self.scenario.seen_classes(seen)
+            candidates = classes.expand(y.numel(), -1)
+            local = torch.searchsorted(classes, y)
         return NodeBatch(edgeless_graph(x, y), torch.arange(y.numel(), device=y.device), y,
                          tasks, candidates, local)
 
@@ -192,8 +206,9 @@ class NCTaskILCaTTrainer(NCTrainer):
 
     def processTrainIteration(self, model: nn.Module, optimizer: Optimizer,
                               _curr_batch: NodeBatch, training_states: dict) -> dict:
-        """Train in Memory: the step is on the memory's synthetic nodes (BeGin's weighted
-        sum of their losses) instead of ``_curr_batch``; an empty memory: fine-tuning."""
+        """Train in Memory: the step is on the memory's synthetic nodes (BeGin's Task-IL
+        weighted sum of their losses, in both settings) instead of ``_curr_batch``; an
+        empty memory: fine-tuning."""
         if not training_states["memory_x"]:
             return super().processTrainIteration(model, optimizer, _curr_batch,
                                                  training_states)
