@@ -245,6 +245,21 @@ def test_example_sweep_file_is_valid():
     assert len(set(labels.values())) == 18
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "sweeps")
+                                         .glob("*.toml")), ids=lambda p: p.name)
+def test_every_committed_sweep_file_expands(path):
+    """Each sweep file in the repository reads, names known methods, datasets and
+    parameters, and expands to its grid jobs (what `clbench sweep` checks first)."""
+    from clbench.methods import METHODS
+    from clbench.orchestrate.sweep import grid_jobs
+    from clbench.orchestrate.sweepfile import load_sweep
+
+    spec = load_sweep(path)
+    jobs, _, _ = grid_jobs(spec)
+    assert {j.method for j in jobs} == {METHODS.canonical(m) for m in spec.methods}
+    assert len(jobs) >= len(spec.methods) * len(spec.datasets) * len(spec.grid_seeds)
+
+
 def test_ui_command_and_server_uri(workdir, capsys):
     cmd = ui_command("sqlite:////tmp/x.db")
     assert cmd[1:] == ["ui", "--backend-store-uri", "sqlite:////tmp/x.db", "--host",
