@@ -21,10 +21,11 @@ from typing import Any
 from clbench.cards import MethodCard, card_file, read_card
 from clbench.errors import ClbenchError, UnknownNameError, quote
 from clbench.parsing import Interval
-from clbench.spec import PROTOCOL_DEFAULTS, SCHEDULES
+from clbench.spec import LOSS_WEIGHTS, PROTOCOL_DEFAULTS, SCHEDULES
 
 PROTOCOL_CHOICES: dict[str, tuple[str, ...]] = {"optimizer": ("adam", "sgd"),
-                                                "schedule": SCHEDULES}
+                                                "schedule": SCHEDULES,
+                                                "loss_weights": LOSS_WEIGHTS}
 
 #: The interval each protocol setting must lie in (a card's ``[bounds]`` adds its
 #: method's). ``hidden`` and ``layers`` are capped so that a typo fails before a model

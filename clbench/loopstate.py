@@ -1,5 +1,6 @@
 """What the training loop hands out and keeps: its callbacks' interface, BeGin's
-scheduler, the result of a run, and the loop's own per-task state."""
+scheduler, the task loss's weighting, the result of a run, and the loop's own per-task
+state."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -121,3 +124,38 @@ def mean_stats(stats: Iterable[dict]) -> dict:
     if not stats:
         return {}
     return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+
+
+def task_loss(loss_fn: Callable[[Tensor, Tensor], Tensor], preds: Tensor, batch: Any,
+              weighting: str = "none") -> Tensor:
+    """The loss of ``preds`` (a batch's restricted logits) against its labels.
+
+    ``none``: ``loss_fn(preds, batch.local_labels)``. ``class_balanced`` (CGLB's
+    ``cls_balance``): the cross-entropy of each node weighted by 1 / the number of the
+    batch's nodes of its (global) class, normalised by the sum of the weights, which is
+    ``F.cross_entropy(..., weight=1 / counts)`` on a one-task batch; by global class, so
+    a batch of several tasks (joint training) balances every class, not the positions
+    within a task.
+    """
+    if weighting == "none":
+        return loss_fn(preds, batch.local_labels)
+    if weighting != "class_balanced":
+        raise ValueError(f"unknown loss weighting {weighting!r}")
+    labels = batch.labels
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse].to(preds.dtype)
+    per_node = F.cross_entropy(preds, batch.local_labels, reduction="none")
+    return (w * per_node).sum() / w.sum()
+
+
+def train_stats(results: dict, batch: Any) -> dict:
+    """A training step's loss and accuracy; a regulariser that put its weighted term in
+    ``results["penalty"]`` (already included in ``results["loss"]``) also gets
+    ``penalty`` and ``task_loss`` (the loss without it)."""
+    acc = (results["preds"].argmax(-1) == batch.local_labels).float().mean()
+    stats = {"loss": results["loss"].item(), "acc": acc.item()}
+    penalty = results.get("penalty")
+    if penalty is not None:
+        stats["penalty"] = float(torch.as_tensor(penalty).detach())
+        stats["task_loss"] = stats["loss"] - stats["penalty"]
+    return stats

@@ -44,7 +44,10 @@ ShinhwanKang/BeGin; the paths below are in that repository):
   the tasks so far), which clbench does not offer; the preset takes CGLB's other
   setting, as the CGLB paper reports both;
 * balanced accuracy: ``cls_balance=True`` (``train.py`` line 56) makes ``evaluate`` the
-  mean of the per-class accuracies (``Backbones/utils.py`` lines 24-30, 95-96);
+  mean of the per-class accuracies (``Backbones/utils.py`` lines 24-30, 95-96), and the
+  training loss class-balanced, each node weighted by 1 / its class's count among the
+  task's training nodes (``Baselines/bare_model.py`` lines 99-106):
+  ``loss_weights = "class_balanced"``;
 * a random 60/20/20 split of each class on every dataset, the official splits unused
   (``ratio_valid_test = [0.2, 0.2]`` and ``default_split=False``, ``train.py`` lines
   36 and 38; ``Backbones/utils.py`` lines 166-169 and 216-224): ``split = "random"``
@@ -94,7 +97,8 @@ PRESETS: dict[str, Preset] = {
         {"model": "gcn", "hidden": 256, "layers": 3, "dropout": 0.0, "batch_norm": True,
          "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "epochs": 1000,
          "patience": 20, "min_lr_ratio": 0.002, "schedule": "plateau",
-         "num_tasks": None, "classes_per_task": None, "class_order": None,
+         "loss_weights": "none", "num_tasks": None, "classes_per_task": None,
+         "class_order": None,
          "graph": "full", "metric": "accuracy", "split": "dataset"},
         {"model": f"{_BEGIN}:127-129 (GCNNode)", "hidden": f"{_BEGIN}:17",
          "layers": f"{_BEGIN}:17", "dropout": f"{_BEGIN}:149 (first of the grid)",
@@ -105,6 +109,7 @@ PRESETS: dict[str, Preset] = {
          "patience": f"{_BEGIN}:18-25 (exp_settings)",
          "min_lr_ratio": f"{_BEGIN}:255 (min_lr = lr * 0.001 * 2)",
          "schedule": f"{_BEGIN}:255; begin/trainers/nodes.py:111-130",
+         "loss_weights": f"{_BEGIN}:229 (CrossEntropyLoss, unweighted)",
          "num_tasks": "dataset card (BeGin's exp_settings num_task)",
          "classes_per_task": "dataset card", "class_order": f"{_BEGIN}:181 (task_shuffle)",
          "graph": "begin/scenarios/nodes.py (whole graph, labels masked)",
@@ -115,7 +120,8 @@ PRESETS: dict[str, Preset] = {
         {"model": "gcn", "hidden": 256, "layers": 2, "dropout": 0.0, "batch_norm": False,
          "optimizer": "adam", "lr": 0.005, "weight_decay": 5e-4, "epochs": 200,
          "patience": 20, "min_lr_ratio": 0.002, "schedule": "fixed",
-         "num_tasks": None, "classes_per_task": 2, "class_order": ID_ORDER,
+         "loss_weights": "class_balanced", "num_tasks": None, "classes_per_task": 2,
+         "class_order": ID_ORDER,
          "graph": "task", "metric": "balanced_accuracy", "split": "random"},
         {"model": f"{_CGLB}train.py:20", "hidden": f"{_CGLB}train.py:45 (h_dims [256])",
          "layers": f"{_CGLB}Backbones/gnns.py:77-81 (d -> 256 -> classes)",
@@ -125,6 +131,7 @@ PRESETS: dict[str, Preset] = {
          "patience": "unused by schedule=fixed", "min_lr_ratio": "unused by schedule=fixed",
          "schedule": f"{_CGLB}pipeline.py:138-166 (no scheduler, no early stop, last "
                      "weights)",
+         "loss_weights": f"{_CGLB}train.py:56 (cls_balance); Baselines/bare_model.py:99-106",
          "num_tasks": f"{_CGLB}pipeline.py:112 (as many tasks as fit)",
          "classes_per_task": f"{_CGLB}train.py:41", "class_order": f"{_CGLB}pipeline.py:112",
          "graph": f"{_CGLB}train.py:27 set to False (CGLB's default True is not offered)",
@@ -138,8 +145,6 @@ PRESETS: dict[str, Preset] = {
             "CGLB trains neighbour-sampled mini-batches by default (train.py:59-63: "
             "batch_size 2000, fan-outs 10, 25); clbench trains full-batch, one step per "
             "epoch",
-            "CGLB weighs the loss by 1/count per class (cls_balance, train.py:56; "
-            "Baselines/bare_model.py:99-106); clbench's loss is unweighted",
             "CGLB's default keeps inter-task edges (train.py:27); the preset has none",
             "CGLB drops classes with fewer than 2 nodes (Backbones/utils.py:202-205) and "
             "reports AF with the opposite sign, in % rounded to 2 decimals "

@@ -30,7 +30,8 @@ from clbench.parsing import is_graph_file, slug, stable_hash
 
 #: The protocol fields that configure training (``--param`` keys), in their order.
 TRAINING_KEYS = ("model", "hidden", "layers", "dropout", "batch_norm", "optimizer", "lr",
-                 "weight_decay", "epochs", "patience", "min_lr_ratio", "schedule")
+                 "weight_decay", "epochs", "patience", "min_lr_ratio", "schedule",
+                 "loss_weights")
 #: The protocol fields that define the task sequence and its scoring.
 TASK_KEYS = ("num_tasks", "classes_per_task", "class_order", "split_seed", "graph", "metric",
              "setting", "split")
@@ -41,13 +42,18 @@ SETTINGS = ("task", "class")
 #: runs had: a protocol at that value leaves the key out of its hashed payload and its
 #: record, so the runs made before the key existed keep their identity.
 TASK_KEYS_ABSENT: dict[str, Any] = {"setting": "task", "split": "dataset"}
-#: The same for the training settings (``schedule``): at that value a key is left out of
-#: :attr:`RunSpec.config` (so of the config hash, the record and the MLflow params).
-TRAINING_KEYS_ABSENT: dict[str, Any] = {"schedule": "plateau"}
+#: The same for the training settings (``schedule``, ``loss_weights``): at that value a key
+#: is left out of :attr:`RunSpec.config` (so of the config hash, the record and the MLflow
+#: params).
+TRAINING_KEYS_ABSENT: dict[str, Any] = {"schedule": "plateau", "loss_weights": "none"}
 #: How a task trains: ``plateau`` (BeGin: ReduceLROnPlateau on the validation loss, the
 #: task stops at the lr floor, the best-validation weights are restored) or ``fixed``
 #: (CGLB: a constant lr for exactly ``epochs`` epochs, the last weights are kept).
 SCHEDULES = ("plateau", "fixed")
+#: How the nodes of a training batch weigh in the task loss: ``none`` (BeGin: the mean
+#: cross-entropy) or ``class_balanced`` (CGLB's ``cls_balance``: each node weighs 1 / the
+#: number of the batch's nodes of its class, so every class counts the same).
+LOSS_WEIGHTS = ("none", "class_balanced")
 #: Where the train/val/test split comes from: ``dataset`` (the official split of a
 #: dataset that has one, else a stratified 60/20/20 split drawn from ``split_seed``) or
 #: ``random`` (the stratified 60/20/20 split on every dataset, as CGLB does).
@@ -69,6 +75,7 @@ class Protocol:
     patience: int = 20           # ReduceLROnPlateau patience (epochs, on val loss)
     min_lr_ratio: float = 0.002  # a task stops when lr reaches lr * min_lr_ratio
     schedule: str = "plateau"    # plateau (BeGin) | fixed (CGLB: exactly `epochs`, last weights)
+    loss_weights: str = "none"   # none (BeGin) | class_balanced (CGLB: 1 / class count)
     num_tasks: int | None = None         # None: from the dataset card
     classes_per_task: int | None = None  # None: from the dataset card
     class_order: tuple[int, ...] | None = None  # None: drawn from the run seed

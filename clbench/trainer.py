@@ -60,6 +60,8 @@ from clbench.loopstate import (
     penalty_ratio,
     plateau_scheduler,
     takes_training_states,
+    task_loss,
+    train_stats,
 )
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 from clbench.spec import Protocol
@@ -358,8 +360,8 @@ class NCTrainer:
 
     def inference(self, model: nn.Module, _curr_batch: NodeBatch,
                   training_states: dict | None) -> dict:
-        """Forward and loss, each node's logits restricted to its candidate classes (its
-        task's in Task-IL, every class seen so far in Class-IL).
+        """Forward and loss (:func:`~clbench.loopstate.task_loss`), each node's logits restricted
+        to its candidate classes (its task's in Task-IL, every class seen so far in Class-IL).
 
         Called in training (``model.training``) and, by the default
         :meth:`processEvalIteration`, in validation and evaluation; the parameters
@@ -371,8 +373,8 @@ class NCTrainer:
         weights = self.forward_weights(model, _curr_batch, training_states)
         logits = self.forward(model, _curr_batch, weights)
         preds = _curr_batch.restrict(logits)
-        return {"preds": preds, "loss": self.loss_fn(preds, _curr_batch.local_labels),
-                "logits": logits, "weights": weights}
+        loss = task_loss(self.loss_fn, preds, _curr_batch, self.protocol.loss_weights)
+        return {"preds": preds, "loss": loss, "logits": logits, "weights": weights}
 
     def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
                        _curr_batch: NodeBatch, training_states: dict) -> dict:
@@ -382,18 +384,9 @@ class NCTrainer:
         self.restore_frozen()
         return self._train_stats(results, _curr_batch)
 
-    @staticmethod
-    def _train_stats(results: dict, batch: NodeBatch) -> dict:
-        """The step's loss and accuracy; a regulariser that put its weighted term in
-        ``results["penalty"]`` (already included in ``results["loss"]``) also gets
-        ``penalty`` and ``task_loss`` (the loss without it)."""
-        acc = (results["preds"].argmax(-1) == batch.local_labels).float().mean()
-        stats = {"loss": results["loss"].item(), "acc": acc.item()}
-        penalty = results.get("penalty")
-        if penalty is not None:
-            stats["penalty"] = float(torch.as_tensor(penalty).detach())
-            stats["task_loss"] = stats["loss"] - stats["penalty"]
-        return stats
+    #: The step's stats (:func:`clbench.loopstate.train_stats`), for overrides of
+    #: ``afterInference``.
+    _train_stats = staticmethod(train_stats)
 
     def processTrainIteration(self, model: nn.Module, optimizer: Optimizer,
                               _curr_batch: NodeBatch, training_states: dict) -> dict:

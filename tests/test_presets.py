@@ -17,11 +17,12 @@ from clbench.spec import Protocol, task_shape
 #: What the presets' docstring (clbench/presets.py) documents, written out here.
 BEGIN = {"model": "gcn", "hidden": 256, "layers": 3, "dropout": 0.0, "batch_norm": True,
          "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "epochs": 1000, "patience": 20,
-         "min_lr_ratio": 0.002, "schedule": "plateau", "num_tasks": None,
+         "min_lr_ratio": 0.002, "schedule": "plateau", "loss_weights": "none", "num_tasks": None,
          "classes_per_task": None, "class_order": None, "split_seed": 0, "graph": "full",
          "metric": "accuracy", "setting": "task", "split": "dataset"}
 CGLB = {**BEGIN, "layers": 2, "batch_norm": False, "lr": 0.005, "weight_decay": 5e-4,
-        "epochs": 200, "schedule": "fixed", "classes_per_task": 2, "graph": "task",
+        "epochs": 200, "schedule": "fixed", "loss_weights": "class_balanced",
+        "classes_per_task": 2, "graph": "task",
         "metric": "balanced_accuracy", "split": "random"}
 
 
@@ -46,6 +47,7 @@ def test_a_run_without_a_preset_keeps_todays_hashes():
         spec = resolve_run(*args, **tasks)
         assert (spec.config_hash, spec.protocol_hash) == (config_hash, protocol_hash), args
         assert "schedule" not in spec.config and "split" not in spec.record()
+        assert "loss_weights" not in spec.config
 
 
 def test_cglb_resolves_to_cglbs_values_and_task_counts():
@@ -62,6 +64,7 @@ def test_cglb_resolves_to_cglbs_values_and_task_counts():
         assert order == tuple(range(classes))
     # the values make the hashes: away from BeGin, schedule and split are hashed
     assert spec.config["schedule"] == "fixed" and spec.record()["split"] == "random"
+    assert spec.config["loss_weights"] == "class_balanced"
     assert spec.config_hash != resolve_run("finetune", "corafull", 0).config_hash
 
 
