@@ -38,14 +38,17 @@ class LwfLiteTrainer(NCTrainer):
                 curr_training_states["teacher"] = self.forward(curr_model, curr_dataset.train)
 
     def afterInference(self, results, model, optimizer, _curr_batch, training_states):
-        # A training-only loss term: added here, validation losses stay task losses.
+        # A training-only loss term, added here so that validation losses stay task
+        # losses. results["logits"] is the step's own forward pass (every node, every
+        # class); a regulariser puts its weighted term in results["penalty"] too, so that
+        # the run logs how strong it was against the task loss.
         teacher = training_states["teacher"]
         if teacher is not None:
-            logits = self.forward(model, _curr_batch)
-            old = self.scenario.task_classes[: self.curr_task].reshape(-1)
+            old = self.scenario.task_classes[: self.curr_task].reshape(-1)  # past classes
             nodes = _curr_batch.nodes
-            results["loss"] = results["loss"] + self.hparams["alpha"] * F.mse_loss(
-                logits[nodes][:, old], teacher[nodes][:, old])
+            penalty = self.hparams["alpha"] * F.mse_loss(
+                results["logits"][nodes][:, old], teacher[nodes][:, old])
+            results["penalty"] = penalty
+            results["loss"] = results["loss"] + penalty
         return super().afterInference(results, model, optimizer, _curr_batch,
                                       training_states)
-

@@ -151,4 +151,11 @@ def test_plugin_example_runs_and_registers(tmp_path):
     assert "lwf-lite" in METHODS and "LWF_Lite" in METHODS
     r = run_experiment(method="lwf-lite", seed=0, params={**FAST, "alpha": 2.0})
     assert r["config"]["alpha"] == 2.0
-    assert 0 <= r["metrics"]["AP"] <= 1
+    # its distillation term acts from the second task on, and is logged as a penalty
+    ratios = r["task_penalty_ratio"]
+    assert ratios[0] is None and all(x is not None and x > 0 for x in ratios[1:])
+    # with alpha = 0 it is fine-tuning, bit for bit
+    zero = run_experiment(method="lwf-lite", seed=0, params={**FAST, "alpha": 0.0})
+    bare = run_experiment(method="finetune", seed=0, params=FAST)
+    assert zero["R_test"] == bare["R_test"] and zero["R_val"] == bare["R_val"]
+    assert r["R_test"] != bare["R_test"]
