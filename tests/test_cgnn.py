@@ -225,9 +225,9 @@ def _trainer_at_task(task: int, **params):
 
 def test_ewc_term_pulls_towards_the_anchor() -> None:
     """At the start of a task the anchor is the current weights and F the squared
-    gradient of the memory's loss; the term is ewc_lambda / 2 * sum F (theta - theta*)^2,
-    zero at the anchor, positive away from it, and a step on it alone moves the weights
-    back towards the anchor."""
+    gradient of the memory's loss divided by its mean (the default fisher_norm); the
+    term is ewc_lambda / 2 * sum F (theta - theta*)^2, zero at the anchor, positive away
+    from it, and a step on it alone moves the weights back towards the anchor."""
     trainer, scenario, batch = _trainer_at_task(2, memory_size=30, ewc_lambda=80.0)
     model, states = trainer.model, trainer.training_states
     params = [p for p in model.parameters() if p.requires_grad]
@@ -239,7 +239,9 @@ def test_ewc_term_pulls_towards_the_anchor() -> None:
     loss = torch.nn.functional.cross_entropy(mb.restrict(trainer.forward(reference, mb)),
                                              mb.local_labels)
     grads = torch.autograd.grad(loss, [p for p in reference.parameters() if p.requires_grad])
-    fisher = torch.cat([g.reshape(-1) for g in grads]) ** 2
+    raw = torch.cat([g.reshape(-1) for g in grads]) ** 2
+    fisher = raw / raw.mean()
+    assert trainer.fisher_norm == "mean"
     torch.testing.assert_close(states["fisher"], fisher)
     assert float(states["fisher"].sum()) > 0
     assert float(trainer.penalty(states).detach()) == 0.0
@@ -308,3 +310,84 @@ def test_storage_counts_memory_fisher_and_anchor() -> None:
     expected = buffer_bytes(scenario, memory.numel()) + 8 * (scenario.num_classes + 1) \
         + 2 * 4 * P
     assert out.extra_storage_bytes == expected
+
+
+# ----------------------------------------------------------------------------- fisher_norm
+def test_fisher_norm_mean_divides_the_fisher_by_its_mean() -> None:
+    """fisher_norm = mean keeps F / mean(F), whose mean is 1 whatever the raw scale;
+    none (BeGin) keeps the raw F, tiny once the memory is fitted. Up to the first anchor
+    both runs follow the same trajectory (no term before it), so their raw F agree."""
+    kept = {}
+    for norm in ("none", "mean"):
+        trainer, _, _ = _trainer_at_task(1, memory_size=30, ewc_lambda=80.0, fisher_norm=norm)
+        kept[norm] = trainer.training_states["fisher"]
+    raw = kept["none"]
+    assert 0 < float(raw.mean()) < 1e-3  # a fitted memory's raw Fisher is small
+    torch.testing.assert_close(kept["mean"], raw / raw.mean())
+    assert float(kept["mean"].mean()) == pytest.approx(1.0, rel=1e-5)
+
+
+# BeGin's raw Fisher (fisher_norm = none), recorded on the code before fisher_norm existed
+# (commit 230382c): synthetic, seed 2, 15 epochs, hidden 32, dropout 0.5, memory 15,
+# detection 10, ewc_lambda 80. The test-set matrix and the EWC term / task loss at the end
+# of each task.
+RAW_FISHER_TASK_IL = {
+    "R_test": [[0.75, 0.5208333333333334, 0.5, 0.4583333333333333, 0.4583333333333333],
+               [0.7916666666666666, 0.6666666666666666, 0.5, 0.5208333333333334, 0.4375],
+               [0.75, 0.7291666666666666, 0.625, 0.4583333333333333, 0.4375],
+               [0.7291666666666666, 0.6875, 0.6458333333333334, 0.6666666666666666, 0.4375],
+               [0.7291666666666666, 0.5833333333333334, 0.6458333333333334, 0.625,
+                0.6666666666666666]],
+    "ratio": [None, 0.0007306419188823838, 0.0013525980043466999, 0.00147276980238272,
+              0.002377890801241117],
+}
+PINNED = {"epochs": 15, "hidden": 32, "dropout": 0.5, "memory_size": 15,
+          "new_nodes_size": 10, "ewc_lambda": 80.0}
+
+
+def assert_pinned(out: dict, pinned: dict) -> None:
+    assert out["R_test"] == pinned["R_test"]
+    assert out["timing"]["task_epochs"] == [15] * 5
+    assert out["task_penalty_ratio"][0] is None
+    assert out["task_penalty_ratio"][1:] == pytest.approx(pinned["ratio"][1:], rel=1e-9)
+
+
+def test_raw_fisher_gives_the_numbers_from_before_fisher_norm() -> None:
+    """fisher_norm = none is BeGin's raw Fisher: the recorded Task-IL numbers, and the
+    default (mean) is not them."""
+    out = run_experiment(method="cgnn", dataset="synthetic", seed=2,
+                         params={**PINNED, "fisher_norm": "none"})
+    assert_pinned(out, RAW_FISHER_TASK_IL)
+    default = run_experiment(method="cgnn", dataset="synthetic", seed=2, params=PINNED)
+    assert default["config"]["fisher_norm"] == "mean"
+    assert default["task_penalty_ratio"][1:] != pytest.approx(RAW_FISHER_TASK_IL["ratio"][1:])
+
+
+CHEAP = {"epochs": 30, "hidden": 32}
+
+
+@pytest.mark.parametrize("dataset", [
+    "synthetic", "cora",
+    pytest.param("citeseer", marks=pytest.mark.slow),
+])
+def test_default_ewc_term_acts(dataset: str, tmp_path) -> None:
+    """With the card's defaults (memory and detection at BeGin's budgets) the EWC term
+    is a sizeable part of the loss at the end of each later task, and the run is neither
+    fine-tuning nor the same method without the term (BeGin's raw Fisher with
+    ewc_lambda = 80 left the term ~1e-5 of the task loss's gradient on Cora)."""
+    from datahelpers import copy_shared
+
+    data_dir = None
+    if dataset != "synthetic":
+        copy_shared(dataset, tmp_path)
+        data_dir = str(tmp_path)
+    kw = {"dataset": dataset, "seed": 0, "num_tasks": 3, "classes_per_task": 2,
+          "data_dir": data_dir}
+    out = run_experiment(method="cgnn", params=CHEAP, **kw)
+    no_term = run_experiment(method="cgnn", params={**CHEAP, "ewc_lambda": 0.0}, **kw)
+    bare = run_experiment(method="finetune", params=CHEAP, **kw)
+    assert out["config"]["fisher_norm"] == "mean"
+    assert out["task_penalty_ratio"][0] is None
+    assert min(out["task_penalty_ratio"][1:]) > 1e-2, out["task_penalty_ratio"]
+    assert not np.array_equal(np.array(out["R_test"]), np.array(no_term["R_test"]))
+    assert not np.array_equal(np.array(out["R_test"]), np.array(bare["R_test"]))

@@ -85,6 +85,7 @@ class FrozenCGNN(cgnn.NCTaskILCGNNTrainer):
 
 @pytest.mark.parametrize(("graph", "params"), [
     ("full", {"memory_size": 15, "new_nodes_size": 10, "dropout": 0.5}),
+    ("full", {"memory_size": 15, "new_nodes_size": 10, "fisher_norm": "none"}),
     ("task", {"memory_size": 15, "new_nodes_size": 10, "memory_strategy": "random"}),
     ("full", {"memory_size": 0, "new_nodes_size": 8}),  # Fisher on all past nodes
 ])
@@ -268,8 +269,9 @@ def _squared_grad(model, loss):
 
 def test_class_il_fisher_is_the_memory_loss_among_the_classes_seen_before():
     """At the start of task 2 the Fisher is the squared gradient of the memory's loss
-    with every memory node among the classes of tasks 0 and 1 (the model as task 1 left
-    it, eval mode): not among tasks 0..2's, nor each among its own task's."""
+    (divided by its mean: the default fisher_norm) with every memory node among the
+    classes of tasks 0 and 1 (the model as task 1 left it, eval mode): not among tasks
+    0..2's, nor each among its own task's."""
     trainer, scenario, _, before = _class_trainer_at_task(2, memory_size=30,
                                                           new_nodes_size=0, ewc_lambda=80.0)
     memory = trainer.memory_nodes(trainer.training_states)
@@ -277,8 +279,9 @@ def test_class_il_fisher_is_the_memory_loss_among_the_classes_seen_before():
     fisher = trainer.training_states["fisher"]
 
     def among(classes):
-        return _squared_grad(before, _cross_entropy_among(before, scenario, memory,
-                                                          classes, trainer))
+        raw = _squared_grad(before, _cross_entropy_among(before, scenario, memory,
+                                                         classes, trainer))
+        return raw / raw.mean()
 
     torch.testing.assert_close(fisher, among(scenario.seen_classes(2)))
     assert not torch.allclose(fisher, among(scenario.seen_classes(3)))
@@ -287,6 +290,7 @@ def test_class_il_fisher_is_the_memory_loss_among_the_classes_seen_before():
         logits = trainer.forward(before, scenario.batch((0,), "train"))[memory].gather(1, own)
         local = (own == scenario.graph.y[memory].view(-1, 1)).long().argmax(1)
         task_il = _squared_grad(before, F.cross_entropy(logits, local))
+        task_il = task_il / task_il.mean()
     assert not torch.allclose(fisher, task_il)
     assert float(trainer.penalty(trainer.training_states).detach()) == 0.0
 
@@ -344,3 +348,25 @@ def test_class_il_interrupted_run_continues_bit_identically(tmp_path):
     for key in ("R_test", "R_val", "extra_storage_bytes"):
         assert resumed[key] == reference[key], key
     assert resumed["timing"]["task_epochs"] == reference["timing"]["task_epochs"]
+
+
+# ----------------------------------------------------------------------------- fisher_norm
+# BeGin's raw Fisher (fisher_norm = none) in Class-IL, recorded on the code before
+# fisher_norm existed (commit 230382c), with test_cgnn.PINNED's setting.
+RAW_FISHER_CLASS_IL = {
+    "R_test": [[0.75, 0.0, 0.0, 0.0, 0.0],
+               [0.1875, 0.6458333333333334, 0.0, 0.0, 0.0],
+               [0.0, 0.3125, 0.4791666666666667, 0.0, 0.0],
+               [0.0, 0.0, 0.375, 0.5208333333333334, 0.0],
+               [0.0, 0.0, 0.16666666666666666, 0.3125, 0.4375]],
+    "ratio": [None, 0.0006023232358947658, 0.001896599230411692, 0.001796896307708016,
+              0.003393890359391085],
+}
+
+
+def test_class_il_raw_fisher_gives_the_numbers_from_before_fisher_norm():
+    from test_cgnn import PINNED, assert_pinned
+
+    out = run_experiment(method="cgnn", dataset="synthetic", seed=2, setting="class",
+                         params={**PINNED, "fisher_norm": "none"})
+    assert_pinned(out, RAW_FISHER_CLASS_IL)

@@ -26,7 +26,12 @@ With the union's mean, the loss is ``(1 - beta) * task loss + beta * replay loss
 ``ewc_lambda / 2 * sum_i F[i] (theta[i] - theta*[i])^2``, with ``theta*`` the weights at
 the start of the task and ``F`` the squared gradient of the loss on the memory (on all
 past training nodes when ``memory_size = 0``, as BeGin), computed then (BeGin keeps
-only this latest pair). ``ewc_type = "l2"`` uses BeGin's constant ``1e-5`` for ``F``.
+only this latest pair). ``fisher_norm = "mean"`` (default) divides ``F`` by its mean
+entry, so that ``ewc_lambda`` has one meaning whatever the scale of the gradient: the
+memory is fitted almost exactly (loss ~1e-5), so its raw ``F`` is ~1e-10 per entry and
+BeGin's ``ewc_lambda = 80`` leaves the term ~1e-5 of the task loss's gradient (inert,
+as EWC's raw Fisher). ``fisher_norm = "none"`` keeps the raw ``F`` (BeGin's).
+``ewc_type = "l2"`` uses BeGin's constant ``1e-5`` for ``F`` (never normalised).
 
 Class-IL (``--setting class``, as BeGin's Class-IL trainer): at task ``t`` the task's
 and the replayed nodes are scored among the classes of tasks ``0..t``; the Fisher and
@@ -57,6 +62,7 @@ from clbench.trainer import NCTrainer
 DETECT_STRATEGIES = ("bfs",)
 MEMORY_STRATEGIES = ("class", "random")
 EWC_TYPES = ("ewc", "l2")
+FISHER_NORMS = ("mean", "none")
 #: BeGin's constant weight of ``ewc_type = "l2"`` (its ``10e-6``).
 L2_WEIGHT = 1e-5
 #: Hops the embedding change is spread over (BeGin's ``bfs_sharp``).
@@ -92,7 +98,7 @@ class NCTaskILCGNNTrainer(NCTrainer):
 
     Hyperparameters (see ``methods/cgnn.toml``): ``memory_size``, ``memory_strategy``
     (class | random), ``p``, ``alpha``, ``new_nodes_size``, ``detect_strategy`` (bfs),
-    ``ewc_lambda``, ``ewc_type`` (ewc | l2).
+    ``ewc_lambda``, ``ewc_type`` (ewc | l2), ``fisher_norm`` (mean | none; BeGin: none).
 
     Training states: ``memory`` (lists of node ids: one per class for the class
     strategy, one list for random), ``class_counts`` and ``seen`` (the class strategy's
@@ -113,6 +119,7 @@ class NCTaskILCGNNTrainer(NCTrainer):
         self.detect_strategy = str(hp["detect_strategy"])
         self.ewc_lambda = float(hp["ewc_lambda"])
         self.ewc_type = str(hp["ewc_type"])
+        self.fisher_norm = str(hp["fisher_norm"])
         # past training nodes are kept for the detection, and for a Fisher without memory
         self.keep_past = self.new_nodes_size > 0 or (
             self.memory_size == 0 and self.ewc_lambda > 0 and self.ewc_type == "ewc")
@@ -163,6 +170,13 @@ class NCTaskILCGNNTrainer(NCTrainer):
         flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
                           for g, p in zip(grads, params, strict=True)])
         return (flat * flat).detach()
+
+    def normalise(self, fisher: Tensor) -> Tensor:
+        """``fisher_norm = "mean"``: ``fisher / mean(fisher)`` (left as is when all zero)."""
+        if self.fisher_norm == "none":
+            return fisher
+        mean = fisher.mean()
+        return fisher / mean if mean > 0 else fisher
 
     def penalty(self, states: dict) -> Tensor | None:
         """``ewc_lambda / 2 * sum F (theta - theta*)^2`` (None without an anchor or at 0)."""
@@ -275,7 +289,8 @@ class NCTaskILCGNNTrainer(NCTrainer):
                                                       torch.zeros(0, device=self.device))
                 important = parts[0] if self.memory_size > 0 else past
                 if self.ewc_type == "ewc" and important.numel():
-                    states["fisher"] = self.fisher(curr_model, important, seen=task_id)
+                    states["fisher"] = self.normalise(
+                        self.fisher(curr_model, important, seen=task_id))
                 if self.ewc_type == "l2" or important.numel():
                     states["anchor"] = torch.cat(
                         [p.detach().reshape(-1) for p in self._params()]).clone()
