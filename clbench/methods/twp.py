@@ -25,7 +25,7 @@ The aggregation scores depend on the backbone:
   The scores only measure; GCN's aggregation is unchanged.
 
 As in the official code, CGLB and BeGin, the two backward passes share the gradient
-buffers, so ``Ft_k`` is the square of the loss gradient *plus* the topology gradient
+buffers, so the raw ``Ft_k`` is the square of the loss gradient *plus* the topology gradient
 (for every layer but the first, ``Ft_k = Fl_k``). Differences from them, on purpose:
 the reference codes add ``beta * ||grad||_1`` computed from detached gradients (a
 constant: it changes the printed loss and nothing else), so there is no ``beta`` here;
