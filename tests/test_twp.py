@@ -106,7 +106,7 @@ def test_penalty_value_storage_and_effect() -> None:
     w = 2.0 * states["loss_scores"] + 3.0 * states["topology_scores"]
     expected = (w * (now - states["params"]) ** 2).sum()
     torch.testing.assert_close(trainer.penalty(states), expected)
-    # BeGin's defaults act on training
+    # the card's defaults act on training
     twp = run_experiment(method="twp", dataset="synthetic", seed=3, num_tasks=3, params=FAST)
     bare = run_experiment(method="finetune", dataset="synthetic", seed=3, num_tasks=3,
                           params=FAST)

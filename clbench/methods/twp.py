@@ -7,6 +7,15 @@ learned). Later tasks minimise::
 
     task loss + sum_k sum_i (lambda_l Fl_k[i] + lambda_t Ft_k[i]) (theta[i] - theta_k[i])^2
 
+``importance_norm="mean"`` (default) divides each task's ``Fl_k`` by its mean entry, and
+its ``Ft_k`` by its own, before they are kept, so that the lambdas mean the same on every
+dataset and task. The raw scores (``importance_norm="none"``, BeGin's) leave BeGin's
+lambdas inert wherever a task is fitted almost exactly: on Cora after a task the mean
+``Fl`` is ~1e-10 (so ``lambda_l = 1e4`` weighs nothing), and 99% of
+``lambda_l Fl + lambda_t Ft`` sits on the first layer's weights through the edge-score
+term, which GCN's aggregation does not use; TWP was then fine-tuning within noise
+(``methods/twp.toml`` has the measurements).
+
 The aggregation scores depend on the backbone:
 
 * ``gat``: the first GATConv's attention coefficients (the paper's backbone);
@@ -16,7 +25,7 @@ The aggregation scores depend on the backbone:
   The scores only measure; GCN's aggregation is unchanged.
 
 As in the official code, CGLB and BeGin, the two backward passes share the gradient
-buffers, so ``Ft_k`` is the square of the loss gradient *plus* the topology gradient
+buffers, so the raw ``Ft_k`` is the square of the loss gradient *plus* the topology gradient
 (for every layer but the first, ``Ft_k = Fl_k``). Differences from them, on purpose:
 the reference codes add ``beta * ||grad||_1`` computed from detached gradients (a
 constant: it changes the printed loss and nothing else), so there is no ``beta`` here;
@@ -44,13 +53,16 @@ from clbench.methods.anchored import AnchoredTrainer
 from clbench.methods.base import register_method
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 
+IMPORTANCE_NORMS = ("mean", "none")
+
 
 @register_method("twp")
 class NCTaskILTWPTrainer(AnchoredTrainer):
     """TWP for node classification, Task-IL or Class-IL (GCN or GAT backbone).
 
-    Hyperparameters (see ``methods/twp.toml``): ``lambda_l`` (BeGin: 1e4) and
-    ``lambda_t`` (BeGin's grid: {100, 1000}).
+    Hyperparameters (see ``methods/twp.toml``): ``lambda_l`` and ``lambda_t`` (on the
+    mean-normalised scores), ``importance_norm`` (mean | none; BeGin: none, with
+    ``lambda_l`` 1e4 and ``lambda_t`` in {100, 1000}).
 
     Training states: ``loss_scores``, ``topology_scores`` and ``params``, each ``[K, P]``
     (one row per past task), empty ``[0, P]`` before the first task ends.
@@ -64,6 +76,7 @@ class NCTaskILTWPTrainer(AnchoredTrainer):
             raise ClbenchError("twp needs per-edge aggregation scores: use --model gcn or gat")
         self.lambda_l = float(self.hparams["lambda_l"])
         self.lambda_t = float(self.hparams["lambda_t"])
+        self.importance_norm = str(self.hparams["importance_norm"])
 
     # ------------------------------------------------------------------ helpers
     def penalty(self, training_states: dict) -> Tensor | None:
@@ -112,6 +125,14 @@ class NCTaskILTWPTrainer(AnchoredTrainer):
         both = g_loss + g_top  # the reference codes' shared gradient buffers
         return g_loss * g_loss, both * both
 
+    def normalise(self, scores: Tensor) -> Tensor:
+        """``importance_norm="mean"``: ``scores / mean(scores)`` (left as is when all
+        zero); ``"none"``: the raw scores."""
+        if self.importance_norm == "none":
+            return scores
+        mean = scores.mean()
+        return scores / mean if mean > 0 else scores
+
     # ------------------------------------------------------------------ events
     def initTrainingStates(self, scenario: NCScenarioLoader, model: nn.Module,
                            optimizer: Optimizer) -> dict:
@@ -127,10 +148,10 @@ class NCTaskILTWPTrainer(AnchoredTrainer):
     def processAfterTraining(self, task_id: int, curr_dataset: TaskDataset,
                              curr_model: nn.Module, curr_optimizer: Optimizer,
                              curr_training_states: dict) -> None:
-        """Restore the best weights, then keep their two scores and their values."""
+        """Restore the best weights, then keep their two (normalised) scores and their values."""
         super().processAfterTraining(task_id, curr_dataset, curr_model, curr_optimizer,
                                      curr_training_states)
-        fl, ft = self.task_scores(curr_model, curr_dataset.train)
+        fl, ft = (self.normalise(s) for s in self.task_scores(curr_model, curr_dataset.train))
         with torch.no_grad():
             theta = self.flat_params().detach().clone()
         states = curr_training_states
