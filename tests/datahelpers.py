@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
+from clbench.loopstate import TrainerCallback
+
 #: The repository's root folder.
 REPO = Path(__file__).resolve().parents[1]
 #: Real dataset files shipped in tests/data (see its README.md). Never written to.
@@ -204,19 +206,40 @@ def method_trainer(method: str, scenario, seed: int, dataset: str | None = None,
     return trainer, params
 
 
-def record_replays(trainer) -> list[tuple[int, list]]:
-    """Wrap ``trainer.replay_batches`` (ER-GNN) so that every call's ``(task being
-    learned, batches replayed)`` is recorded in the returned list."""
+def record_replays(trainer, attr: str = "replay_batches") -> list[tuple[int, list]]:
+    """Wrap ``trainer.<attr>`` (ER-GNN's and ContinualGNN's ``replay_batches``, PI-GNN's
+    ``memory_batches``) so that every call's ``(task being learned, batches)`` is recorded
+    in the returned list."""
     calls: list[tuple[int, list]] = []
-    original = trainer.replay_batches
+    original = getattr(trainer, attr)
 
-    def replay_batches(states):
+    def recorded(states):
         batches = original(states)
         calls.append((trainer.curr_task, batches))
         return batches
 
-    trainer.replay_batches = replay_batches
+    setattr(trainer, attr, recorded)
     return calls
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class Snapshots(TrainerCallback):
+    """The model's parameter count at the start, and its state and parameter count after
+    every task (for methods that grow or freeze parameters)."""
+
+    def __init__(self) -> None:
+        self.states: list[dict] = []
+        self.counts: list[int] = []
+
+    def on_run_start(self, trainer) -> None:
+        self.counts_at_start = n_params(trainer.model)
+
+    def on_task_end(self, trainer, task_id, test_row) -> None:
+        self.states.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        self.counts.append(n_params(trainer.model))
 
 
 def check_zero_forgetting(R: np.ndarray) -> None:

@@ -21,16 +21,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_class_il_methods import run, trainer_of
 
 import clbench.methods.cat as cat
 from clbench.experiment import (
-    build_backbone,
-    build_scenario,
-    make_optimizer_fn,
     run_experiment,
-    seed_everything,
 )
-from clbench.methods import METHODS
 from clbench.methods.cat import NCTaskILCaTTrainer
 from clbench.models import batchnorm_modules
 from clbench.resolve import resolve_run
@@ -47,24 +43,6 @@ def spec_of(method: str, setting: str, seed: int = 0, num_tasks: int = 3,
     fast = FAST if method == "cat" else {k: v for k, v in FAST.items() if k != "condense_steps"}
     return resolve_run(method, "synthetic", seed, setting=setting, num_tasks=num_tasks,
                        classes_per_task=classes_per_task, params={**fast, **params})
-
-
-def trainer_of(spec, cls: type[NCTrainer] | None = None, callbacks=()):
-    """``(trainer, scenario)`` built as :func:`clbench.experiment.run_experiment` does,
-    with ``cls`` (default: the spec's method) as the trainer class."""
-    seed_everything(spec.seed)
-    scenario = build_scenario(spec)
-    seed_everything(spec.seed)
-    cls = cls or METHODS.get(spec.method)
-    trainer = cls(build_backbone(spec.protocol, scenario), scenario,
-                  make_optimizer_fn(spec.protocol), None, spec.device, protocol=spec.protocol,
-                  callbacks=list(callbacks), **spec.params)
-    return trainer, scenario
-
-
-def run(spec, cls=None, callbacks=()):
-    trainer, scenario = trainer_of(spec, cls, callbacks)
-    return trainer, scenario, trainer.run(spec.protocol.epochs)
 
 
 def assert_same_run(a, b, ta=None, tb=None) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from datahelpers import check_zero_forgetting, method_trainer
+from datahelpers import Snapshots, check_zero_forgetting, method_trainer, n_params
 
 import clbench.methods.pignn  # noqa: F401  (registration)
 from clbench.errors import ClbenchError
@@ -46,25 +46,6 @@ def synthetic_scenario(seed: int = 0) -> NCScenarioLoader:
 def make_trainer(scenario, seed, callbacks=(), **overrides
                  ) -> tuple[NCTaskILPIGNNTrainer, dict]:
     return method_trainer("pignn", scenario, seed, callbacks=callbacks, **{**FAST, **overrides})
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-class Snapshots(TrainerCallback):
-    """The model's state and parameter count after every task."""
-
-    def __init__(self) -> None:
-        self.states: list[dict[str, torch.Tensor]] = []
-        self.counts: list[int] = []
-
-    def on_run_start(self, trainer) -> None:
-        self.counts_at_start = n_params(trainer.model)
-
-    def on_task_end(self, trainer, task_id, test_row) -> None:
-        self.states.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
-        self.counts.append(n_params(trainer.model))
 
 
 def test_isolated_blocks_are_bit_identical_and_forgetting_is_zero() -> None:

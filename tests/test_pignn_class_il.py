@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from datahelpers import Snapshots, record_replays
 
 import clbench.methods.pignn  # noqa: F401  (registration)
 from clbench.experiment import build_scenario, build_trainer, run_experiment, seed_everything
@@ -53,25 +54,6 @@ def trainer_of(spec, cls: type[NCTrainer] | None = None, callbacks=()):
                   make_optimizer_fn(spec.protocol), None, spec.device, protocol=spec.protocol,
                   callbacks=list(callbacks), **spec.params)
     return trainer, scenario
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-class Snapshots(TrainerCallback):
-    """The model's state and parameter count at the start and after every task."""
-
-    def __init__(self) -> None:
-        self.states: list[dict[str, torch.Tensor]] = []
-        self.counts: list[int] = []
-
-    def on_run_start(self, trainer) -> None:
-        self.counts_at_start = n_params(trainer.model)
-
-    def on_task_end(self, trainer, task_id, test_row) -> None:
-        self.states.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
-        self.counts.append(n_params(trainer.model))
 
 
 # ----------------------------------------------------------------------------- isolation
@@ -113,15 +95,7 @@ def test_class_il_memory_is_past_training_nodes_within_budget_among_seen_classes
     budget, each classified among the classes of tasks 0..t with its label at the
     right position; on its own task's subgraph with ``--graph task``."""
     trainer, scenario = trainer_of(spec_of("class", seed=1, graph=graph, epochs=6))
-    calls: list[tuple[int, list]] = []
-    original = trainer.memory_batches
-
-    def memory_batches(states):
-        batches = original(states)
-        calls.append((trainer.curr_task, batches))
-        return batches
-
-    trainer.memory_batches = memory_batches
+    calls = record_replays(trainer, "memory_batches")
     trainer.run(6)
     g = scenario.graph
     assert {t for t, _ in calls} == {1, 2}
