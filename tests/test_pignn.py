@@ -142,7 +142,9 @@ def test_extra_storage_is_the_growth_beyond_the_backbone_plus_the_memory() -> No
 
 
 class MemoryLossProbe(TrainerCallback):
-    """At the start of the last task, the training loss ``afterInference`` steps on."""
+    """At the start of the last task: the loss ``afterInference`` steps on, the task loss,
+    and the memory's loss recomputed here (:meth:`memory_loss`; each stored node among
+    its own task's classes)."""
 
     def on_task_start(self, trainer, task_id) -> None:
         if task_id != trainer.num_tasks - 1:
@@ -158,13 +160,17 @@ class MemoryLossProbe(TrainerCallback):
                 pass
 
         stats = trainer.afterInference(results, model, NoStep(), batch, states)
-        memory = stored_batch(trainer.scenario, torch.cat(states["memories"]))
         with torch.no_grad():
-            logits = model(model.inputs(memory.graph), memory.graph)
-        memory_loss = F.cross_entropy(memory.restrict(logits), memory.local_labels).item()
+            memory_loss = self.memory_loss(trainer, task_id, batch)
         self.seen = (stats["loss"], task_loss, memory_loss)
         model.zero_grad(set_to_none=True)
         raise KeyboardInterrupt
+
+    def memory_loss(self, trainer, task_id, batch) -> float:
+        model = trainer.model
+        memory = stored_batch(trainer.scenario, torch.cat(trainer.training_states["memories"]))
+        logits = model(model.inputs(memory.graph), memory.graph)
+        return F.cross_entropy(memory.restrict(logits), memory.local_labels).item()
 
 
 @pytest.mark.parametrize("retrain", [0.0, 0.1, 2.5])

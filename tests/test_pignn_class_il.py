@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from datahelpers import Snapshots, record_replays
+from test_pignn import MemoryLossProbe as TaskILMemoryLossProbe
 
 import clbench.methods.pignn  # noqa: F401  (registration)
 from clbench.experiment import build_scenario, build_trainer, run_experiment, seed_everything
@@ -114,33 +115,17 @@ def test_class_il_memory_is_past_training_nodes_within_budget_among_seen_classes
             assert b.graph is expected
 
 
-class MemoryLossProbe(TrainerCallback):
-    """At the start of the last task: the loss ``afterInference`` steps on, the task
-    loss, and the memory's loss recomputed here among the classes seen so far."""
+class MemoryLossProbe(TaskILMemoryLossProbe):
+    """As Task-IL's probe, with the memory's loss recomputed here among the classes seen
+    so far (tasks 0..t), not through the method's own memory batches."""
 
-    def on_task_start(self, trainer, task_id) -> None:
-        if task_id != trainer.num_tasks - 1:
-            return
-        model, states = trainer.model, trainer.training_states
-        model.eval()  # deterministic forward (no dropout, fixed BatchNorm statistics)
-        batch = trainer.scenario.get_task(task_id).train
-        results = trainer.inference(model, batch, states)
-        task_loss = results["loss"].item()
-
-        class NoStep:
-            def step(self):
-                pass
-
-        stats = trainer.afterInference(results, model, NoStep(), batch, states)
+    def memory_loss(self, trainer, task_id, batch) -> float:
+        model = trainer.model
         seen = trainer.scenario.seen_classes(task_id + 1)
-        nodes = torch.cat(states["memories"])
-        with torch.no_grad():
-            logits = model(model.inputs(batch.graph), batch.graph)[nodes][:, seen]
+        nodes = torch.cat(trainer.training_states["memories"])
+        logits = model(model.inputs(batch.graph), batch.graph)[nodes][:, seen]
         labels = torch.searchsorted(seen, trainer.scenario.graph.y[nodes])
-        memory_loss = torch.nn.functional.cross_entropy(logits, labels).item()
-        self.seen = (stats["loss"], task_loss, memory_loss)
-        model.zero_grad(set_to_none=True)
-        raise KeyboardInterrupt
+        return torch.nn.functional.cross_entropy(logits, labels).item()
 
 
 @pytest.mark.parametrize("retrain", [0.0, 2.5])
