@@ -12,6 +12,17 @@ from clbench.scenario import NodeBatch
 from clbench.trainer import NCTrainer
 
 
+def normalise_importance(scores: Tensor, how: str) -> Tensor:
+    """A task's importance scores as kept (EWC's and ContinualGNN's ``fisher_norm``, TWP's
+    ``importance_norm``; the cards list the choices): ``"mean"`` divides them by their
+    mean entry (left as is when all zero), so that a strength means the same on every
+    dataset and task; ``"none"`` keeps the raw scores (BeGin's)."""
+    if how == "none":
+        return scores
+    mean = scores.mean()
+    return scores / mean if mean > 0 else scores
+
+
 class AnchoredTrainer(NCTrainer):
     """Fine-tuning plus :meth:`weighted_penalty`, added in ``afterInference`` (training
     only: validation losses stay task losses) and reported as ``results["penalty"]``."""

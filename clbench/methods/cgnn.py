@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch_geometric.utils import scatter
 
+from clbench.methods.anchored import normalise_importance
 from clbench.methods.base import register_method
 from clbench.methods.memory import buffer_bytes, stored_batches, stored_logits
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
@@ -62,7 +63,6 @@ from clbench.trainer import NCTrainer
 DETECT_STRATEGIES = ("bfs",)
 MEMORY_STRATEGIES = ("class", "random")
 EWC_TYPES = ("ewc", "l2")
-FISHER_NORMS = ("mean", "none")
 #: BeGin's constant weight of ``ewc_type = "l2"`` (its ``10e-6``).
 L2_WEIGHT = 1e-5
 #: Hops the embedding change is spread over (BeGin's ``bfs_sharp``).
@@ -170,13 +170,6 @@ class NCTaskILCGNNTrainer(NCTrainer):
         flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
                           for g, p in zip(grads, params, strict=True)])
         return (flat * flat).detach()
-
-    def normalise(self, fisher: Tensor) -> Tensor:
-        """``fisher_norm = "mean"``: ``fisher / mean(fisher)`` (left as is when all zero)."""
-        if self.fisher_norm == "none":
-            return fisher
-        mean = fisher.mean()
-        return fisher / mean if mean > 0 else fisher
 
     def penalty(self, states: dict) -> Tensor | None:
         """``ewc_lambda / 2 * sum F (theta - theta*)^2`` (None without an anchor or at 0)."""
@@ -289,8 +282,8 @@ class NCTaskILCGNNTrainer(NCTrainer):
                                                       torch.zeros(0, device=self.device))
                 important = parts[0] if self.memory_size > 0 else past
                 if self.ewc_type == "ewc" and important.numel():
-                    states["fisher"] = self.normalise(
-                        self.fisher(curr_model, important, seen=task_id))
+                    states["fisher"] = normalise_importance(
+                        self.fisher(curr_model, important, seen=task_id), self.fisher_norm)
                 if self.ewc_type == "l2" or important.numel():
                     states["anchor"] = torch.cat(
                         [p.detach().reshape(-1) for p in self._params()]).clone()

@@ -34,12 +34,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from clbench.methods.anchored import AnchoredTrainer
+from clbench.methods.anchored import AnchoredTrainer, normalise_importance
 from clbench.methods.base import register_method
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 
 FISHER_KINDS = ("batch", "empirical")
-FISHER_NORMS = ("mean", "none")
 
 
 @register_method("ewc")
@@ -106,13 +105,6 @@ class NCTaskILEWCTrainer(AnchoredTrainer):
         finally:
             model.train(was_training)
 
-    def normalise(self, fisher: Tensor) -> Tensor:
-        """``fisher_norm="mean"``: ``fisher / mean(fisher)`` (left as is when all zero)."""
-        if self.fisher_norm == "none":
-            return fisher
-        mean = fisher.mean()
-        return fisher / mean if mean > 0 else fisher
-
     # ------------------------------------------------------------------ events
     def initTrainingStates(self, scenario: NCScenarioLoader, model: nn.Module,
                            optimizer: Optimizer) -> dict:
@@ -128,7 +120,8 @@ class NCTaskILEWCTrainer(AnchoredTrainer):
         """Restore the best weights, then store (or accumulate) their Fisher and values."""
         super().processAfterTraining(task_id, curr_dataset, curr_model, curr_optimizer,
                                      curr_training_states)
-        fisher = self.normalise(self.fisher_diagonal(curr_model, curr_dataset.train).detach())
+        fisher = normalise_importance(
+            self.fisher_diagonal(curr_model, curr_dataset.train).detach(), self.fisher_norm)
         with torch.no_grad():
             theta = self.flat_params().detach().clone()
         states = curr_training_states

@@ -49,11 +49,9 @@ from torch_geometric.nn import GATConv, GCNConv
 from torch_geometric.utils import degree, softmax
 
 from clbench.errors import ClbenchError
-from clbench.methods.anchored import AnchoredTrainer
+from clbench.methods.anchored import AnchoredTrainer, normalise_importance
 from clbench.methods.base import register_method
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
-
-IMPORTANCE_NORMS = ("mean", "none")
 
 
 @register_method("twp")
@@ -125,14 +123,6 @@ class NCTaskILTWPTrainer(AnchoredTrainer):
         both = g_loss + g_top  # the reference codes' shared gradient buffers
         return g_loss * g_loss, both * both
 
-    def normalise(self, scores: Tensor) -> Tensor:
-        """``importance_norm="mean"``: ``scores / mean(scores)`` (left as is when all
-        zero); ``"none"``: the raw scores."""
-        if self.importance_norm == "none":
-            return scores
-        mean = scores.mean()
-        return scores / mean if mean > 0 else scores
-
     # ------------------------------------------------------------------ events
     def initTrainingStates(self, scenario: NCScenarioLoader, model: nn.Module,
                            optimizer: Optimizer) -> dict:
@@ -151,7 +141,8 @@ class NCTaskILTWPTrainer(AnchoredTrainer):
         """Restore the best weights, then keep their two (normalised) scores and their values."""
         super().processAfterTraining(task_id, curr_dataset, curr_model, curr_optimizer,
                                      curr_training_states)
-        fl, ft = (self.normalise(s) for s in self.task_scores(curr_model, curr_dataset.train))
+        fl, ft = (normalise_importance(s, self.importance_norm)
+                  for s in self.task_scores(curr_model, curr_dataset.train))
         with torch.no_grad():
             theta = self.flat_params().detach().clone()
         states = curr_training_states
