@@ -49,6 +49,9 @@ class Graph:
     #: graph as isolated nodes, so that node ids stay global; BatchNorm's training
     #: statistics are taken over these nodes only (:func:`clbench.models.norm_rows`).
     node_mask: Tensor | None = None
+    #: The global id of each row of a :meth:`subgraph` (sorted; None: row ``i`` is node
+    #: ``i``). Tensors of a subgraph hold its own nodes only, indexed by row.
+    node_ids: Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -125,19 +128,58 @@ class Graph:
         """The graph on ``device``: itself (with its cached adjacencies) when every
         tensor is there already, as ``Tensor.to`` does; else a moved copy."""
         keys = ("x", "y", "edge_index", "train_mask", "val_mask", "test_mask")
-        if all(getattr(self, k).device == torch.device(device) for k in keys) and (
-                self.node_mask is None or self.node_mask.device == torch.device(device)):
+        optional = ("node_mask", "node_ids")
+        tensors = [getattr(self, k) for k in keys + optional]
+        if all(t is None or t.device == torch.device(device) for t in tensors):
             return self
         moved = Graph(
             **{k: getattr(self, k).to(device) for k in keys},
             name=self.name,
             meta=self.meta,
-            node_mask=None if self.node_mask is None else self.node_mask.to(device),
+            **{k: None if getattr(self, k) is None else getattr(self, k).to(device)
+               for k in optional},
         )
         return moved
 
+    def rows_of(self, nodes: Tensor) -> Tensor:
+        """The rows of global node ids ``nodes`` in this graph's tensors (``nodes``
+        itself unless this is a :meth:`subgraph`); ValueError for a node not in it."""
+        if self.node_ids is None:
+            return nodes
+        rows = torch.searchsorted(self.node_ids, nodes).clamp_max(self.num_nodes - 1)
+        if nodes.numel() and not torch.equal(self.node_ids[rows], nodes):
+            raise ValueError("nodes outside the subgraph")
+        return rows
+
+    @property
+    def global_edge_index(self) -> Tensor:
+        """``edge_index`` in global node ids."""
+        return self.edge_index if self.node_ids is None else self.node_ids[self.edge_index]
+
+    def subgraph(self, node_mask: Tensor) -> Graph:
+        """The subgraph induced by ``node_mask``, holding those nodes only: features,
+        labels, masks and adjacency matrices have one row per node of the mask, in
+        global id order (``node_ids`` maps rows back to global ids), and only edges
+        with both ends in the mask. A forward pass over it costs what its own nodes
+        and edges cost, and nothing of the other nodes can reach it (CGLB's tasks
+        without inter-task edges). Sparse or dense, the features keep the parent's
+        layout (the same first-layer path)."""
+        node_mask = node_mask.bool()
+        ids = node_mask.nonzero().view(-1)
+        ei, _ = subgraph(node_mask, self.edge_index, relabel_nodes=True,
+                         num_nodes=self.num_nodes)
+        out = Graph(
+            self.x[ids], self.y[ids], ei, self.train_mask[ids], self.val_mask[ids],
+            self.test_mask[ids], name=self.name, meta=self.meta,
+            node_ids=ids if self.node_ids is None else self.node_ids[ids],
+        )
+        out.__dict__["sparse_features"] = self.sparse_features
+        return out
+
     def induced(self, node_mask: Tensor) -> Graph:
-        """The same node set, keeping only edges whose two ends are in ``node_mask``.
+        """The same node set, keeping only edges whose two ends are in ``node_mask``
+        (for comparing outputs on two graphs node by node, as ContinualGNN's detection
+        does; a task's own graph is a :meth:`subgraph`).
 
         Node indices stay global, so a task's nodes keep their ids; nodes outside
         the mask become isolated (their own features only) and are left out of

@@ -46,7 +46,7 @@ class NodeBatch:
 
     Attributes:
         graph: the graph the forward pass runs on.
-        nodes: global node ids.
+        nodes: global node ids (their rows in ``graph``'s outputs: :attr:`rows`).
         labels: global class ids.
         task_ids: the task each node belongs to.
         candidates: ``[n, k]`` class ids each node is classified among (Task-IL: its
@@ -64,9 +64,16 @@ class NodeBatch:
     def __len__(self) -> int:
         return int(self.nodes.numel())
 
+    @cached_property
+    def rows(self) -> Tensor:
+        """The nodes' rows in a forward pass over ``graph`` (their global ids, unless
+        ``graph`` is a task's own subgraph)."""
+        return self.graph.rows_of(self.nodes)
+
     def restrict(self, logits: Tensor) -> Tensor:
-        """This batch's rows of ``logits``, only at its candidate classes."""
-        return logits[self.nodes].gather(1, self.candidates)
+        """This batch's rows of ``logits`` (a forward pass over ``graph``), only at its
+        candidate classes."""
+        return logits[self.rows].gather(1, self.candidates)
 
     def subset(self, select: Tensor) -> NodeBatch:
         """The nodes where ``select`` (bool or index tensor) holds, on the same graph."""
@@ -177,7 +184,7 @@ class NCScenarioLoader:
 
     @cached_property
     def _task_graphs(self) -> list[Graph]:
-        return [self.graph.induced(self.node_task == t) for t in range(self.num_tasks)]
+        return [self.graph.subgraph(self.node_task == t) for t in range(self.num_tasks)]
 
     def graph_for(self, tasks: Sequence[int]) -> Graph:
         """The graph a forward pass over ``tasks`` runs on."""
@@ -185,7 +192,7 @@ class NCScenarioLoader:
             return self.graph
         if len(tasks) == 1:
             return self._task_graphs[tasks[0]]
-        return self.graph.induced(torch.isin(self.node_task, torch.as_tensor(list(tasks))))
+        return self.graph.subgraph(torch.isin(self.node_task, torch.as_tensor(list(tasks))))
 
     def seen_classes(self, seen: int) -> Tensor:
         """The classes of tasks ``0..seen-1``, sorted (Class-IL's candidates)."""

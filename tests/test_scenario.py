@@ -101,7 +101,7 @@ def test_task_graph_mode_has_no_inter_task_edges(graph):
     batches = sc.eval_batches("val")
     assert len(batches) == 5
     for t, b in enumerate(batches):
-        src, dst = b.graph.edge_index
+        src, dst = b.graph.global_edge_index
         assert (sc.node_task[src] == t).all() and (sc.node_task[dst] == t).all()
         assert b.graph.num_edges > 0
 

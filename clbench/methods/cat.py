@@ -134,7 +134,7 @@ class NCTaskILCaTTrainer(NCTrainer):
         sizes = class_budgets(counts.tolist(), self.per_task)
         init = []
         for c, k in zip(classes.tolist(), sizes, strict=True):
-            own = train.nodes[train.labels == c]
+            own = train.rows[train.labels == c]  # rows of train.graph
             init.append(train.graph.x[own[torch.randperm(own.numel(), device=own.device)[:k]]])
         syn_y = classes.repeat_interleave(torch.tensor(sizes, device=classes.device))
         return torch.cat(init).clone(), syn_y
@@ -153,7 +153,7 @@ class NCTaskILCaTTrainer(NCTrainer):
         for _ in range(self.condense_steps):
             randomize_(encoder)
             with torch.no_grad():
-                real = embed(encoder, encoder.inputs(graph), graph)[train.nodes]
+                real = embed(encoder, encoder.inputs(graph), graph)[train.rows]
                 real_means = class_means(real, train.labels, classes)
             optimizer.zero_grad(set_to_none=True)
             loss = matching_loss(encoder, real_means, syn_x, syn_y, classes, weights)

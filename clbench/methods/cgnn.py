@@ -151,7 +151,7 @@ class NCTaskILCGNNTrainer(NCTrainer):
             cols = sc.seen_classes(task_id).to(h_after.device)
             h_before, h_after = h_before[:, cols], h_after[:, cols]
         change = torch.zeros(sc.graph.num_nodes, dtype=h_after.dtype, device=h_after.device)
-        change[current.nodes] = (h_after - h_before)[current.nodes].abs().sum(1)
+        change[current.nodes] = (h_after - h_before)[current.nodes].abs().sum(1)  # global rows
         influence = spread(change, after.edge_index)[past]
         hit = (influence > 0).nonzero().view(-1)
         order = torch.sort(influence[hit], descending=True, stable=True).indices
@@ -192,7 +192,7 @@ class NCTaskILCGNNTrainer(NCTrainer):
         if self.alpha != 0:
             known = torch.zeros_like(y, dtype=torch.bool)
             known[nodes] = True
-            imp = node_importance(nodes, y, known, graph.edge_index).tolist()
+            imp = node_importance(nodes, y, known, graph.global_edge_index).tolist()
         self._update_class(states, nodes.tolist(), y[nodes].tolist(), imp)
 
     def _update_random(self, memory: list[int], nodes: list[int]) -> None:

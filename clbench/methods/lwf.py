@@ -64,8 +64,8 @@ class NCTaskILLwFTrainer(NCTrainer):
         old task's head), Class-IL ``[n, 1, num_old * classes_per_task]`` (one group: all
         old classes, sorted)."""
         if self.scenario.setting == "class":
-            return logits[batch.nodes][:, self.scenario.seen_classes(num_old)].unsqueeze(1)
-        return logits[batch.nodes][:, self.scenario.task_classes[:num_old]]
+            return logits[batch.rows][:, self.scenario.seen_classes(num_old)].unsqueeze(1)
+        return logits[batch.rows][:, self.scenario.task_classes[:num_old]]
 
     def distillation(self, student: Tensor, targets: Tensor) -> Tensor:
         """Soft cross-entropy of ``student`` logits (``[n, K, c]``) against the target

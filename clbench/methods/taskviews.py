@@ -23,14 +23,14 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 def eval_by_view(batch: NodeBatch, views: Tensor, forward_view: Callable[[int], Tensor],
                  loss_fn: LossFn) -> tuple[Tensor, dict]:
     """Global predictions and ``{"loss"}`` of ``batch``; a node of view ``j`` takes its
-    logits from ``forward_view(j)`` (logits of the whole graph)."""
+    logits from ``forward_view(j)`` (logits of every row of ``batch.graph``)."""
     logits: Tensor | None = None
     for j in torch.unique(views).tolist():
         sel = (views == j).nonzero().view(-1)
         out = forward_view(j)
         if logits is None:
             logits = out.new_empty(batch.candidates.shape)
-        logits[sel] = out[batch.nodes[sel]].gather(1, batch.candidates[sel])
+        logits[sel] = out[batch.rows[sel]].gather(1, batch.candidates[sel])
     loss = loss_fn(logits, batch.local_labels)
     return batch.to_global(logits.argmax(-1)), {"loss": loss.item()}
 
