@@ -2,7 +2,8 @@
 
 A card holds a method's typed defaults (``[params]``), the allowed values of string
 parameters (``[choices]``), intervals of numeric ones (``[bounds]``), one line of help
-per parameter (``[help]``), per-dataset overrides (``[datasets.<name>]``) and, for a
+per parameter (``[help]``), per-setting overrides (``[setting.class]``: defaults that differ
+in Class-IL), per-dataset overrides (``[datasets.<name>]``) and, for a
 parameter added after runs were recorded without it, the value those runs had
 (``[absent]``: a run record that lacks the key means that value), and the incremental
 settings the method supports (``settings = ["task", "class"]``; without it, Task-IL
@@ -50,6 +51,9 @@ class MethodCard:
     bounds: dict[str, Interval] = field(default_factory=dict)
     help: dict[str, str] = field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: defaults that differ in a setting (``{"class": {"lamb": 1.0}}``), applied before
+    #: the per-dataset ones
+    setting_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: parameters added after runs were recorded without them: the value that reproduces
     #: those runs. A run at that value leaves the key out of its config (so it keeps the
     #: identity and record of the runs made before the key existed), and a record without
@@ -83,6 +87,7 @@ class MethodCard:
             datasets={normalize_name(k): dict(v) for k, v in raw.get("datasets", {}).items()},
             absent=_card_absent(raw, where),
             settings=_card_settings(raw, where),
+            setting_params=_card_setting_params(raw, where),
             settings_note=str(raw.get("settings_note", "")),
             backbones=_card_backbones(raw, where),
             backbones_note=str(raw.get("backbones_note", "")),
@@ -121,6 +126,23 @@ def _card_settings(raw: dict, where: str) -> tuple[str, ...]:
         raise ClbenchError(f"{where}: settings must be a non-empty list of "
                            f"{', '.join(map(repr, SETTINGS))}")
     return tuple(dict.fromkeys(value))
+
+
+def _card_setting_params(raw: dict, where: str) -> dict[str, dict[str, Any]]:
+    """A card's ``[setting.<name>]`` tables: for a setting the method runs in, parameters
+    of ``[params]`` with values of their type."""
+    params, out = raw.get("params", {}), {}
+    settings = _card_settings(raw, where)
+    for name, table in raw.get("setting", {}).items():
+        if name not in settings or not isinstance(table, dict):
+            raise ClbenchError(f"{where}: [setting.{name}] must name a setting of "
+                               f"settings ({', '.join(settings)})")
+        for key, value in table.items():
+            if key not in params or type(value) is not type(params[key]):
+                raise ClbenchError(f"{where}: [setting.{name}] {key} must name a parameter "
+                                   "of [params] and have its type")
+        out[name] = dict(table)
+    return out
 
 
 def _card_backbones(raw: dict, where: str) -> tuple[str, ...]:
@@ -172,12 +194,15 @@ def declared_settings(trainer_cls: type) -> tuple[tuple[str, ...], str]:
             str(raw.get("settings_note", "")))
 
 
-def declared_params(trainer_cls: type) -> dict[str, Any]:
-    """The default hyperparameters a trainer class's card declares ({} without a card).
+def declared_params(trainer_cls: type, setting: str = "task") -> dict[str, Any]:
+    """The default hyperparameters a trainer class's card declares for ``setting`` ({}
+    without a card).
 
     A run passes every resolved hyperparameter to the trainer; this fills in those a
     caller who builds a trainer by hand leaves out."""
     name = getattr(trainer_cls, "method_name", None)
     if name is None:
-        return dict((getattr(trainer_cls, "card", None) or {}).get("params", {}))
-    return dict(read_card(name, trainer_cls).params)
+        raw = getattr(trainer_cls, "card", None) or {}
+        return {**raw.get("params", {}), **raw.get("setting", {}).get(setting, {})}
+    card = read_card(name, trainer_cls)
+    return {**card.params, **card.setting_params.get(setting, {})}

@@ -2,7 +2,8 @@
 
 Resolution order (later wins)::
 
-    Protocol defaults  <  card [params]  <  card [datasets.<name>]  <  --param key=value
+    Protocol defaults  <  card [params]  <  card [setting.<setting>]
+                       <  card [datasets.<name>]  <  --param key=value
 
 A card is ``methods/<name>.toml`` (shipped inside the wheel as
 ``clbench/_cards/methods``; :mod:`clbench.cards`). A third-party method without a card
@@ -81,16 +82,18 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 
 def resolve_params(
-    method: str, dataset: str | None = None, overrides: dict[str, Any] | None = None
+    method: str, dataset: str | None = None, overrides: dict[str, Any] | None = None,
+    setting: str = "task",
 ) -> dict[str, Any]:
-    """Every hyperparameter of ``method`` on ``dataset``, typed and validated."""
+    """Every hyperparameter of ``method`` on ``dataset`` in ``setting``, typed and
+    validated."""
     from clbench.backbones import MODELS
     from clbench.registry import normalize_name
 
     card = load_card(method)
     defaults = {**PROTOCOL_DEFAULTS, **card.params}
     choices = {**PROTOCOL_CHOICES, **card.choices}
-    layers = [card.params]
+    layers = [card.params, card.setting_params.get(setting, {})]
     if dataset is not None:
         layers.append(card.datasets.get(normalize_name(dataset), {}))
     layers.append(overrides or {})

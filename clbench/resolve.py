@@ -97,13 +97,14 @@ def resolve_run(
     given = dict(params or {})
     resolved = resolve_params(method, card_data,
                               {**{k: v for k, v in values.items() if k in TRAINING_KEYS},
-                               **given})
+                               **given}, setting=task["setting"])
     card = load_card(method)
     check_setting(method, task["setting"], card.settings, card.settings_note)
     check_backbone(method, resolved["model"], card.backbones, card.backbones_note)
     check_device(device, available=device_here)  # last: parsing a device imports torch
     protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, **task)
-    from_card = {**card.params, **card.datasets.get(normalize_name(card_data or ""), {})}
+    from_card = {**card.params, **card.setting_params.get(task["setting"], {}),
+                 **card.datasets.get(normalize_name(card_data or ""), {})}
     sources = {k: "flag" if k in given or k in tasks else
                f"preset:{chosen.name}" if chosen and k in values else
                "card" if k in from_card else "default"

@@ -115,7 +115,8 @@ class NCTrainer:
         self.scheduler_fn = scheduler_fn or plateau_scheduler(self.protocol.patience,
                                                               self.protocol.min_lr_ratio)
         self.callbacks: list[TrainerCallback] = list(callbacks or [])
-        self.hparams: dict[str, Any] = {**declared_params(type(self)), **hparams}
+        self.hparams: dict[str, Any] = {**declared_params(type(self), scenario.setting),
+                                        **hparams}
         self.num_tasks = scenario.num_tasks
         self.optimizer = optimizer_fn(self.model.parameters())
         self._initial_lrs = [g["lr"] for g in self.optimizer.param_groups]

@@ -258,3 +258,43 @@ def test_a_reference_applies_to_its_setting_only(tmp_path):
     path.write_text("method,dataset,AP,setting\nfinetune,cora,0.9,domain\n")
     with pytest.raises(ClbenchError, match="setting must be task or class"):
         load_reference(path)
+
+
+def test_a_card_can_set_other_defaults_for_class_il(synthetic):
+    """EWC's and TWP's Task-IL strengths make them forget more than finetune in Class-IL
+    (methods/ewc.toml): their cards set weaker Class-IL defaults (``[setting.class]``),
+    used by a run, by a trainer built by hand and by ``clbench list methods``; a
+    ``--param`` still wins, and Task-IL keeps its defaults."""
+    from typer.testing import CliRunner
+
+    from clbench.cli import app
+    from clbench.methods import METHODS
+    from clbench.models import build_model
+
+    for method, key, task_il, class_il in (("ewc", "lamb", 100.0, 1.0),
+                                           ("twp", "lambda_l", 10.0, 0.1)):
+        assert resolve_run(method, "cora", 0).params[key] == task_il
+        assert resolve_run(method, "cora", 0, setting="class").params[key] == class_il
+        assert resolve_run(method, "cora", 0, setting="class",
+                           params={key: 5.0}).params[key] == 5.0
+        scenario = NCScenarioLoader(synthetic, 2, 2, seed=0, setting="class")
+        model = build_model("gcn", synthetic.num_features, synthetic.num_classes, hidden=8)
+        trainer = METHODS.get(method)(model, scenario, lambda ps: torch.optim.Adam(ps))
+        assert trainer.hparams[key] == class_il
+    out = CliRunner().invoke(app, ["list", "methods"], env={"COLUMNS": "400"}).output
+    assert "in Class-IL: lamb=1" in out and "in Class-IL: lambda_l=0.1" in out
+
+
+def test_a_card_with_a_bad_setting_table_is_refused():
+    from clbench.cards import MethodCard
+
+    base = {"settings": ["task", "class"], "params": {"lamb": 1.0}}
+    for table, match in (({"domain": {"lamb": 2.0}}, r"\[setting.domain\] must name"),
+                         ({"class": {"other": 2.0}}, r"\[setting.class\] other must name"),
+                         ({"class": {"lamb": "x"}}, r"\[setting.class\] lamb must name")):
+        with pytest.raises(ClbenchError, match=match):
+            MethodCard.from_dict("m", {**base, "setting": table})
+    with pytest.raises(ClbenchError, match=r"\[setting.class\] must name"):
+        MethodCard.from_dict("m", {"params": {"lamb": 1.0}, "setting": {"class": {"lamb": 2.0}}})
+    card = MethodCard.from_dict("m", {**base, "setting": {"class": {"lamb": 2.0}}})
+    assert card.setting_params == {"class": {"lamb": 2.0}}

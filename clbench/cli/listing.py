@@ -80,8 +80,7 @@ def print_methods() -> None:
         aliases = ", ".join(METHODS.aliases_of(name))
         head = name + (f" (alias {aliases})" if aliases else "")
         console.print(Text.assemble((head, "bold"), f": {card.summary}" if card.summary else ""))
-        names = {"task": "Task-IL", "class": "Class-IL"}
-        runs_in = " and ".join(names.get(s, s) for s in card.settings)
+        runs_in = " and ".join(_SETTING_NAMES.get(s, s) for s in card.settings)
         note = f" ({card.settings_note})" if card.settings_note else ""
         console.print(f"  settings: {runs_in}{note}", markup=False, soft_wrap=True)
         on = ", ".join(card.backbones) if card.backbones else "any"
@@ -100,6 +99,10 @@ def print_methods() -> None:
                 table.add_row(escape(key), escape(_value(default)), escape(allowed),
                               escape(card.help.get(key, "")))
             console.print(table)
+        for setting, values in card.setting_params.items():
+            changed = ", ".join(f"{k}={_value(v)}" for k, v in values.items())
+            console.print(f"  in {_SETTING_NAMES.get(setting, setting)}: {changed}",
+                          markup=False, soft_wrap=True)
         for dataset, values in card.datasets.items():
             changed = ", ".join(f"{k}={_value(v)}" for k, v in values.items())
             console.print(f"  on {dataset}: {changed}", markup=False, soft_wrap=True)
@@ -111,6 +114,9 @@ def print_methods() -> None:
               **PROTOCOL_BOUNDS}
     console.print("their allowed values: " + ", ".join(f"{k} {v}" for k, v in limits.items()),
                   markup=False, soft_wrap=True)
+
+
+_SETTING_NAMES = {"task": "Task-IL", "class": "Class-IL"}
 
 
 def _value(value: object) -> str:
