@@ -270,6 +270,7 @@ def test_a_card_can_set_other_defaults_for_class_il(synthetic):
     from clbench.cli import app
     from clbench.methods import METHODS
     from clbench.models import build_model
+    from clbench.tracking.mlflow_ui import config_label
 
     for method, key, task_il, class_il in (("ewc", "lamb", 100.0, 1.0),
                                            ("twp", "lambda_l", 10.0, 0.1)):
@@ -281,6 +282,7 @@ def test_a_card_can_set_other_defaults_for_class_il(synthetic):
         model = build_model("gcn", synthetic.num_features, synthetic.num_classes, hidden=8)
         trainer = METHODS.get(method)(model, scenario, lambda ps: torch.optim.Adam(ps))
         assert trainer.hparams[key] == class_il
+        assert config_label(resolve_run(method, "cora", 0, setting="class")) == "setting=class"
     out = CliRunner().invoke(app, ["list", "methods"], env={"COLUMNS": "400"}).output
     assert "in Class-IL: lamb=1" in out and "in Class-IL: lambda_l=0.1" in out
 

@@ -110,13 +110,14 @@ MAX_LABEL = 80
 
 def config_label(job: RunSpec) -> str:
     """A parent run's configuration in words: the settings that differ from the defaults
-    of its method on its dataset (``epochs=3 lr=0.01``), ``defaults`` if none do, or
+    of its method on its dataset in its setting (``epochs=3 lr=0.01``), ``defaults`` if none do, or
     the configuration hash if the defaults cannot be known (a method no longer loaded)."""
     from clbench.config import resolve_params
     from clbench.spec import TASK_KEYS_ABSENT, Protocol
 
     try:
-        base = resolve_params(job.method, None if is_graph_file(job.dataset) else job.dataset)
+        base = resolve_params(job.method, None if is_graph_file(job.dataset) else job.dataset,
+                              setting=job.protocol.setting)
     except Exception:
         return f"config {job.config_hash[:8]}"
     tasks = {**TASK_KEYS_ABSENT, **Protocol().tasks()}
