@@ -151,7 +151,8 @@ class NCTaskILCGNNTrainer(NCTrainer):
             cols = sc.seen_classes(task_id).to(h_after.device)
             h_before, h_after = h_before[:, cols], h_after[:, cols]
         change = torch.zeros(sc.graph.num_nodes, dtype=h_after.dtype, device=h_after.device)
-        change[current.nodes] = (h_after - h_before)[current.nodes].abs().sum(1)  # global rows
+        # before/after keep every node (Graph.induced): their rows are global ids
+        change[current.nodes] = (h_after - h_before)[current.nodes].abs().sum(1)
         influence = spread(change, after.edge_index)[past]
         hit = (influence > 0).nonzero().view(-1)
         order = torch.sort(influence[hit], descending=True, stable=True).indices
