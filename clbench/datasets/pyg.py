@@ -1,4 +1,5 @@
-"""Datasets read by PyG's own loaders: Planetoid, CoraFull, Amazon, Coauthor, CitationFull.
+"""Datasets read by PyG's own loaders: Planetoid, CoraFull, Amazon, Coauthor, CitationFull,
+Reddit.
 
 Folders below the data root follow PyG's defaults, so an existing PyG data
 folder can be used as ``--data-dir`` directly: ``Cora/raw/ind.cora.*``,
@@ -6,17 +7,18 @@ folder can be used as ``--data-dir`` directly: ``Cora/raw/ind.cora.*``,
 and so on. The CitationFull graphs (including CoraFull) live one level down, in
 ``CitationFull/<name>/``, because PyG's default ``cora/`` and ``citeseer/``
 folders would collide with Planetoid's ``Cora/`` and ``CiteSeer/`` on
-case-insensitive file systems.
+case-insensitive file systems. Reddit's two ``.npz`` files are in ``Reddit/raw/``
+(PyG downloads them as one zip).
 
 Planetoid's raw files are pickles: they are checked against their published
 sha256 (on the cards) and, if they differ, unpickled only through a restricted
 unpickler (see :mod:`clbench.datasets.planetoid`). The other datasets here are
-``.npz`` archives, which PyG reads with ``numpy.load``, whose ``allow_pickle``
-is off. Processed files are read under the guards of
+``.npz`` archives, which PyG reads with ``numpy.load`` (Reddit's graph with
+``scipy.sparse.load_npz``), whose ``allow_pickle`` is off. Processed files are read under the guards of
 :mod:`clbench.datasets.loading`.
 
-Planetoid datasets keep their public split; every other dataset here has no
-official split and gets the stratified 60/20/20 split drawn from the split seed.
+Planetoid datasets keep their public split and Reddit GraphSAGE's; every other
+dataset here has no official split and gets the stratified 60/20/20 split drawn from the split seed.
 Default Task-IL splits use two classes per task (BeGin's for Cora and CiteSeer;
 CoraFull's 35 x 2 as in BeGin and CGLB), dropping the last class when the
 number of classes is odd. See ``datasets/README.md``.
@@ -159,4 +161,21 @@ for _name, _e in family("citation-full"):
         source=f"torch_geometric.datasets.{_e['pyg_call']} with root <data root>/"
                f"{CITATION_FULL_DIR}, file from {G2G_URL}",
         license=_G2G_LICENSE, split=STRATIFIED,
+    )
+
+
+# -- Reddit (GraphSAGE's posts graph; DGL's copy, as PyG downloads it) ------------------
+def _reddit_read(root: Path) -> Data:
+    from torch_geometric.datasets import Reddit
+
+    return _plain(Reddit(str(root / "Reddit"))[0], masks=True)
+
+
+for _name, _e in family("reddit"):
+    _register(
+        name=_name, read=_reddit_read, folder="Reddit",
+        files=("raw/reddit_data.npz", "raw/reddit_graph.npz"), url=_e["url"], official=True,
+        tasks=tuple(_e["tasks"]), stats=_e["stats"], description=_e["description"],
+        source=f"torch_geometric.datasets.Reddit(<data root>/Reddit), files from {_e['url']}",
+        license=_e["license"], split=_e["split"],
     )
