@@ -14,8 +14,8 @@ Planetoid's raw files are pickles: they are checked against their published
 sha256 (on the cards) and, if they differ, unpickled only through a restricted
 unpickler (see :mod:`clbench.datasets.planetoid`). The other datasets here are
 ``.npz`` archives, which PyG reads with ``numpy.load`` (Reddit's graph with
-``scipy.sparse.load_npz``), whose ``allow_pickle`` is off. Processed files are read under the guards of
-:mod:`clbench.datasets.loading`.
+``scipy.sparse.load_npz``), whose ``allow_pickle`` is off. Processed files are
+read under the guards of :mod:`clbench.datasets.loading`.
 
 Planetoid datasets keep their public split and Reddit GraphSAGE's; every other
 dataset here has no official split and gets the stratified 60/20/20 split drawn from the split seed.
