@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from datahelpers import edge_set, undirected_pairs
+from datahelpers import Exploit, edge_set, undirected_pairs
 
 from clbench.datasets import DATASETS, load_graph
 from clbench.errors import DataError
@@ -79,15 +79,17 @@ def test_reddit_missing_files_give_one_clear_error(tmp_path, net):
 
 
 def test_a_pickled_reddit_file_is_not_unpickled(tmp_path, net):
-    """``reddit_data.npz`` holding a pickled object array: numpy refuses it (allow_pickle
-    is off), and the run fails with one line instead of executing the pickle."""
-    fake_root = tmp_path
-    write_fake_reddit(fake_root)
-    data = fake_root / "Reddit" / "raw" / "reddit_data.npz"
+    """``reddit_data.npz`` whose labels are a pickled object array that creates a file
+    when unpickled: numpy refuses it (``allow_pickle`` is off), nothing is executed, and
+    the run fails with one line."""
+    write_fake_reddit(tmp_path)
+    data = tmp_path / "Reddit" / "raw" / "reddit_data.npz"
     with np.load(data) as arrays:
         kept = dict(arrays)
-    kept["label"] = np.array([object()] * N, dtype=object)
+    proof = tmp_path / "executed"
+    kept["label"] = np.array([Exploit(proof)] * N, dtype=object)
     np.savez(data, **kept)
     with pytest.raises(DataError) as err:
-        load_graph("reddit", data_dir=fake_root)
-    assert "\n" not in str(err.value)
+        load_graph("reddit", data_dir=tmp_path)
+    assert "\n" not in str(err.value) and "allow_pickle" in str(err.value)
+    assert not proof.exists()
