@@ -124,7 +124,8 @@ def test_runs_on_compact_subgraphs_match_the_isolated_form(method, setting, monk
     (two near-equal weights can swap fates) and ContinualGNN's Fisher-weighted penalty
     (seen at 1 torch thread: a few weights 2-3 steps apart, R identical). Their weights
     are not compared; their accuracy matrices are, and ContinualGNN's replayed nodes
-    (what its detection and memory chose, task by task) must be the same."""
+    (what its detection and memory chose, task by task) must be the same but for a
+    near-tie at the detection's cut."""
     if setting == "class" and method == "packnet":
         pytest.skip("PackNet is Task-IL only")
     results = []
@@ -139,7 +140,11 @@ def test_runs_on_compact_subgraphs_match_the_isolated_form(method, setting, monk
         results.append((out, {k: v.clone() for k, v in trainer.model.state_dict().items()},
                         _replayed(replays)))
     (a, wa, ra), (b, wb, rb) = results
-    assert ra == rb
+    # the detection keeps the top new_nodes_size nodes by influence: a near-tie at that
+    # cut may swap one node under rounding (seen in one CI run: 1 of 151 nodes)
+    assert [t for t, _ in ra] == [t for t, _ in rb]
+    for (_, x), (_, y) in zip(ra, rb, strict=True):
+        assert len(set(x) ^ set(y)) <= 2, sorted(set(x) ^ set(y))
     assert wa.keys() == wb.keys()
     # A convolution's bias before BatchNorm has a zero gradient up to rounding, which
     # Adam scales to full steps: it differs between any two float orders, and BatchNorm
