@@ -70,6 +70,14 @@ class MethodCard:
     backbones_note: str = ""
     path: Path | None = None
 
+    def defaults(self, setting: str = "task", dataset: str | None = None) -> dict[str, Any]:
+        """The card's defaults in ``setting`` on ``dataset``: ``[params]``, then
+        ``[setting.<setting>]``, then ``[datasets.<dataset>]`` (later wins)."""
+        from clbench.registry import normalize_name
+
+        on_dataset = self.datasets.get(normalize_name(dataset), {}) if dataset else {}
+        return {**self.params, **self.setting_params.get(setting, {}), **on_dataset}
+
     @classmethod
     def from_dict(cls, name: str, raw: dict, path: Path | None = None,
                   numeric: dict[str, Any] | None = None) -> MethodCard:
@@ -204,5 +212,4 @@ def declared_params(trainer_cls: type, setting: str = "task") -> dict[str, Any]:
     if name is None:
         raw = getattr(trainer_cls, "card", None) or {}
         return {**raw.get("params", {}), **raw.get("setting", {}).get(setting, {})}
-    card = read_card(name, trainer_cls)
-    return {**card.params, **card.setting_params.get(setting, {})}
+    return read_card(name, trainer_cls).defaults(setting)

@@ -88,15 +88,11 @@ def resolve_params(
     """Every hyperparameter of ``method`` on ``dataset`` in ``setting``, typed and
     validated."""
     from clbench.backbones import MODELS
-    from clbench.registry import normalize_name
 
     card = load_card(method)
     defaults = {**PROTOCOL_DEFAULTS, **card.params}
     choices = {**PROTOCOL_CHOICES, **card.choices}
-    layers = [card.params, card.setting_params.get(setting, {})]
-    if dataset is not None:
-        layers.append(card.datasets.get(normalize_name(dataset), {}))
-    layers.append(overrides or {})
+    layers = [card.defaults(setting, dataset), overrides or {}]
     resolved = dict(PROTOCOL_DEFAULTS)
     for layer in layers:
         for key, value in layer.items():

@@ -17,7 +17,6 @@ from typing import Any
 from clbench.config import load_card, resolve_params
 from clbench.errors import ClbenchError, DataError, clip, quote
 from clbench.parsing import check_seed, is_graph_file
-from clbench.registry import normalize_name
 from clbench.spec import (
     SETTINGS,
     SPLITS,
@@ -103,8 +102,7 @@ def resolve_run(
     check_backbone(method, resolved["model"], card.backbones, card.backbones_note)
     check_device(device, available=device_here)  # last: parsing a device imports torch
     protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, **task)
-    from_card = {**card.params, **card.setting_params.get(task["setting"], {}),
-                 **card.datasets.get(normalize_name(card_data or ""), {})}
+    from_card = card.defaults(task["setting"], card_data)
     sources = {k: "flag" if k in given or k in tasks else
                f"preset:{chosen.name}" if chosen and k in values else
                "card" if k in from_card else "default"
