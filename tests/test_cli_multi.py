@@ -30,6 +30,7 @@ from clbench.orchestrate import results_folder
     (("--method", "finetune,nope", "--seeds", "0-1"), "unknown method 'nope'"),
     (("--dataset", "synthetic,nope", "--seeds", "0"), "unknown dataset 'nope'"),
     (("--seeds", "0-1", "--param", "joint.lr=0.1"), "not among the methods"),
+    (("--method", "finetune", "--param", "joint.lr=0.1"), "not among the methods"),
     (("--seeds", "0-1", "--param", "lr=fast"), "expects float"),
     (("--seeds", "0-1", "--backend", "spark"), "unknown --backend"),
     (("--seeds", "0-1", "--backend", "dask"), "--backend dask needs --scheduler"),
@@ -48,6 +49,16 @@ def test_single_run_is_unchanged(workdir, capsys):
     out = capsys.readouterr().out
     assert "R[i][j]" in out and "AP " in out
     assert not (workdir / "mlflow.db").exists() and not (workdir / "results").exists()
+
+
+def test_single_run_takes_method_scoped_params_as_a_grid_does(workdir, tmp_path):
+    """``--param ewc.lamb=...`` means the same in a single run as with ``--seeds``: the
+    value reaches the run's configuration (it was once refused as an unknown key)."""
+    out = tmp_path / "r.json"
+    assert cli("run", "--epochs", "1", "--tasks", "2", "--method", "ewc", "-q",
+               "--param", "ewc.lamb=7.5", "--param", "lr=0.02", "--json", str(out)) == 0
+    config = json.loads(out.read_text())["config"]
+    assert config["lamb"] == 7.5 and config["lr"] == 0.02
 
 
 SWEEP = """

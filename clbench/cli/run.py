@@ -117,6 +117,7 @@ def run(
     --jobs/--backend/--tracking-uri/--experiment/--force/--track, go through the
     orchestrator: parallel jobs, MLflow runs, resume, result JSONs under results/runs/.
     """
+    from clbench.methods import METHODS
     from clbench.parsing import (
         check_seed,
         parse_assignments,
@@ -126,7 +127,7 @@ def run(
         parse_tasks,
     )
     from clbench.plugins import load_plugin
-    from clbench.resolve import default_method, resolve_grid, resolve_run
+    from clbench.resolve import default_method, resolve_grid, resolve_run, split_overrides
 
     for p in plugin or []:
         load_plugin(p)
@@ -166,8 +167,11 @@ def run(
         check_local_device(backend, jobs, scheduler, device)
         run_grid(specs, grid, shape=(len(methods), len(datasets), len(seed_list)))
         return
-    # resolved before the progress bars: bad input gets its one line alone
-    spec = resolve_run(methods[0], datasets[0], seed_list[0], params=params,
+    # resolved before the progress bars: bad input gets its one line alone. A
+    # ``method.key`` override means the same as in a grid (the method is the one run).
+    shared, per = split_overrides(params, [METHODS.canonical(methods[0])])
+    spec = resolve_run(methods[0], datasets[0], seed_list[0],
+                       params={**shared, **next(iter(per.values()))},
                        data_dir=data_dir, device=device, threads=threads, **tasks_kw)
     if threads is None:  # one run alone: the usable cores (orchestrated jobs: one each)
         spec = replace(spec, threads=usable_cores())  # after every check
