@@ -20,6 +20,7 @@ def test_list_methods_shows_each_cards_help_and_overrides():
         for key, help_text in card.help.items():
             assert key in text and " ".join(help_text.split()) in text, (name, key)
     assert "on cora: num_memories=12" in text  # GEM's per-dataset override
+    assert "on ogbn-arxiv: num_memories=2000" in text  # as the user names it, not normalised
     assert "batch, empirical" in text and "in [0, 1]" in text  # choices and bounds
     assert "backbones: gcn, gat (its topology term needs" in text  # TWP's declaration
     assert "backbones: any" in text  # the methods that leave the backbone alone

@@ -72,6 +72,7 @@ def print_methods() -> None:
     """Every method with its card: summary, and each hyperparameter's default, allowed
     values and help."""
     from clbench.config import PROTOCOL_BOUNDS, PROTOCOL_CHOICES, load_card
+    from clbench.datasets import DATASETS
     from clbench.methods import METHODS
     from clbench.spec import PROTOCOL_DEFAULTS
 
@@ -103,9 +104,10 @@ def print_methods() -> None:
             changed = ", ".join(f"{k}={_value(v)}" for k, v in values.items())
             console.print(f"  in {_SETTING_NAMES.get(setting, setting)}: {changed}",
                           markup=False, soft_wrap=True)
-        for dataset, values in card.datasets.items():
+        for dataset, values in card.datasets.items():  # keys normalised: show the name
+            name = DATASETS.canonical(dataset) if dataset in DATASETS else dataset
             changed = ", ".join(f"{k}={_value(v)}" for k, v in values.items())
-            console.print(f"  on {dataset}: {changed}", markup=False, soft_wrap=True)
+            console.print(f"  on {name}: {changed}", markup=False, soft_wrap=True)
         console.print()
     shared = ", ".join(f"{k}={v}" for k, v in PROTOCOL_DEFAULTS.items())
     console.print(f"shared protocol parameters (every method; --param key=value): {shared}",
