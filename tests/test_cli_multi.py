@@ -20,6 +20,7 @@ from mlflow_server import cli, free_port, parent_runs, shared_server, unique
 
 from clbench.cli import ui_command
 from clbench.compare import PAUSE_SECONDS, _duration, busy_intervals
+from clbench.errors import ClbenchError
 from clbench.orchestrate import results_folder
 
 
@@ -269,6 +270,41 @@ def test_every_committed_sweep_file_expands(path):
     jobs, _, _ = grid_jobs(spec)
     assert {j.method for j in jobs} == {METHODS.canonical(m) for m in spec.methods}
     assert len(jobs) >= len(spec.methods) * len(spec.datasets) * len(spec.grid_seeds)
+
+
+PER_METHOD_SEEDS = """
+methods = ["finetune", "ewc"]
+datasets = ["synthetic"]
+grid_seeds = [0]
+final_seeds = "0-4"
+
+[method.ewc]
+final_seeds = [0, 7]
+"""
+
+
+def test_a_method_can_run_its_own_final_seeds(tmp_path):
+    """``[method.<name>] final_seeds`` replaces the file's final seeds for that method
+    only (a stated reduction for costly methods); the plan counts them the same way."""
+    from clbench.orchestrate.sweep import final_jobs_of, grid_jobs, plan_sweep
+    from clbench.orchestrate.sweepfile import load_sweep
+
+    path = tmp_path / "s.toml"
+    path.write_text(PER_METHOD_SEEDS)
+    spec = load_sweep(path)
+    jobs, _, _ = grid_jobs(spec)
+    finals = final_jobs_of(jobs, {j.group for j in jobs}, spec)
+    seeds = {m: sorted(j.seed for j in finals if j.method == m) for m in ("finetune", "ewc")}
+    assert seeds == {"finetune": [0, 1, 2, 3, 4], "ewc": [0, 7]}
+    plan = plan_sweep(spec, None, results_dir=tmp_path / "results")
+    assert plan.final_after_grid == {("finetune", "synthetic"): 4, ("ewc", "synthetic"): 1}
+
+    for bad, message in (('[method.nope]\nfinal_seeds = [1]\n', "unknown method"),
+                         ('[method.ewc]\nfinal_seeds = "x"\n', "final_seeds expects"),
+                         ('[method.ewc]\nseeds = [1]\n', "may only hold")):
+        path.write_text(PER_METHOD_SEEDS.split("[method.ewc]")[0] + bad)
+        with pytest.raises(ClbenchError, match=message):
+            grid_jobs(load_sweep(path))
 
 
 def test_ui_command_and_server_uri(workdir, capsys):

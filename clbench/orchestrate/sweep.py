@@ -4,8 +4,8 @@
 2. for each (method, dataset) the configuration with the best mean *validation*
    AP over those seeds is selected (complete configurations first; ties keep the
    first in grid order);
-3. the selected configuration runs on ``final_seeds`` (seeds it already ran are
-   resumed, not re-run);
+3. the selected configuration runs on ``final_seeds`` (a method's own, where its
+   ``[method.<name>]`` table gives them; seeds it already ran are resumed, not re-run);
 4. MLflow marks it: its parent run gets ``clbench.selected = true``, the selection
    in ``clbench.selection`` and ``clbench.report_seeds = <final seeds>`` (its
    aggregate metrics are over the final seeds); the others get ``false``.
@@ -59,7 +59,8 @@ def grid_jobs(spec: SweepSpec) -> tuple[list[RunSpec], dict[tuple, str], dict[tu
     jobs: list[RunSpec] = []
     labels: dict[tuple, str] = {}
     order: dict[tuple, int] = {}
-    unknown = [m for m in set(spec.method_params) | set(spec.method_grid) if m not in METHODS]
+    unknown = [m for m in set(spec.method_params) | set(spec.method_grid)
+               | set(spec.method_final_seeds) if m not in METHODS]
     if unknown:
         raise ClbenchError(f"sweep file {clip(spec.path)}: [method.{clip(unknown[0])}] "
                            "names an unknown method")
@@ -174,7 +175,7 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     if final_jobs:
         result.final = run_jobs(final_jobs, tracker, backend, results_dir=results_dir,
                                 force=force, reporter=reporter, parent_labels=labels,
-                                report_seeds={g: spec.final_seeds for g in selected})
+                                report_seeds={g: spec.final_seeds_of(g[0]) for g in selected})
     write_selection(result, Path(results_dir) / f"sweep-{slug(spec.experiment)}.csv",
                     keep_others=spec.restricted)
     return result
@@ -182,10 +183,10 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
 
 def final_jobs_of(grid: Sequence[RunSpec], selected: set[tuple], spec: SweepSpec
                   ) -> list[RunSpec]:
-    """The selected groups' jobs on the final seeds."""
+    """The selected groups' jobs on their methods' final seeds."""
     return [replace(j, seed=seed) for j in grid
             if j.group in selected and j.seed == spec.grid_seeds[0]
-            for seed in spec.final_seeds]
+            for seed in spec.final_seeds_of(j.method)]
 
 
 @dataclass
@@ -226,9 +227,9 @@ def plan_sweep(spec: SweepSpec, tracker: Any | None, *, results_dir: str | Path 
     logged_by_grid = {j.key for j, _ in grid.saved}  # the grid stage logs these first
     plan.final.done += [j for j, _ in plan.final.saved if j.key in logged_by_grid]
     plan.final.saved = [(j, r) for j, r in plan.final.saved if j.key not in logged_by_grid]
-    new_seeds = len(set(spec.final_seeds) - set(spec.grid_seeds))
-    plan.final_after_grid = {pd: new_seeds for pd in dict.fromkeys(
-        (j.method, j.dataset) for j in jobs) if pd in waiting}
+    plan.final_after_grid = {
+        pd: len(set(spec.final_seeds_of(pd[0])) - set(spec.grid_seeds))
+        for pd in dict.fromkeys((j.method, j.dataset) for j in jobs) if pd in waiting}
     return plan
 
 

@@ -24,6 +24,9 @@ A sweep file::
 
     [method.ewc.grid]                  # a method's own grid (and [method.ewc.params])
     lam = [100.0, 1000.0]
+
+    [method.cat]                       # a method's own final seeds (a stated reduction)
+    final_seeds = "0-2"
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class SweepSpec:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    #: Final seeds of the methods that name their own (``[method.<name>] final_seeds``).
+    method_final_seeds: dict[str, list[int]] = field(default_factory=dict)
     #: Whether :func:`restrict` left some of the file's methods or datasets out.
     restricted: bool = False
 
@@ -87,6 +92,18 @@ class SweepSpec:
                 params.update(self.method_params.get(name, {}))
                 grid.update(self.method_grid.get(name, {}))
         return params, grid
+
+    def final_seeds_of(self, method: str) -> list[int]:
+        """The seeds ``method``'s selected configuration runs on: its own
+        ``final_seeds`` if its ``[method.<name>]`` table gives them, else the file's."""
+        from clbench.methods import METHODS
+        from clbench.registry import normalize_name
+
+        canon = normalize_name(METHODS.canonical(method))
+        for name, seeds in self.method_final_seeds.items():
+            if name in METHODS and normalize_name(METHODS.canonical(name)) == canon:
+                return seeds
+        return self.final_seeds
 
     def grid_points(self, method: str) -> tuple[list[dict[str, Any]], list[str]]:
         """Every combination of the shared and the method's grid (with the fixed params),
@@ -232,12 +249,16 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise _type_error(path, "experiment", "a non-empty string", experiment)
     method_params: dict[str, dict[str, Any]] = {}
     method_grid: dict[str, dict[str, list[Any]]] = {}
+    method_final_seeds: dict[str, list[int]] = {}
     for name, table in _table(raw.get("method", {}), path, "[method]").items():
-        if not isinstance(table, dict) or set(table) - {"params", "grid"}:
+        if not isinstance(table, dict) or set(table) - {"params", "grid", "final_seeds"}:
             raise ClbenchError(f"{_where(path)}: [method.{clip(name)}] may only hold params "
-                               "and grid tables")
+                               "and grid tables and final_seeds")
         method_params[name] = _params(table.get("params", {}), path, f"method.{name}.params")
         method_grid[name] = _grid(table.get("grid", {}), path, f"method.{name}.grid")
+        if "final_seeds" in table:
+            method_final_seeds[name] = _seeds(table["final_seeds"], path,
+                                              f"[method.{clip(name)}] final_seeds")
     plugins = _strings(raw.get("plugins", []), path, "plugins", empty_ok=True)
     preset = raw.get("preset")
     if preset is not None:
@@ -263,6 +284,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         grid=_grid(raw.get("grid", {}), path, "grid"),
         method_params=method_params,
         method_grid=method_grid,
+        method_final_seeds=method_final_seeds,
     )
 
 
