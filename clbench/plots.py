@@ -17,6 +17,14 @@ from matplotlib.figure import Figure
 #: One colour per method, the same in every panel (matplotlib's tab10).
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
             "#7f7f7f", "#bcbd22", "#17becf")
+#: Hatches that tell apart methods that share a colour (the 11th method on, e.g. all 14).
+_HATCHES = ("", "///", "xxx", "...")
+
+
+def method_style(k: int) -> tuple[str, str]:
+    """Colour and hatch of the ``k``-th method: ten colours, then the same ten hatched,
+    so that every method of a table of up to 40 looks different."""
+    return _COLOURS[k % len(_COLOURS)], _HATCHES[(k // len(_COLOURS)) % len(_HATCHES)]
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -133,7 +141,7 @@ def grouped_bars_figure(
     """The figure :func:`grouped_bars` saves."""
     refs = refs or {}
     metrics = list(values)
-    colours = {m: _COLOURS[k % len(_COLOURS)] for k, m in enumerate(methods)}
+    styles = {m: method_style(k) for k, m in enumerate(methods)}
     panel = max(3.6, 1.0 + 0.5 * len(datasets) * max(len(methods), 1) * 0.45)
     fig = Figure(figsize=(panel * len(metrics) + 1.8, 3.8), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
@@ -156,12 +164,15 @@ def grouped_bars_figure(
                 means.append(cell[0] * scale)
                 stds.append(cell[1] * scale if np.isfinite(cell[1]) else 0.0)
             if xs:
+                colour, hatch = styles[method]
                 handles[method] = ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3,
-                                         color=colours[method], label=method)
+                                         color=colour, hatch=hatch, label=method,
+                                         edgecolor="white" if hatch else colour,
+                                         linewidth=0)
                 zero = [p for p, m in zip(xs, means, strict=True) if abs(m) < 0.05]
                 if zero:
                     ax.scatter(zero, [0.0] * len(zero), marker="D", s=28, zorder=6,
-                               color=colours[method], edgecolors="black", linewidths=0.6)
+                               color=styles[method][0], edgecolors="black", linewidths=0.6)
             if rx:
                 handles["reference"] = ax.scatter(rx, ry, marker="_", s=220, color="black",
                                                   linewidths=2, zorder=5, label="reference")

@@ -248,3 +248,19 @@ def test_bar_chart_is_readable():
     assert ap.get_legend() is None and af.get_legend() is None and len(fig.legends) == 1
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["finetune", "piggyback", "mean 0 (no bar)"]
+
+
+def test_every_method_of_a_fourteen_method_table_looks_different():
+    """Ten colours do not tell fourteen methods apart (PackNet was drawn like CaT): from
+    the eleventh method on, the bars are hatched, and no two methods share a style."""
+    from matplotlib.colors import to_hex
+
+    from clbench.plots import grouped_bars_figure
+
+    methods = [f"m{k:02d}" for k in range(14)]
+    values = {"AP": {(m, "cora"): (0.5 + 0.01 * k, 0.01, 3) for k, m in enumerate(methods)}}
+    (ax,) = grouped_bars_figure(["cora"], methods, values).axes
+    styles = {c.get_label(): (to_hex(c.patches[0].get_facecolor()), c.patches[0].get_hatch())
+              for c in ax.containers if hasattr(c, "patches")}
+    assert set(styles) == set(methods)
+    assert len(set(styles.values())) == 14
