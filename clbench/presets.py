@@ -32,9 +32,10 @@ ShinhwanKang/BeGin; the paths below are in that repository):
   (``Backbones/gnns.py`` lines 77-81), no BatchNorm, no dropout;
 * Adam (``Baselines/bare_model.py`` line 35) with lr 0.005 (``train.py`` line 18) and
   weight decay 5e-4 (line 19);
-* exactly 200 epochs (line 17): ``for epoch in range(epochs)`` with no scheduler and no
-  early stop, and the last weights are evaluated (``pipeline.py`` lines 138-166):
-  ``schedule = "fixed"``;
+* exactly 200 epochs (line 17): ``for epoch in range(epochs)`` with no scheduler, no
+  early stop and no per-epoch validation, and the last weights are evaluated
+  (``pipeline.py`` lines 138-166): ``schedule = "fixed"`` (which also skips clbench's
+  per-epoch validation pass: nothing uses it);
 * tasks of 2 classes in id order, (0, 1), (2, 3), ... (``n_cls_per_task = 2``,
   ``train.py`` line 41; ``pipeline.py`` line 112, which drops a last task of one class):
   CoraFull-CL 35 tasks, Arxiv-CL 20, Products-CL 23 (47 classes), Reddit-CL 20 (41);

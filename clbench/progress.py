@@ -35,8 +35,10 @@ class RichProgress(TrainerCallback):
                             description=f"task {task_id} epochs")
 
     def on_epoch_end(self, trainer, task_id: int, epoch: int, results: dict) -> None:
+        val = results["val_metric"]  # NaN: not scored every epoch (the fixed schedule)
+        what = f"val acc {val:.3f}" if val == val else "epochs"
         self.progress.update(self.epoch_bar, completed=epoch + 1,
-                             description=f"task {task_id} val acc {results['val_metric']:.3f}")
+                             description=f"task {task_id} {what}")
 
     def on_task_end(self, trainer, task_id: int, test_row) -> None:
         self.progress.advance(self.tasks_bar)

@@ -68,7 +68,7 @@ from clbench.spec import Protocol
 
 #: Attributes the constructor sets from its arguments: not part of a resume point.
 _NOT_SAVED = frozenset({"scenario", "callbacks", "optimizer_fn", "scheduler_fn", "loss_fn",
-                        "protocol"})
+                        "protocol", "validate_every_epoch"})
 
 
 class NCTrainer:
@@ -115,6 +115,12 @@ class NCTrainer:
         self.scheduler_fn = scheduler_fn or plateau_scheduler(self.protocol.patience,
                                                               self.protocol.min_lr_ratio)
         self.callbacks: list[TrainerCallback] = list(callbacks or [])
+        #: Score the validation nodes after every epoch (BeGin's loop: the plateau
+        #: scheduler and the best-validation weights need it). The ``fixed`` schedule
+        #: (CGLB's: constant lr, every epoch, the last weights) uses no validation score,
+        #: so none is computed, as in CGLB, and ``val_metric`` is NaN in the epoch
+        #: events; the numbers are the same either way (tests/test_trainer_validation.py).
+        self.validate_every_epoch = self.protocol.schedule != "fixed"
         self.hparams: dict[str, Any] = {**declared_params(type(self), scenario.setting),
                                         **hparams}
         self.num_tasks = scenario.num_tasks
@@ -169,8 +175,11 @@ class NCTrainer:
                     self.processTrainIteration(model, optimizer, batch, states)
                     for batch in train_loader
                 )
-                model.eval()
-                val_metric, val_stats = self._score_loader(val_loader)
+                if self.validate_every_epoch:
+                    model.eval()
+                    val_metric, val_stats = self._score_loader(val_loader)
+                else:
+                    val_metric, val_stats = float("nan"), {}
                 self.processTrainingLogs(task_id, epoch, val_metric, train_stats, val_stats)
                 iter_results = {"val_metric": val_metric, "train_stats": train_stats,
                                 "val_stats": val_stats}
