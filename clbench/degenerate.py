@@ -4,6 +4,12 @@ most one test node above what predicting its most frequent class for every node 
 task learned nothing, whatever AP and AF say (a method with zero forgetting by
 construction has AF = 0 on it). Checked for every run of every method.
 
+In Class-IL the score checked is the task's score among its own classes only (its nodes
+classified as in Task-IL, right after the task; the run's ``own_class_test``): there
+``R[i][i]`` counts a node given to another task's class as wrong, so a well-learned task
+with a dominant class can score below its majority rate (joint training on Cora did),
+while a task that never learned to tell its own classes apart still scores at most it.
+
 The baseline is the majority-class predictor scored with the run's metric, and "one
 node" is the most one more correctly predicted test node can add to that score:
 ``1 / n`` for accuracy over ``n`` nodes, ``1 / (K * n_c)`` for balanced accuracy over
@@ -48,9 +54,12 @@ def majority_baseline(scenario: NCScenarioLoader, split: str = "test"
     return scores, margins
 
 
-def degenerate_tasks(R: ArrayLike, baseline: Sequence[float],
+def degenerate_tasks(learned: ArrayLike, baseline: Sequence[float],
                      margin: Sequence[float]) -> list[int]:
-    """The tasks ``i`` with ``R[i][i] <= baseline[i] + margin[i]``."""
-    diag = np.diag(np.asarray(R, dtype=np.float64))
+    """The tasks ``i`` with ``learned[i] <= baseline[i] + margin[i]``: ``learned`` is each
+    task's score right after it was learned, ``R[i][i]`` (a square matrix ``R`` is read
+    on its diagonal), or in Class-IL its score among its own classes."""
+    scores = np.asarray(learned, dtype=np.float64)
+    diag = np.diag(scores) if scores.ndim == 2 else scores
     return [i for i, r in enumerate(diag) if r <= baseline[i] + margin[i] + EPS]
 

@@ -62,6 +62,10 @@ class TrainerResult:
     """Per task: a regulariser's weighted penalty / the task loss in the last epoch's
     train stats (:func:`penalty_ratio`); None for a method without a penalty (or before
     the method's first penalty, e.g. EWC's first task)."""
+    own_class_test: list[float] = field(default_factory=list)
+    """Class-IL only, per task: its test score right after it was learned with each node
+    classified among its own task's classes (as in Task-IL), for the degenerate-task
+    check; empty in Task-IL, where that score is ``R_test[i][i]``."""
     extra_storage_bytes: int = 0
     resumed_after_task: int | None = None
     """Set when the run continued from a resume point saved after this task."""

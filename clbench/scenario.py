@@ -199,10 +199,13 @@ class NCScenarioLoader:
         return self.task_classes[:seen].reshape(-1).sort().values
 
     def batch(self, tasks: Sequence[int], split: str | Sequence[str],
-              graph: Graph | None = None, seen: int | None = None) -> NodeBatch:
+              graph: Graph | None = None, seen: int | None = None,
+              own_classes: bool = False) -> NodeBatch:
         """The labelled ``split`` nodes of ``tasks`` (several splits: their union), as one
         batch. Class-IL: classified among the classes of the first ``seen`` tasks (default:
-        up to the last of ``tasks``), which must cover ``tasks``."""
+        up to the last of ``tasks``), which must cover ``tasks``; with ``own_classes``,
+        each node among its own task's classes, as in Task-IL (the degenerate-task check
+        of a Class-IL run: did the task learn to tell its own classes apart)."""
         tasks = list(tasks)
         splits = (split,) if isinstance(split, str) else tuple(split)
         in_split = getattr(self.graph, f"{splits[0]}_mask")
@@ -214,7 +217,7 @@ class NCScenarioLoader:
         nodes = mask.nonzero().view(-1)
         labels = self.graph.y[nodes]
         task_ids = self.node_task[nodes]
-        if self.setting == "task":
+        if self.setting == "task" or own_classes:
             candidates = self.task_classes[task_ids]
             local = (candidates == labels.view(-1, 1)).long().argmax(1)
         else:

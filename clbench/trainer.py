@@ -195,6 +195,8 @@ class NCTrainer:
             start = time.perf_counter()
             scores = self._evaluate(("val", "test"))
             out.R_val[task_id], out.R_test[task_id] = scores["val"], scores["test"]
+            if self.scenario.setting == "class":
+                out.own_class_test.append(self._own_class_score(task_id))
             out.task_eval_seconds.append(time.perf_counter() - start)
             for cb in self.callbacks:
                 cb.on_task_end(self, task_id, out.R_test[task_id])
@@ -254,6 +256,17 @@ class NCTrainer:
             out[split] = self.scenario.per_task_scores(
                 preds[sel], labels[sel], tasks[sel]).numpy()
         return out
+
+    @torch.no_grad()
+    def _own_class_score(self, task_id: int) -> float:
+        """Task ``task_id``'s test score with each node classified among its own task's
+        classes only (Task-IL's candidates), whatever the setting."""
+        self.model.eval()
+        scenario = self.scenario
+        batch = scenario.batch((task_id,), "test", scenario.graph_for((task_id,)),
+                               own_classes=True)
+        preds, _ = self._eval_iteration(type(self).processEvalIteration.__get__(self), batch)
+        return float(scenario.per_task_scores(preds, batch.labels, batch.task_ids)[task_id])
 
     @torch.no_grad()
     def _score_loader(self, loader: Sequence[NodeBatch]) -> tuple[float, dict]:

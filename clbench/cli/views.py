@@ -20,7 +20,9 @@ def degenerate_warning(result: dict, label: str) -> None:
     if not tasks:
         return
     R, base = result["R_test"], result["majority_test"]
-    parts = ", ".join(f"task {i} ({R[i][i]:.4f} vs majority {base[i]:.4f})" for i in tasks)
+    own = result.get("own_class_test")  # Class-IL: the score among the task's own classes
+    learned = own if own else [R[i][i] for i in range(len(R))]
+    parts = ", ".join(f"task {i} ({learned[i]:.4f} vs majority {base[i]:.4f})" for i in tasks)
     err_console.print(f"[yellow]warning[/] {escape(label)}: learned nothing (no more than one "
                       f"test node above the majority-class rate): {parts}", highlight=False,
                       soft_wrap=True)

@@ -116,7 +116,8 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
         cells = "; ".join(f"{r.label}/{r.dataset}: {r.degenerate_text()}" for r in flagged)
         lines += ["", "⚠ = degenerate tasks: a task that ended no more than one test node "
                   "above its majority-class rate (or below it) learned nothing (AP and AF "
-                  f"can hide it): {cells}."]
+                  "can hide it; in Class-IL, its score among its own classes is checked): "
+                  f"{cells}."]
     if any(r.reference for r in rows):
         ref = reference_name or "reference"
         lines += [
