@@ -79,30 +79,31 @@ class SweepSpec:
     #: Whether :func:`restrict` left some of the file's methods or datasets out.
     restricted: bool = False
 
-    def method_tables(self, method: str) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-        """A method's own (params, grid) tables, found under its name or its canonical name."""
+    def _tables_of(self, method: str) -> list[str]:
+        """The ``[method.<name>]`` tables that name ``method`` (by any of its names)."""
         from clbench.methods import METHODS
         from clbench.registry import normalize_name
 
         canon = normalize_name(METHODS.canonical(method))
+        names = set(self.method_params) | set(self.method_grid) | set(self.method_final_seeds)
+        return [n for n in sorted(names)
+                if n in METHODS and normalize_name(METHODS.canonical(n)) == canon]
+
+    def method_tables(self, method: str) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        """A method's own (params, grid) tables, found under its name or its canonical name."""
         params: dict[str, Any] = {}
         grid: dict[str, list[Any]] = {}
-        for name in set(self.method_params) | set(self.method_grid):
-            if name in METHODS and normalize_name(METHODS.canonical(name)) == canon:
-                params.update(self.method_params.get(name, {}))
-                grid.update(self.method_grid.get(name, {}))
+        for name in self._tables_of(method):
+            params.update(self.method_params.get(name, {}))
+            grid.update(self.method_grid.get(name, {}))
         return params, grid
 
     def final_seeds_of(self, method: str) -> list[int]:
         """The seeds ``method``'s selected configuration runs on: its own
         ``final_seeds`` if its ``[method.<name>]`` table gives them, else the file's."""
-        from clbench.methods import METHODS
-        from clbench.registry import normalize_name
-
-        canon = normalize_name(METHODS.canonical(method))
-        for name, seeds in self.method_final_seeds.items():
-            if name in METHODS and normalize_name(METHODS.canonical(name)) == canon:
-                return seeds
+        for name in self._tables_of(method):
+            if name in self.method_final_seeds:
+                return self.method_final_seeds[name]
         return self.final_seeds
 
     def grid_points(self, method: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -252,8 +253,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
     method_final_seeds: dict[str, list[int]] = {}
     for name, table in _table(raw.get("method", {}), path, "[method]").items():
         if not isinstance(table, dict) or set(table) - {"params", "grid", "final_seeds"}:
-            raise ClbenchError(f"{_where(path)}: [method.{clip(name)}] may only hold params "
-                               "and grid tables and final_seeds")
+            raise ClbenchError(f"{_where(path)}: [method.{clip(name)}] may only hold params, "
+                               "grid and final_seeds")
         method_params[name] = _params(table.get("params", {}), path, f"method.{name}.params")
         method_grid[name] = _grid(table.get("grid", {}), path, f"method.{name}.grid")
         if "final_seeds" in table:
