@@ -51,6 +51,7 @@ from torch.optim import Optimizer
 from clbench import resume, statefile
 from clbench.cards import declared_params, declared_settings
 from clbench.errors import ClbenchError
+from clbench.evaluation import TrainerEvaluation
 from clbench.loopstate import (
     OptimizerFn,
     TaskState,
@@ -59,7 +60,6 @@ from clbench.loopstate import (
     mean_stats,
     penalty_ratio,
     plateau_scheduler,
-    takes_training_states,
     task_loss,
     train_stats,
 )
@@ -71,7 +71,7 @@ _NOT_SAVED = frozenset({"scenario", "callbacks", "optimizer_fn", "scheduler_fn",
                         "protocol", "validate_every_epoch"})
 
 
-class NCTrainer:
+class NCTrainer(TrainerEvaluation):
     """Base trainer for node classification, Task-IL or Class-IL (full-batch).
 
     Args:
@@ -229,64 +229,6 @@ class NCTrainer:
         statefile.load_model_state(self.model, state["model"])
         for name, value in statefile.decode(state["attrs"], self.model).items():
             setattr(self, name, value)
-
-    @torch.no_grad()
-    def _evaluate(self, splits: Sequence[str], eval_fn: Callable | None = None
-                  ) -> dict[str, np.ndarray]:
-        """Per-task scores of the current model on every task's nodes of each split.
-
-        The splits' nodes are predicted together (one ``processEvalIteration`` per
-        evaluation batch: one forward pass for finetune, one per task for Piggyback/PackNet)
-        and scored split by split. Class-IL: a task not seen yet scores 0 (not a candidate).
-        """
-        self.model.eval()
-        eval_fn = (eval_fn or type(self).processEvalIteration).__get__(self)
-        preds, labels, tasks, nodes = [], [], [], []
-        for batch in self.scenario.eval_batches(splits, seen=max(self.curr_task, 0) + 1):
-            p, _ = self._eval_iteration(eval_fn, batch)
-            preds.append(p)
-            labels.append(batch.labels)
-            tasks.append(batch.task_ids)
-            nodes.append(batch.nodes)
-        preds, labels, tasks, nodes = (torch.cat(v) for v in (preds, labels, tasks, nodes))
-        graph = self.scenario.graph
-        out = {}
-        for split in splits:
-            sel = getattr(graph, f"{split}_mask")[nodes]
-            out[split] = self.scenario.per_task_scores(
-                preds[sel], labels[sel], tasks[sel]).numpy()
-        return out
-
-    @torch.no_grad()
-    def _own_class_score(self, task_id: int) -> float:
-        """Task ``task_id``'s test score with each node classified among its own task's
-        classes only (Task-IL's candidates), whatever the setting."""
-        self.model.eval()
-        scenario = self.scenario
-        batch = scenario.batch((task_id,), "test", scenario.graph_for((task_id,)),
-                               own_classes=True)
-        preds, _ = self._eval_iteration(type(self).processEvalIteration.__get__(self), batch)
-        return float(scenario.per_task_scores(preds, batch.labels, batch.task_ids)[task_id])
-
-    @torch.no_grad()
-    def _score_loader(self, loader: Sequence[NodeBatch]) -> tuple[float, dict]:
-        """Accuracy and mean stats of :meth:`processEvalIteration` over ``loader``."""
-        correct = total = 0
-        stats = []
-        for batch in loader:
-            preds, s = self._eval_iteration(self.processEvalIteration, batch)
-            correct += int((preds == batch.labels).sum())
-            total += len(batch)
-            stats.append(s)
-        return correct / max(total, 1), mean_stats(stats)
-
-    def _eval_iteration(self, eval_fn: Callable, batch: NodeBatch) -> tuple[Tensor, dict]:
-        """Call ``eval_fn`` (a bound ``processEvalIteration``) with the training states,
-        or without them if it is a BeGin override taking ``(model, _curr_batch)``."""
-        if takes_training_states(getattr(eval_fn, "__func__", eval_fn),
-                                  hasattr(eval_fn, "__self__")):
-            return eval_fn(self.model, batch, getattr(self, "training_states", None))
-        return eval_fn(self.model, batch)
 
     # ================================================================== helpers
     def getTrainingDataset(self, task_id: int) -> TaskDataset:
