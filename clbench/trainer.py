@@ -6,7 +6,8 @@ their meanings follow BeGin's ``NCTrainer`` so that BeGin trainers port over:
 
 ``initTrainingStates`` → per task: ``processBeforeTraining`` → per epoch:
 [``processTrainIteration`` = ``beforeInference`` → ``inference`` →
-``afterInference``] → validation with ``processEvalIteration`` →
+``afterInference``] → validation with ``processEvalIteration`` (not under the fixed
+schedule, which uses none) →
 ``processTrainingLogs`` → ``processAfterEachIteration`` (returns False to stop)
 → ``processAfterTraining`` → evaluation of every task with ``processEvalIteration``.
 
