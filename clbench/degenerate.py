@@ -54,12 +54,17 @@ def majority_baseline(scenario: NCScenarioLoader, split: str = "test"
     return scores, margins
 
 
-def degenerate_tasks(learned: ArrayLike, baseline: Sequence[float],
-                     margin: Sequence[float]) -> list[int]:
-    """The tasks ``i`` with ``learned[i] <= baseline[i] + margin[i]``: ``learned`` is each
-    task's score right after it was learned, ``R[i][i]`` (a square matrix ``R`` is read
-    on its diagonal), or in Class-IL its score among its own classes."""
-    scores = np.asarray(learned, dtype=np.float64)
-    diag = np.diag(scores) if scores.ndim == 2 else scores
-    return [i for i, r in enumerate(diag) if r <= baseline[i] + margin[i] + EPS]
+def learned_scores(R: ArrayLike, own_class: Sequence[float] | None = None) -> list[float]:
+    """Each task's score right after it was learned, as the check reads it: ``R[i][i]``,
+    or in Class-IL (``own_class``, the run's ``own_class_test``) the task's score among
+    its own classes."""
+    if own_class:
+        return [float(x) for x in own_class]
+    return [float(x) for x in np.diag(np.asarray(R, dtype=np.float64))]
 
+
+def degenerate_tasks(learned: Sequence[float], baseline: Sequence[float],
+                     margin: Sequence[float]) -> list[int]:
+    """The tasks ``i`` with ``learned[i] <= baseline[i] + margin[i]`` (``learned``: from
+    :func:`learned_scores`)."""
+    return [i for i, r in enumerate(learned) if r <= baseline[i] + margin[i] + EPS]

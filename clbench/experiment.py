@@ -19,9 +19,8 @@ import torch
 
 from clbench import metrics
 from clbench.datasets import DATASETS, load_graph
-from clbench.degenerate import degenerate_tasks, majority_baseline
+from clbench.degenerate import degenerate_tasks, learned_scores, majority_baseline
 from clbench.errors import ClbenchError
-from clbench.loopstate import TrainerResult
 from clbench.methods import METHODS
 from clbench.models import build_model
 from clbench.parsing import is_graph_file
@@ -151,7 +150,8 @@ def run_experiment(
         },
         "task_penalty_ratio": out.task_penalty_ratio,
         "majority_test": majority,
-        "degenerate_tasks": degenerate_tasks(learned_scores(out), majority, margin),
+        "degenerate_tasks": degenerate_tasks(
+            learned_scores(out.R_test, out.own_class_test), majority, margin),
         "peak_rss_mb": peak_rss_mb(),
         "extra_storage_bytes": out.extra_storage_bytes,
         "versions": versions(),
@@ -162,16 +162,6 @@ def run_experiment(
         result["resumed"] = {"after_task": out.resumed_after_task,
                              "earlier_seconds": out.earlier_seconds}
     return result
-
-
-def learned_scores(out: TrainerResult) -> list[float]:
-    """Each task's score right after it was learned, as the degenerate-task check reads
-    it: ``R_test[i][i]`` in Task-IL; in Class-IL the score among the task's own classes
-    (``own_class_test``), since there ``R_test[i][i]`` may fall below the majority rate
-    for a task that was learned well (its nodes can also go to other tasks' classes)."""
-    if out.own_class_test:
-        return list(out.own_class_test)
-    return [float(out.R_test[i, i]) for i in range(out.R_test.shape[0])]
 
 
 def peak_rss_mb() -> float:

@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from mlflow_server import cli, shared_server, unique
 
-from clbench.degenerate import degenerate_tasks, majority_baseline
+from clbench.degenerate import degenerate_tasks, learned_scores, majority_baseline
 from clbench.experiment import build_scenario, run_experiment
 from clbench.resolve import resolve_run
 
@@ -48,8 +48,9 @@ def test_majority_baseline_and_margin(tmp_path):
 
 def test_degenerate_tasks_is_within_one_node():
     R = np.array([[0.775, 0.0], [0.0, 0.7751]])
-    assert degenerate_tasks(R, [0.75, 0.75], [0.025, 0.025]) == [0]
-    assert degenerate_tasks(np.eye(2) * 0.5, [0.75, 0.75], [0.025, 0.025]) == [0, 1]
+    assert degenerate_tasks(learned_scores(R), [0.75, 0.75], [0.025, 0.025]) == [0]
+    assert degenerate_tasks(learned_scores(np.eye(2) * 0.5), [0.75, 0.75],
+                            [0.025, 0.025]) == [0, 1]
 
 
 def test_a_run_that_learns_nothing_is_flagged(tmp_path):

@@ -19,9 +19,10 @@ def degenerate_warning(result: dict, label: str) -> None:
     tasks = result.get("degenerate_tasks")
     if not tasks:
         return
-    R, base = result["R_test"], result["majority_test"]
-    own = result.get("own_class_test")  # Class-IL: the score among the task's own classes
-    learned = own if own else [R[i][i] for i in range(len(R))]
+    from clbench.degenerate import learned_scores
+
+    base = result["majority_test"]
+    learned = learned_scores(result["R_test"], result.get("own_class_test"))
     parts = ", ".join(f"task {i} ({learned[i]:.4f} vs majority {base[i]:.4f})" for i in tasks)
     err_console.print(f"[yellow]warning[/] {escape(label)}: learned nothing (no more than one "
                       f"test node above the majority-class rate): {parts}", highlight=False,
