@@ -3,6 +3,7 @@ terminal, and a line per finished task where the output goes to a file or a pipe
 
 from __future__ import annotations
 
+import math
 import time
 
 from rich.console import Console
@@ -36,7 +37,7 @@ class RichProgress(TrainerCallback):
 
     def on_epoch_end(self, trainer, task_id: int, epoch: int, results: dict) -> None:
         val = results["val_metric"]  # NaN: not scored every epoch (the fixed schedule)
-        what = f"val acc {val:.3f}" if val == val else "epochs"
+        what = "epochs" if math.isnan(val) else f"val acc {val:.3f}"
         self.progress.update(self.epoch_bar, completed=epoch + 1,
                              description=f"task {task_id} {what}")
 

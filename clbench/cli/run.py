@@ -169,9 +169,9 @@ def run(
         return
     # resolved before the progress bars: bad input gets its one line alone. A
     # ``method.key`` override means the same as in a grid (the method is the one run).
-    shared, per = split_overrides(params, [METHODS.canonical(methods[0])])
-    spec = resolve_run(methods[0], datasets[0], seed_list[0],
-                       params={**shared, **next(iter(per.values()))},
+    method = METHODS.canonical(methods[0])
+    shared, per = split_overrides(params, [method])
+    spec = resolve_run(method, datasets[0], seed_list[0], params={**shared, **per[method]},
                        data_dir=data_dir, device=device, threads=threads, **tasks_kw)
     if threads is None:  # one run alone: the usable cores (orchestrated jobs: one each)
         spec = replace(spec, threads=usable_cores())  # after every check
