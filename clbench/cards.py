@@ -209,7 +209,7 @@ def declared_params(trainer_cls: type, setting: str = "task") -> dict[str, Any]:
     A run passes every resolved hyperparameter to the trainer; this fills in those a
     caller who builds a trainer by hand leaves out."""
     name = getattr(trainer_cls, "method_name", None)
-    if name is None:
+    if name is None:  # not registered: only a ``card`` dict on the class, if any
         raw = getattr(trainer_cls, "card", None) or {}
-        return {**raw.get("params", {}), **raw.get("setting", {}).get(setting, {})}
+        return MethodCard.from_dict(trainer_cls.__name__, raw).defaults(setting)
     return read_card(name, trainer_cls).defaults(setting)
