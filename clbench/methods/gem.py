@@ -9,8 +9,9 @@ replaced by ``g~ = g + G^T v`` where ``v`` solves GEM's dual quadratic program::
 
     min_v  1/2 v^T (G G^T) v + (G g)^T v    subject to  v >= memory_strength
 
-(``G``: the memory gradients as rows; ``memory_strength = 0``, the default, is the
-paper's exact projection; BeGin uses 0.5 as in the authors' code). The QP is solved
+(``G``: the memory gradients as rows; ``memory_strength = 0``, the Task-IL default, is
+the paper's exact projection; BeGin uses 0.5 as in the authors' code, and so does
+clbench's Class-IL default, ``methods/gem.toml`` says why). The QP is solved
 by quadprog through qpsolvers. When no memory is violated the gradient is left untouched.
 
 ``scope = "touched"`` (the default) solves it within the coordinates the current
