@@ -24,7 +24,7 @@ from typing import Any
 
 from clbench.errors import ClbenchError
 from clbench.parsing import Interval
-from clbench.spec import SETTINGS
+from clbench.spec import PROTOCOL_DEFAULTS, SETTINGS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -190,16 +190,22 @@ def read_card(name: str, trainer_cls: type | None = None,
     return MethodCard.from_dict(name, getattr(trainer_cls, "card", None) or {}, None, numeric)
 
 
+def class_card(trainer_cls: type) -> MethodCard:
+    """The card of a trainer class, read as a run reads it (a ``[bounds]`` entry may name a
+    protocol hyperparameter, e.g. ``lr``): a registered method's file or ``card``
+    attribute, else the class's ``card`` attribute (empty without one)."""
+    name = getattr(trainer_cls, "method_name", None)
+    if name is not None:
+        return read_card(name, trainer_cls, PROTOCOL_DEFAULTS)
+    return MethodCard.from_dict(trainer_cls.__name__, getattr(trainer_cls, "card", None) or {},
+                                None, PROTOCOL_DEFAULTS)
+
+
 def declared_settings(trainer_cls: type) -> tuple[tuple[str, ...], str]:
     """The incremental settings a trainer class's card declares, and its note on them
     (a class without a card: Task-IL only)."""
-    name = getattr(trainer_cls, "method_name", None)
-    if name is not None:
-        card = read_card(name, trainer_cls)
-        return card.settings, card.settings_note
-    raw = getattr(trainer_cls, "card", None) or {}
-    return (_card_settings(raw, f"card of {trainer_cls.__name__}"),
-            str(raw.get("settings_note", "")))
+    card = class_card(trainer_cls)
+    return card.settings, card.settings_note
 
 
 def declared_params(trainer_cls: type, setting: str = "task") -> dict[str, Any]:
@@ -208,8 +214,4 @@ def declared_params(trainer_cls: type, setting: str = "task") -> dict[str, Any]:
 
     A run passes every resolved hyperparameter to the trainer; this fills in those a
     caller who builds a trainer by hand leaves out."""
-    name = getattr(trainer_cls, "method_name", None)
-    if name is None:  # not registered: only a ``card`` dict on the class, if any
-        raw = getattr(trainer_cls, "card", None) or {}
-        return MethodCard.from_dict(trainer_cls.__name__, raw).defaults(setting)
-    return read_card(name, trainer_cls).defaults(setting)
+    return class_card(trainer_cls).defaults(setting)

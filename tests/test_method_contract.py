@@ -219,3 +219,23 @@ def test_worked_example_resumes_without_code_of_its_own(tmp_path):
     resumed = run_experiment(resume_file=point, resume_tag="t", **kwargs)
     assert resumed["resumed"]["after_task"] == 1
     assert resumed["R_test"] == reference["R_test"]
+
+
+def test_a_plugin_card_may_bound_a_protocol_hyperparameter():
+    """A card's ``[bounds]`` may name a protocol hyperparameter such as ``lr``: the run
+    enforces the bound and still builds the trainer (which reads its card's defaults)."""
+    from clbench import register_method
+    from clbench.errors import ClbenchError
+
+    fast = {"epochs": 2, "hidden": 8}
+    with METHODS.scoped():
+        @register_method("lr-bounded")
+        class LrBounded(NCTrainer):
+            card = {"params": {"alpha": 0.5}, "bounds": {"lr": "(0, 0.1]"}}
+
+        result = run_experiment(method="lr-bounded", dataset="synthetic", seed=0,
+                                num_tasks=2, params=fast)
+        assert result["config"]["alpha"] == 0.5
+        with pytest.raises(ClbenchError, match=r"'lr' must be in \(0, 0.1\]"):
+            run_experiment(method="lr-bounded", dataset="synthetic", seed=0, num_tasks=2,
+                           params={**fast, "lr": 0.5})
