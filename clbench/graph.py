@@ -19,6 +19,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import (
     coalesce,
     is_undirected,
+    k_hop_subgraph,
     remove_self_loops,
     subgraph,
     to_torch_csr_tensor,
@@ -164,6 +165,9 @@ class Graph:
         and edges cost, and nothing of the other nodes can reach it (CGLB's tasks
         without inter-task edges). Sparse or dense, the features keep the parent's
         layout (the same first-layer path)."""
+        return self._compact(node_mask)
+
+    def _compact(self, node_mask: Tensor) -> Graph:
         node_mask = node_mask.bool()
         ids = node_mask.nonzero().view(-1)
         ei, _ = subgraph(node_mask, self.edge_index, relabel_nodes=True,
@@ -175,6 +179,26 @@ class Graph:
         )
         out.__dict__["sparse_features"] = self.sparse_features
         return out
+
+    def neighbourhood(self, rows: Tensor, hops: int) -> tuple[Graph, Tensor]:
+        """The part of this graph that a ``hops``-layer message-passing model reads to
+        compute its outputs at ``rows``: the :meth:`subgraph` of the nodes within
+        ``hops`` edges of them, and the rows of ``rows`` in it.
+
+        Unlike a plain subgraph, its GCN adjacency is this graph's own, restricted to
+        those nodes, so GCN's normalisation keeps the full degrees; SAGE's mean and
+        GAT's softmax see every neighbour of the nodes within ``hops - 1`` edges. So
+        layer ``k`` (from 1) computes this graph's values at the nodes within
+        ``hops - k`` edges of ``rows``, and a model whose other layers act row by row
+        (BatchNorm in eval mode, no dropout) gives ``rows`` the same outputs as the
+        whole graph does.
+        """
+        subset, _, _, _ = k_hop_subgraph(rows, hops, self.edge_index, num_nodes=self.num_nodes)
+        mask = torch.zeros(self.num_nodes, dtype=torch.bool, device=rows.device)
+        mask[subset] = True
+        out = self._compact(mask)
+        out.__dict__["adj_gcn"] = _restrict_csr(self.adj_gcn, subset)
+        return out, torch.searchsorted(subset, rows)
 
     def induced(self, node_mask: Tensor) -> Graph:
         """The same node set, keeping only edges whose two ends are in ``node_mask``
@@ -196,6 +220,20 @@ class Graph:
         if self.sparse_features:
             out.__dict__["x_csr"] = self.x_csr
         return out
+
+
+def _restrict_csr(csr: Tensor, keep: Tensor) -> Tensor:
+    """The rows and columns ``keep`` (sorted) of a square CSR matrix carrying its
+    transpose as ``clbench_transpose``, with the same values, as CSR carrying its own."""
+
+    def restrict(m: Tensor) -> Tensor:
+        coo = m.to_sparse_coo().index_select(0, keep).index_select(1, keep).coalesce()
+        return coo.to_sparse_csr()
+
+    out = restrict(csr)
+    transpose = csr.clbench_transpose
+    out.clbench_transpose = out if transpose is csr else restrict(transpose)
+    return out
 
 
 def _check_field(data: Data, key: str, source: str) -> Tensor:

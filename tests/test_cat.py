@@ -190,3 +190,41 @@ def test_cora_no_task_stuck_at_its_majority_class(cora_root) -> None:
                          params={"epochs": 200})
     diag = np.diag(np.array(out["R_test"]))
     assert (diag > 0.8).all(), diag
+
+
+@pytest.mark.parametrize("backbone", ["gcn", "sage", "gat"])
+def test_real_nodes_are_embedded_on_their_receptive_field_only(cora_graph, backbone) -> None:
+    """The condensation embeds the real nodes on the nodes within the encoder's depth of
+    them (Graph.neighbourhood), which must give exactly the whole graph's embeddings:
+    GCN keeps the whole graph's normalisation, dense features its first aggregation.
+    Also on a task's own subgraph (--graph task) and with dense features."""
+    from clbench.models import build_model
+    from clbench.scenario import NodeBatch
+
+    torch.manual_seed(0)
+    g = cora_graph
+    own = (g.y == 2) | (g.y == 4)
+    dense = type(g)(g.x * 0.5 + 0.1, g.y, g.edge_index, g.train_mask, g.val_mask,
+                    g.test_mask)  # every entry non-zero: the dense first layer
+    nodes = (g.train_mask & own).nonzero().view(-1)  # global ids
+    for graph in (g, g.subgraph(own), dense):
+        assert graph.sparse_features is (graph is not dense)
+        model = build_model(backbone, g.num_features, 7, hidden=32).eval()
+        batch = NodeBatch(graph, nodes, g.y[nodes], torch.zeros_like(nodes),
+                          torch.tensor([[2, 4]]).expand(nodes.numel(), -1), g.y[nodes] // 4)
+        rows = batch.rows
+        view, view_rows = cat.real_view(model, batch)
+        assert 0 < view.num_nodes < graph.num_nodes
+        with torch.no_grad():
+            for _ in range(3):
+                cat.randomize_(model)
+                whole = cat.embed(model, model.inputs(graph), graph)[rows]
+                part = cat.embed(model, model.inputs(view), view)[view_rows]
+                assert torch.allclose(whole, part, rtol=0, atol=1e-6)
+    # deeper encoders reach further: one layer sees only the nodes' direct neighbours
+    one = build_model(backbone, g.num_features, 7, hidden=32, layers=1).eval()
+    rows = g.train_mask.nonzero().view(-1)[:5]
+    batch = NodeBatch(g, rows, g.y[rows], torch.zeros_like(rows), g.y[rows, None], 0 * rows)
+    view, _ = cat.real_view(one, batch)
+    neighbours = torch.isin(g.edge_index[1], rows)
+    assert view.num_nodes == torch.cat([rows, g.edge_index[0, neighbours]]).unique().numel()

@@ -50,7 +50,7 @@ from torch.optim import Optimizer
 
 from clbench.graph import Graph
 from clbench.methods.base import register_method
-from clbench.models import batchnorm_modules
+from clbench.models import NodeClassifier, batchnorm_modules
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
 from clbench.trainer import NCTrainer
 
@@ -91,6 +91,17 @@ def randomize_(model: nn.Module) -> None:
 def embed(encoder: nn.Module, x: Tensor, graph: Graph) -> Tensor:
     """L2-normalised embeddings of ``x`` on ``graph`` (before the classifier)."""
     return F.normalize(encoder.encode(x, graph), dim=-1)
+
+
+def real_view(encoder: nn.Module, train: NodeBatch) -> tuple[Graph, Tensor]:
+    """The graph the real nodes are embedded on, and their rows in it: for a stack of
+    message-passing layers (clbench's backbones), only the nodes within that many hops
+    of them (:meth:`Graph.neighbourhood`: the same embeddings, since the encoder is in
+    eval mode; Cora's tasks reach about half the graph, CiteSeer's a quarter); else
+    the whole graph."""
+    if not isinstance(encoder, NodeClassifier):  # a plugin's model: maybe not row-wise
+        return train.graph, train.rows
+    return train.graph.neighbourhood(train.rows, len(encoder.convs))
 
 
 def class_means(h: Tensor, labels: Tensor, classes: Tensor) -> Tensor:
@@ -142,18 +153,18 @@ class NCTaskILCaTTrainer(NCTrainer):
     def condense(self, train: NodeBatch, syn_x: Tensor, syn_y: Tensor) -> tuple[Tensor, list]:
         """``condense_steps`` steps of distribution matching from ``syn_x``, each with a
         new random encoder; the synthetic features and the loss at every step."""
-        graph = train.graph
         classes, counts = train.labels.unique(return_counts=True)
         weights = counts.to(syn_x.dtype) / counts.sum()
         syn_x = nn.Parameter(syn_x.clone())
         optimizer = self.optimizer_fn([syn_x])
         encoder = copy.deepcopy(self.model).eval()  # no dropout; BatchNorm: reset statistics
         encoder.requires_grad_(False)
+        graph, rows = real_view(encoder, train)
         losses = []
         for _ in range(self.condense_steps):
             randomize_(encoder)
             with torch.no_grad():
-                real = embed(encoder, encoder.inputs(graph), graph)[train.rows]
+                real = embed(encoder, encoder.inputs(graph), graph)[rows]
                 real_means = class_means(real, train.labels, classes)
             optimizer.zero_grad(set_to_none=True)
             loss = matching_loss(encoder, real_means, syn_x, syn_y, classes, weights)
