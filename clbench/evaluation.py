@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from clbench.degenerate import confusion
 from clbench.loopstate import mean_stats, takes_training_states
 from clbench.scenario import NodeBatch
 
@@ -28,13 +28,15 @@ class TrainerEvaluation:
     processEvalIteration: Callable[..., tuple[Tensor, dict]]
 
     @torch.no_grad()
-    def _evaluate(self, splits: Sequence[str], eval_fn: Callable | None = None
-                  ) -> dict[str, np.ndarray]:
+    def _evaluate(self, splits: Sequence[str], eval_fn: Callable | None = None,
+                  learned: int | None = None) -> dict[str, Any]:
         """Per-task scores of the current model on every task's nodes of each split.
 
         The splits' nodes are predicted together (one ``processEvalIteration`` per
         evaluation batch: one forward pass for finetune, one per task for Piggyback/PackNet)
         and scored split by split. Class-IL: a task not seen yet scores 0 (not a candidate).
+        ``learned`` (Task-IL): also the confusion matrix of that task's test nodes
+        (``"confusion"``, for the degenerate-task check), from the same predictions.
         """
         self.model.eval()
         eval_fn = (eval_fn or type(self).processEvalIteration).__get__(self)
@@ -52,18 +54,26 @@ class TrainerEvaluation:
             sel = getattr(graph, f"{split}_mask")[nodes]
             out[split] = self.scenario.per_task_scores(
                 preds[sel], labels[sel], tasks[sel]).numpy()
+        if learned is not None:
+            if self.scenario.setting != "task":
+                raise ValueError("the confusion of R[i][i]'s predictions is Task-IL's")
+            sel = graph.test_mask[nodes] & (tasks == learned)
+            out["confusion"] = confusion(preds[sel], labels[sel],
+                                         self.scenario.task_classes[learned].tolist())
         return out
 
     @torch.no_grad()
-    def _own_class_score(self, task_id: int) -> float:
+    def _own_class_score(self, task_id: int) -> tuple[float, list[list[int]]]:
         """Task ``task_id``'s test score with each node classified among its own task's
-        classes only (Task-IL's candidates), whatever the setting."""
+        classes only (Task-IL's candidates), whatever the setting, and the confusion
+        matrix of those predictions."""
         self.model.eval()
         scenario = self.scenario
         batch = scenario.batch((task_id,), "test", scenario.graph_for((task_id,)),
                                own_classes=True)
         preds, _ = self._eval_iteration(type(self).processEvalIteration.__get__(self), batch)
-        return float(scenario.per_task_scores(preds, batch.labels, batch.task_ids)[task_id])
+        score = float(scenario.per_task_scores(preds, batch.labels, batch.task_ids)[task_id])
+        return score, confusion(preds, batch.labels, scenario.task_classes[task_id].tolist())
 
     @torch.no_grad()
     def _score_loader(self, loader: Sequence[NodeBatch]) -> tuple[float, dict]:

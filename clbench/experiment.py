@@ -19,7 +19,7 @@ import torch
 
 from clbench import metrics
 from clbench.datasets import DATASETS, load_graph
-from clbench.degenerate import degenerate_tasks, learned_scores, majority_baseline
+from clbench.degenerate import degenerate_from_confusion, majority_baseline
 from clbench.errors import ClbenchError
 from clbench.methods import METHODS
 from clbench.models import build_model
@@ -123,7 +123,7 @@ def run_experiment(
     out = trainer.run(epoch_per_task=spec.protocol.epochs, resume_file=resume_file,
                       resume_tag=resume_tag)
     total = time.perf_counter() - started + out.earlier_seconds
-    majority, margin = majority_baseline(scenario)
+    majority, _ = majority_baseline(scenario)
     result = {
         "method": spec.method,
         "dataset": scenario.graph.name,
@@ -150,8 +150,8 @@ def run_experiment(
         },
         "task_penalty_ratio": out.task_penalty_ratio,
         "majority_test": majority,
-        "degenerate_tasks": degenerate_tasks(
-            learned_scores(out.R_test, out.own_class_test), majority, margin),
+        "learned_confusion_test": out.learned_confusion_test,
+        "degenerate_tasks": degenerate_from_confusion(out.learned_confusion_test),
         "peak_rss_mb": peak_rss_mb(),
         "extra_storage_bytes": out.extra_storage_bytes,
         "versions": versions(),

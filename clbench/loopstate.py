@@ -66,6 +66,10 @@ class TrainerResult:
     """Class-IL only, per task: its test score right after it was learned with each node
     classified among its own task's classes (as in Task-IL), for the degenerate-task
     check; empty in Task-IL, where that score is ``R_test[i][i]``."""
+    learned_confusion_test: list[list[list[int]]] = field(default_factory=list)
+    """Per task: the confusion matrix of its test nodes right after it was learned, each
+    node classified among its own task's classes (rows: true class, columns: predicted,
+    in the order of ``task_classes``), for the degenerate-task check."""
     extra_storage_bytes: int = 0
     resumed_after_task: int | None = None
     """Set when the run continued from a resume point saved after this task."""

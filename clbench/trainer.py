@@ -194,10 +194,15 @@ class NCTrainer(TrainerEvaluation):
             out.task_epochs.append(epochs)
             out.task_penalty_ratio.append(penalty_ratio(train_stats))
             start = time.perf_counter()
-            scores = self._evaluate(("val", "test"))
+            task_il = self.scenario.setting == "task"
+            scores = self._evaluate(("val", "test"), learned=task_id if task_il else None)
             out.R_val[task_id], out.R_test[task_id] = scores["val"], scores["test"]
-            if self.scenario.setting == "class":
-                out.own_class_test.append(self._own_class_score(task_id))
+            if task_il:
+                out.learned_confusion_test.append(scores["confusion"])
+            else:
+                own, matrix = self._own_class_score(task_id)
+                out.own_class_test.append(own)
+                out.learned_confusion_test.append(matrix)
             out.task_eval_seconds.append(time.perf_counter() - start)
             for cb in self.callbacks:
                 cb.on_task_end(self, task_id, out.R_test[task_id])

@@ -1,5 +1,8 @@
-"""Degenerate tasks (a task that ends within one test node of its majority-class rate
-learned nothing) are flagged in the result, on the console, in MLflow and in compare."""
+"""Degenerate tasks (a task whose balanced accuracy among its own classes, right after it
+was learned, ends within one test node of chance learned nothing) are flagged in the
+result, on the console, in MLflow and in compare; records made before the balanced check
+keep their first form (accuracy against the majority-class rate), and compare says which
+seeds were checked how, or not at all."""
 
 from __future__ import annotations
 
@@ -12,9 +15,19 @@ import torch
 from mlflow.tracking import MlflowClient
 from mlflow_server import cli, shared_server, unique
 
-from clbench.degenerate import degenerate_tasks, learned_scores, majority_baseline
+from clbench.compare.rows import Row
+from clbench.compare.tables import degenerate_notes
+from clbench.degenerate import (
+    balanced_check,
+    confusion,
+    degenerate_from_confusion,
+    degenerate_tasks,
+    learned_scores,
+    majority_baseline,
+)
 from clbench.experiment import build_scenario, run_experiment
 from clbench.resolve import resolve_run
+from clbench.tracking import TAG_DEGENERATE, TAG_DEGENERATE_CHECK, result_tags
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,6 +66,59 @@ def test_degenerate_tasks_is_within_one_node():
                             [0.025, 0.025]) == [0, 1]
 
 
+def test_confusion_counts_true_against_predicted_among_the_tasks_classes():
+    labels = torch.tensor([4, 4, 4, 9, 9])
+    preds = torch.tensor([4, 9, 4, 9, 4])
+    assert confusion(preds, labels, [4, 9]) == [[2, 1], [1, 1]]
+    with pytest.raises(ValueError, match="outside"):
+        confusion(torch.tensor([3]), torch.tensor([4]), [4, 9])
+
+
+def test_balanced_check_is_robust_to_an_imbalanced_test_split():
+    """The case that made the check balanced: EWC on CiteSeer, seed 1000, task 2 (77 and
+    160 test nodes) scored 0.6751 accuracy, exactly its majority rate, with both classes
+    predicted (recalls 67/77 and 93/160): it learned. Always predicting the majority class
+    scores chance, whatever the split, and so does always predicting the minority one."""
+    learned = [[67, 10], [67, 93]]
+    assert 67 + 93 == 160  # correct nodes: accuracy = the majority rate, 160 / 237
+    score, chance, margin = balanced_check(learned)
+    assert score == pytest.approx((67 / 77 + 93 / 160) / 2) and chance == 0.5
+    assert margin == 1 / (2 * 77)
+    majority, minority = [[0, 77], [0, 160]], [[77, 0], [160, 0]]
+    assert degenerate_from_confusion([learned, majority, minority]) == [1, 2]
+    # one more correct node of the smallest class is still "nothing"; two are not
+    assert degenerate_from_confusion([[[1, 76], [0, 160]], [[2, 75], [0, 160]]]) == [0]
+    # a class without test nodes does not count
+    assert balanced_check([[5, 5, 0], [0, 10, 0], [0, 0, 0]])[1:] == (0.5, 1 / 20)
+
+
+def test_records_tag_how_they_were_checked():
+    """Recovered records: today's check from the matrices (a stored list from an older
+    rule is not trusted), the stored list of a record made before the matrices, and no
+    tag at all for a record from before the check."""
+    balanced = {"learned_confusion_test": [[[67, 10], [67, 93]], [[0, 5], [0, 9]]],
+                "degenerate_tasks": [0, 1]}
+    assert result_tags(balanced) == {TAG_DEGENERATE: "1", TAG_DEGENERATE_CHECK: "balanced"}
+    assert result_tags({"degenerate_tasks": [2]}) == {TAG_DEGENERATE: "2",
+                                                      TAG_DEGENERATE_CHECK: "majority"}
+    assert result_tags({"R_test": [[1.0]]}) == {}
+
+
+def test_compare_notes_say_which_seeds_were_checked_how():
+    def row(label, checks, degenerate=None):
+        return Row(label, "citeseer", "h", label, sorted(checks), degenerate=degenerate or {},
+                   degenerate_check=checks)
+
+    rows = [row("ewc", {0: "majority", 1: "balanced"}, {0: "2"}),
+            row("finetune", {0: "none", 1: "none"}), row("lwf", {0: "balanced"})]
+    text = "\n".join(degenerate_notes(rows))
+    assert "ewc/citeseer: seed 0: task 2." in text
+    assert "first form" in text and "ewc/citeseer (seed 0)." in text
+    assert "Not checked" in text and "finetune/citeseer (2 seeds)." in text
+    assert "lwf" not in text
+    assert degenerate_notes([row("lwf", {0: "balanced"})]) == []
+
+
 def test_a_run_that_learns_nothing_is_flagged(tmp_path):
     result = run_experiment(method="finetune", dataset=featureless_graph(tmp_path / "g.pt"),
                             seed=0, class_order=(0, 1, 2, 3),
@@ -60,6 +126,7 @@ def test_a_run_that_learns_nothing_is_flagged(tmp_path):
     R = np.array(result["R_test"])
     assert np.allclose(np.diag(R), 0.75)  # the majority class, every node
     assert result["majority_test"] == [0.75, 0.75]
+    assert result["learned_confusion_test"] == [[[30, 0], [10, 0]]] * 2  # all class 0
     assert result["degenerate_tasks"] == [0, 1]
 
 
@@ -78,7 +145,7 @@ def test_flagged_on_the_console_in_mlflow_and_in_compare(tmp_path, workdir, caps
     err = capsys.readouterr().err
     line = next(x for x in err.splitlines() if "learned nothing" in x)
     assert "finetune on g [x] (seed 0)" in line  # the file's name, escaped for Rich
-    assert "task 0 (0.7500 vs majority 0.7500), task 1" in line
+    assert "task 0 (balanced accuracy 0.5000 vs chance 0.5000), task 1" in line
     assert json.loads((tmp_path / "r.json").read_text())["degenerate_tasks"] == [0, 1]
 
     server = shared_server()
@@ -90,9 +157,10 @@ def test_flagged_on_the_console_in_mlflow_and_in_compare(tmp_path, workdir, caps
     assert err.count("learned nothing") == 1 and "seed 0" in err
     client = MlflowClient(server.uri)
     eid = client.get_experiment_by_name(exp).experiment_id
-    tags = {r.data.tags["clbench.dataset"]: r.data.tags.get("clbench.degenerate_tasks")
+    tags = {r.data.tags["clbench.dataset"]: (r.data.tags.get("clbench.degenerate_tasks"),
+                                             r.data.tags.get("clbench.degenerate_check"))
             for r in client.search_runs([eid], "tags.`clbench.role` = 'child'")}
-    assert tags == {graph: "0,1", "synthetic": "none"}
+    assert tags == {graph: ("0,1", "balanced"), "synthetic": ("none", "balanced")}
 
     capsys.readouterr()
     assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri) == 0
@@ -129,3 +197,22 @@ def test_task_il_records_no_own_class_scores():
     result = run_experiment(method="finetune", dataset="synthetic", seed=0,
                             params={"epochs": 5, "hidden": 16})
     assert "own_class_test" not in result
+
+
+@pytest.mark.slow
+def test_a_task_that_learned_at_its_majority_rate_is_not_flagged(tmp_path):
+    """The real run behind the balanced check (a committed record of the cora-citeseer
+    sweep): EWC on CiteSeer, seed 1000, lr 1e-3, dropout 0.5, lamb 100. Its task 2 ends at
+    accuracy 0.6751, exactly its majority rate, so the first form of the check flagged
+    it; it predicts both classes (balanced accuracy 0.73), so it is not flagged."""
+    from datahelpers import copy_shared
+
+    copy_shared("citeseer", tmp_path)
+    result = run_experiment(method="ewc", dataset="citeseer", seed=1000, threads=1,
+                            data_dir=str(tmp_path),
+                            params={"lr": 0.001, "dropout": 0.5, "lamb": 100.0})
+    R = np.array(result["R_test"])
+    assert R[2, 2] == pytest.approx(result["majority_test"][2]) == pytest.approx(160 / 237)
+    assert result["learned_confusion_test"][2] == [[67, 10], [67, 93]]
+    assert degenerate_tasks(learned_scores(R), result["majority_test"], [1 / 237] * 3) == [2]
+    assert result["degenerate_tasks"] == []

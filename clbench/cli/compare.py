@@ -112,7 +112,7 @@ def compare(
     for r in report.rows:
         if r.degenerate:
             console.print(f"[yellow]⚠[/] {escape(r.label)} on {escape(r.dataset)}: learned "
-                          f"nothing (no more than one test node above the majority-class rate) in "
+                          f"nothing (see the table's notes for the check) in "
                           f"{escape(r.degenerate_text())}", highlight=False, soft_wrap=True)
     for d, col in report.columns.items():
         console.print(f"{escape(d)}: {escape(col.describe())}", highlight=False,

@@ -19,14 +19,22 @@ def degenerate_warning(result: dict, label: str) -> None:
     tasks = result.get("degenerate_tasks")
     if not tasks:
         return
-    from clbench.degenerate import learned_scores
+    from clbench.degenerate import balanced_check, learned_scores
 
-    base = result["majority_test"]
-    learned = learned_scores(result["R_test"], result.get("own_class_test"))
-    parts = ", ".join(f"task {i} ({learned[i]:.4f} vs majority {base[i]:.4f})" for i in tasks)
-    err_console.print(f"[yellow]warning[/] {escape(label)}: learned nothing (no more than one "
-                      f"test node above the majority-class rate): {parts}", highlight=False,
-                      soft_wrap=True)
+    matrices = result.get("learned_confusion_test")
+    if matrices is None:  # a record from before the balanced check: its first form
+        base = result["majority_test"]
+        learned = learned_scores(result["R_test"], result.get("own_class_test"))
+        parts = ", ".join(f"task {i} ({learned[i]:.4f} vs majority {base[i]:.4f})"
+                          for i in tasks)
+        rule = "no more than one test node above the majority-class rate"
+    else:
+        checks = [balanced_check(m) for m in matrices]
+        parts = ", ".join(f"task {i} (balanced accuracy {checks[i][0]:.4f} vs chance "
+                          f"{checks[i][1]:.4f})" for i in tasks)
+        rule = "balanced accuracy among its classes no more than one test node above chance"
+    err_console.print(f"[yellow]warning[/] {escape(label)}: learned nothing ({rule}): "
+                      f"{parts}", highlight=False, soft_wrap=True)
 
 
 def render_result(result: dict) -> None:

@@ -100,9 +100,18 @@ def collect(tracker: tr.Tracker, all_configs: bool = False,
                                      if "AF" in c.metrics},
                         degenerate={s: c.tags[tr.TAG_DEGENERATE] for s, c in chosen.items()
                                     if c.tags.get(tr.TAG_DEGENERATE, "none") != "none"},
+                        degenerate_check={s: _check_kind(c.tags) for s, c in chosen.items()},
                         setting=setting))
     label_rows(rows)
     return rows
+
+
+def _check_kind(tags: dict[str, str]) -> str:
+    """How a run was checked for degenerate tasks: ``balanced``, ``majority`` (a run
+    logged with the tag but before its kind was), or ``none`` (never checked)."""
+    if tr.TAG_DEGENERATE not in tags:
+        return "none"
+    return tags.get(tr.TAG_DEGENERATE_CHECK, "majority")
 
 
 def label_rows(rows: Sequence[Row]) -> None:

@@ -56,6 +56,9 @@ class Row:
     per_seed_ap: dict[int, float] = field(default_factory=dict)
     #: seeds with tasks that learned nothing (their ``clbench.degenerate_tasks`` tag)
     degenerate: dict[int, str] = field(default_factory=dict)
+    #: per seed, how it was checked: ``balanced``, ``majority`` (the first form of the
+    #: check) or ``none`` (a run recorded before there was a check)
+    degenerate_check: dict[int, str] = field(default_factory=dict)
     #: the incremental setting, ``task`` or ``class`` (one per row: a parent run is one
     #: configuration, and the setting is part of it)
     setting: str = "task"
@@ -82,6 +85,10 @@ class Row:
         k = 100.0 if percent else 1.0
         digits = 1 if percent else 3
         return f"[{signless_zero(ci[0] * k, digits)}, {signless_zero(ci[1] * k, digits)}]"
+
+    def seeds_checked(self, kind: str) -> list[int]:
+        """The seeds whose runs were checked for degenerate tasks as ``kind``."""
+        return [s for s, k in self.degenerate_check.items() if k == kind]
 
     def degenerate_text(self) -> str:
         """``"seed 4000: task 5; ..."``, or ``""``."""

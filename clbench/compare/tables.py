@@ -111,13 +111,7 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
         lines += ["", "† = not tested against the dataset's best: " + "; ".join(
             f"{r.label}/{r.dataset}: {r.vs_best.note}" for r in rows
             if _untested(r) and r.vs_best is not None) + "."]
-    flagged = [r for r in rows if r.degenerate]
-    if flagged:
-        cells = "; ".join(f"{r.label}/{r.dataset}: {r.degenerate_text()}" for r in flagged)
-        lines += ["", "⚠ = degenerate tasks: a task that ended no more than one test node "
-                  "above its majority-class rate (or below it) learned nothing (AP and AF "
-                  "can hide it; in Class-IL, its score among its own classes is checked): "
-                  f"{cells}."]
+    lines += degenerate_notes(rows)
     if any(r.reference for r in rows):
         ref = reference_name or "reference"
         lines += [
@@ -242,3 +236,33 @@ def bar_chart(rows: Sequence[Row], path: Path, experiment: str) -> Path:
     }
     refs = {(r.label, r.dataset): r.reference for r in rows if r.reference}
     return plots.grouped_bars(datasets, labels, values, path, title=experiment, refs=refs)
+
+
+def degenerate_notes(rows: Sequence[Row]) -> list[str]:
+    """The notes on degenerate tasks under the table: the flagged cells, and the seeds
+    that were checked only by the check's first form or not at all."""
+    lines: list[str] = []
+    flagged = [r for r in rows if r.degenerate]
+    if flagged:
+        cells = "; ".join(f"{r.label}/{r.dataset}: {r.degenerate_text()}" for r in flagged)
+        lines += ["", "⚠ = degenerate tasks: a task whose balanced accuracy among its own "
+                  "classes, right after it was learned, was no more than one test node above "
+                  "chance (1/K: what predicting one class for every node scores) learned "
+                  f"nothing, which AP and AF can hide: {cells}."]
+    first = [(r, r.seeds_checked("majority")) for r in rows if r.seeds_checked("majority")]
+    if first:
+        cells = "; ".join(f"{r.label}/{r.dataset} ({_seeds(s)})" for r, s in first)
+        lines += ["", "Checked by the first form of the check (R[i][i] no more than one test "
+                  "node above the majority-class rate, which also flags a task that learned "
+                  "but scores at or below that rate on an imbalanced test split; records "
+                  f"made before the balanced check): {cells}."]
+    unchecked = [(r, r.seeds_checked("none")) for r in rows if r.seeds_checked("none")]
+    if unchecked:
+        cells = "; ".join(f"{r.label}/{r.dataset} ({_seeds(s)})" for r, s in unchecked)
+        lines += ["", "Not checked for degenerate tasks (runs recorded before the check "
+                  f"existed): {cells}."]
+    return lines
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clbench import metrics as clmetrics
+from clbench.degenerate import degenerate_from_confusion
 from clbench.errors import ClbenchError
 from clbench.parsing import is_graph_file
 
@@ -54,6 +55,10 @@ TAG_PROTOCOL_SOURCES = "clbench.protocol_sources"
 #: The tasks of a run that learned nothing (:mod:`clbench.degenerate`), ``"1,3"``, or
 #: ``"none"``; runs logged before the check existed have no such tag.
 TAG_DEGENERATE = "clbench.degenerate_tasks"
+#: How that was checked: ``balanced`` (each task's balanced accuracy among its own
+#: classes against chance, from the run's confusion matrices) or ``majority`` (the first
+#: form: ``R[i][i]`` against the majority-class rate, for records without the matrices).
+TAG_DEGENERATE_CHECK = "clbench.degenerate_check"
 #: Code identity (:data:`clbench.provenance.CODE_TAGS`), one tag per key.
 TAG_GIT_COMMIT = "clbench.git_commit"
 TAG_GIT_DIRTY = "clbench.git_dirty"
@@ -282,9 +287,17 @@ def degenerate_text(tasks: Sequence[int]) -> str:
 
 
 def result_tags(result: Mapping[str, Any]) -> dict[str, str]:
-    """Tags only known after the run: its degenerate tasks (when it was checked)."""
+    """Tags only known after the run: its degenerate tasks, found again from the run's
+    confusion matrices by today's check, or as the record has them (the first form of
+    the check), or none when the run was never checked."""
+    matrices = result.get("learned_confusion_test")
+    if matrices is not None:
+        return {TAG_DEGENERATE: degenerate_text(degenerate_from_confusion(matrices)),
+                TAG_DEGENERATE_CHECK: "balanced"}
     tasks = result.get("degenerate_tasks")
-    return {} if tasks is None else {TAG_DEGENERATE: degenerate_text(tasks)}
+    if tasks is None:
+        return {}
+    return {TAG_DEGENERATE: degenerate_text(tasks), TAG_DEGENERATE_CHECK: "majority"}
 
 
 def result_params(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -352,7 +365,7 @@ __all__ = [
     "TAG_COMMAND",
     "TAG_CONFIG",
     "TAG_DATASET",
-    "TAG_DEGENERATE",
+    "TAG_DEGENERATE", "TAG_DEGENERATE_CHECK",
     "TAG_ERROR",
     "TAG_EXTERNAL_CODE_DIGEST",
     "TAG_GIT_COMMIT",
