@@ -12,6 +12,9 @@ a table. Each record is checked against the invariants that hold whatever the da
 * the methods that cannot forget by construction in Task-IL (PackNet's and HAT's masks,
   Piggyback's frozen backbone) score a finished task the same, bit for bit, after every
   later task, and their AF is exactly 0;
+* the confusion matrices of the degenerate-task check (records that have them) agree
+  with the record: each task's own-class score (the run's metric) is ``R_test[i][i]``
+  (Task-IL) or ``own_class_test[i]`` (Class-IL), and its flags are the check's;
 * the file is named after the record's method, dataset, configuration hash and seed
   (what the orchestrator's resume looks up).
 
@@ -28,6 +31,7 @@ import numpy as np
 import pytest
 
 from clbench import metrics
+from clbench.degenerate import balanced_check, degenerate_from_confusion
 
 RUNS = Path(__file__).resolve().parent.parent / "results" / "sweeps" / "runs"
 RECORDS = sorted(RUNS.glob("*/*.json"))
@@ -83,10 +87,30 @@ def record_problems(path: Path) -> list[str]:
                 problems.append(f"{name}: task {j}'s score changes after it is learned")
         if rec["metrics"]["AF"] != 0.0 or rec["val_metrics"]["AF"] != 0.0:
             problems.append(f"{name}: AF is not exactly 0")
+    problems += _confusion_problems(rec, R, setting)
     stem = (f"{rec['method']}__{rec['dataset']}__{rec['clbench']['config_hash']}"
             f"__seed{rec['seed']}")
     if path.stem != stem:
         problems.append(f"{name}: named differently from its record ({stem})")
+    return problems
+
+
+def _confusion_problems(rec: dict, R: np.ndarray, setting: str) -> list[str]:
+    matrices = rec.get("learned_confusion_test")
+    if matrices is None:  # recorded before the balanced check
+        return []
+    name = f"{rec['method']}__{rec['dataset']}__seed{rec['seed']}"
+    if len(matrices) != R.shape[0]:
+        return [f"{name}: {len(matrices)} confusion matrices for {R.shape[0]} tasks"]
+    problems = []
+    learned = np.diag(R) if setting == "task" else np.asarray(rec["own_class_test"])
+    for i, m in enumerate(matrices):
+        score = (balanced_check(m)[0] if rec["scenario"]["metric"] == "balanced_accuracy"
+                 else float(np.trace(m) / np.sum(m)))
+        if not math.isclose(score, float(learned[i]), rel_tol=0, abs_tol=1e-9):
+            problems.append(f"{name}: task {i}'s confusion matrix is not its score")
+    if rec["degenerate_tasks"] != degenerate_from_confusion(matrices):
+        problems.append(f"{name}: degenerate_tasks is not the check of its matrices")
     return problems
 
 
@@ -133,3 +157,19 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
 
     assert any("before it is seen" in p
                for p in record_problems(_altered(tmp_path, _first("finetune"), peek)))
+
+    checked = next(p for p in RECORDS if "learned_confusion_test" in _load(p))
+    assert record_problems(checked) == []
+
+    def stale_flag(rec):  # flags from another rule than its matrices say
+        rec["degenerate_tasks"] = [0]
+
+    assert any("not the check of its matrices" in p
+               for p in record_problems(_altered(tmp_path, checked, stale_flag)))
+
+    def miscount(rec):  # one node moved to the wrong class
+        m = rec["learned_confusion_test"][0]
+        m[0][0], m[0][1] = m[0][0] - 1, m[0][1] + 1
+
+    assert any("confusion matrix is not its score" in p
+               for p in record_problems(_altered(tmp_path, checked, miscount)))
