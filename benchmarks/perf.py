@@ -409,9 +409,9 @@ def child_full_run(args: argparse.Namespace) -> None:
             trainer.model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
             evaluate = trainer._evaluate
 
-            def counted(splits, eval_fn=None):
+            def counted(splits, eval_fn=None, **kw):
                 n0, t0 = calls[0], time.perf_counter()
-                out = evaluate(splits, eval_fn)
+                out = evaluate(splits, eval_fn, **kw)
                 records.append({"task": trainer.curr_task, "split": "+".join(splits),
                                 "forwards": calls[0] - n0,
                                 "seconds": time.perf_counter() - t0})

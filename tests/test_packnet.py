@@ -126,9 +126,9 @@ def test_evaluation_costs_one_forward_per_task_view() -> None:
     counts: list[tuple[int, int]] = []
     evaluate = trainer._evaluate
 
-    def counting_evaluate(splits, eval_fn=None):
+    def counting_evaluate(splits, eval_fn=None, **kw):  # kw: learned (the check's matrix)
         before = len(calls)
-        scores = evaluate(splits, eval_fn)
+        scores = evaluate(splits, eval_fn, **kw)
         counts.append((trainer.curr_task, len(calls) - before))
         return scores
 
