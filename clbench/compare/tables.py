@@ -238,6 +238,16 @@ def bar_chart(rows: Sequence[Row], path: Path, experiment: str) -> Path:
     return plots.grouped_bars(datasets, labels, values, path, title=experiment, refs=refs)
 
 
+#: What the notes say of the seeds checked by the check's first form, or never checked.
+_CHECK_NOTES = (
+    ("majority", "Checked by the first form of the check (R[i][i] no more than one test node "
+                 "above the majority-class rate, which also flags a task that learned but "
+                 "scores at or below that rate on an imbalanced test split; records made "
+                 "before the balanced check)"),
+    ("none", "Not checked for degenerate tasks (runs recorded before the check existed)"),
+)
+
+
 def degenerate_notes(rows: Sequence[Row]) -> list[str]:
     """The notes on degenerate tasks under the table: the flagged cells, and the seeds
     that were checked only by the check's first form or not at all."""
@@ -249,18 +259,11 @@ def degenerate_notes(rows: Sequence[Row]) -> list[str]:
                   "classes, right after it was learned, was no more than one test node above "
                   "chance (1/K: what predicting one class for every node scores) learned "
                   f"nothing, which AP and AF can hide: {cells}."]
-    first = [(r, r.seeds_checked("majority")) for r in rows if r.seeds_checked("majority")]
-    if first:
-        cells = "; ".join(f"{r.label}/{r.dataset} ({_seeds(s)})" for r, s in first)
-        lines += ["", "Checked by the first form of the check (R[i][i] no more than one test "
-                  "node above the majority-class rate, which also flags a task that learned "
-                  "but scores at or below that rate on an imbalanced test split; records "
-                  f"made before the balanced check): {cells}."]
-    unchecked = [(r, r.seeds_checked("none")) for r in rows if r.seeds_checked("none")]
-    if unchecked:
-        cells = "; ".join(f"{r.label}/{r.dataset} ({_seeds(s)})" for r, s in unchecked)
-        lines += ["", "Not checked for degenerate tasks (runs recorded before the check "
-                  f"existed): {cells}."]
+    for kind, text in _CHECK_NOTES:
+        found = [(r, r.seeds_checked(kind)) for r in rows if r.seeds_checked(kind)]
+        if found:
+            cells = "; ".join(f"{r.label}/{r.dataset} ({_seeds(s)})" for r, s in found)
+            lines += ["", f"{text}: {cells}."]
     return lines
 
 
