@@ -74,7 +74,7 @@ def degenerate_from_confusion(matrices: Sequence[Sequence[Sequence[int]]]) -> li
     out = []
     for i, m in enumerate(matrices):
         score, chance, margin = balanced_check(m)
-        if score <= chance + margin + EPS:
+        if chance > 0 and score <= chance + margin + EPS:  # chance 0: no test node
             out.append(i)
     return out
 

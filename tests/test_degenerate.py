@@ -88,8 +88,9 @@ def test_balanced_check_is_robust_to_an_imbalanced_test_split():
     assert degenerate_from_confusion([learned, majority, minority]) == [1, 2]
     # one more correct node of the smallest class is still "nothing"; two are not
     assert degenerate_from_confusion([[[1, 76], [0, 160]], [[2, 75], [0, 160]]]) == [0]
-    # a class without test nodes does not count
+    # a class without test nodes does not count, and a task without any is not judged
     assert balanced_check([[5, 5, 0], [0, 10, 0], [0, 0, 0]])[1:] == (0.5, 1 / 20)
+    assert degenerate_from_confusion([[[0, 0], [0, 0]]]) == []
 
 
 def test_records_tag_how_they_were_checked():
