@@ -3,8 +3,8 @@
 * The sweep file is BeGin's Task-IL protocol (Cora and CiteSeer, 3 tasks x 2 classes,
   BeGin's grid, 10 final seeds) and the reference is BeGin's published Task-IL AP
   (fast checks).
-* One small cell is re-run for real (slow, but part of the default ``python -m pytest``
-  run, which includes slow tests; under a minute on 2 cores): finetune and Piggyback on the
+* One small cell is re-run for real (marked ``slow``: ``python -m pytest -m slow``, which
+  CI runs after the default run; under a minute on 2 cores): finetune and Piggyback on the
   real Cora, at the configuration the committed table records, on 2 of its seeds. Their mean
   AP must lie within 3 standard errors (from the committed seed spread) of the committed
   10-seed mean, and within 1 standard error of the committed values of those same seeds.
