@@ -22,11 +22,12 @@ from typing import Any
 from clbench.cards import MethodCard, card_file, read_card
 from clbench.errors import ClbenchError, UnknownNameError, quote
 from clbench.parsing import Interval
-from clbench.spec import LOSS_WEIGHTS, PROTOCOL_DEFAULTS, SCHEDULES
+from clbench.spec import LOSS_WEIGHTS, OPTIMIZER_STATES, PROTOCOL_DEFAULTS, SCHEDULES
 
 PROTOCOL_CHOICES: dict[str, tuple[str, ...]] = {"optimizer": ("adam", "sgd"),
                                                 "schedule": SCHEDULES,
-                                                "loss_weights": LOSS_WEIGHTS}
+                                                "loss_weights": LOSS_WEIGHTS,
+                                                "optimizer_state": OPTIMIZER_STATES}
 
 #: The interval each protocol setting must lie in (a card's ``[bounds]`` adds its
 #: method's). ``hidden`` and ``layers`` are capped so that a typo fails before a model

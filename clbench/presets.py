@@ -32,6 +32,11 @@ ShinhwanKang/BeGin; the paths below are in that repository):
   (``Backbones/gnns.py`` lines 77-81), no BatchNorm, no dropout;
 * Adam (``Baselines/bare_model.py`` line 35) with lr 0.005 (``train.py`` line 18) and
   weight decay 5e-4 (line 19);
+* one optimizer for the whole stream: each method's ``NET`` creates its Adam once
+  (``Baselines/bare_model.py`` line 35, the same in every baseline) and the pipeline
+  creates the ``NET`` once, before the task loop (``pipeline.py`` line 118), so Adam's
+  moment estimates carry over from task to task: ``optimizer_state = "keep"`` (BeGin
+  clears them before every task, ``begin/trainers/nodes.py`` line 65);
 * exactly 200 epochs (line 17): ``for epoch in range(epochs)`` with no scheduler, no
   early stop and no per-epoch validation, and the last weights are evaluated
   (``pipeline.py`` lines 138-166): ``schedule = "fixed"`` (which also skips clbench's
@@ -98,7 +103,8 @@ PRESETS: dict[str, Preset] = {
         {"model": "gcn", "hidden": 256, "layers": 3, "dropout": 0.0, "batch_norm": True,
          "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "epochs": 1000,
          "patience": 20, "min_lr_ratio": 0.002, "schedule": "plateau",
-         "loss_weights": "none", "num_tasks": None, "classes_per_task": None,
+         "loss_weights": "none", "optimizer_state": "reset", "num_tasks": None,
+         "classes_per_task": None,
          "class_order": None,
          "graph": "full", "metric": "accuracy", "split": "dataset"},
         {"model": f"{_BEGIN}:127-129 (GCNNode)", "hidden": f"{_BEGIN}:17",
@@ -111,6 +117,8 @@ PRESETS: dict[str, Preset] = {
          "min_lr_ratio": f"{_BEGIN}:255 (min_lr = lr * 0.001 * 2)",
          "schedule": f"{_BEGIN}:255; begin/trainers/nodes.py:111-130",
          "loss_weights": f"{_BEGIN}:229 (CrossEntropyLoss, unweighted)",
+         "optimizer_state": "begin/trainers/nodes.py:65 (processBeforeTraining: "
+                            "_reset_optimizer)",
          "num_tasks": "dataset card (BeGin's exp_settings num_task)",
          "classes_per_task": "dataset card", "class_order": f"{_BEGIN}:181 (task_shuffle)",
          "graph": "begin/scenarios/nodes.py (whole graph, labels masked)",
@@ -121,7 +129,8 @@ PRESETS: dict[str, Preset] = {
         {"model": "gcn", "hidden": 256, "layers": 2, "dropout": 0.0, "batch_norm": False,
          "optimizer": "adam", "lr": 0.005, "weight_decay": 5e-4, "epochs": 200,
          "patience": 20, "min_lr_ratio": 0.002, "schedule": "fixed",
-         "loss_weights": "class_balanced", "num_tasks": None, "classes_per_task": 2,
+         "loss_weights": "class_balanced", "optimizer_state": "keep", "num_tasks": None,
+         "classes_per_task": 2,
          "class_order": ID_ORDER,
          "graph": "task", "metric": "balanced_accuracy", "split": "random"},
         {"model": f"{_CGLB}train.py:20", "hidden": f"{_CGLB}train.py:45 (h_dims [256])",
@@ -133,6 +142,8 @@ PRESETS: dict[str, Preset] = {
          "schedule": f"{_CGLB}pipeline.py:138-166 (no scheduler, no early stop, last "
                      "weights)",
          "loss_weights": f"{_CGLB}train.py:56 (cls_balance); Baselines/bare_model.py:99-106",
+         "optimizer_state": f"{_CGLB}Baselines/bare_model.py:35 (one Adam, created with "
+                            "the model); pipeline.py:118 (one model for all tasks)",
          "num_tasks": f"{_CGLB}pipeline.py:112 (as many tasks as fit)",
          "classes_per_task": f"{_CGLB}train.py:41", "class_order": f"{_CGLB}pipeline.py:112",
          "graph": f"{_CGLB}train.py:27 set to False (CGLB's default True is not offered)",

@@ -31,7 +31,7 @@ from clbench.parsing import is_graph_file, slug, stable_hash
 #: The protocol fields that configure training (``--param`` keys), in their order.
 TRAINING_KEYS = ("model", "hidden", "layers", "dropout", "batch_norm", "optimizer", "lr",
                  "weight_decay", "epochs", "patience", "min_lr_ratio", "schedule",
-                 "loss_weights")
+                 "loss_weights", "optimizer_state")
 #: The protocol fields that define the task sequence and its scoring.
 TASK_KEYS = ("num_tasks", "classes_per_task", "class_order", "split_seed", "graph", "metric",
              "setting", "split")
@@ -42,10 +42,11 @@ SETTINGS = ("task", "class")
 #: runs had: a protocol at that value leaves the key out of its hashed payload and its
 #: record, so the runs made before the key existed keep their identity.
 TASK_KEYS_ABSENT: dict[str, Any] = {"setting": "task", "split": "dataset"}
-#: The same for the training settings (``schedule``, ``loss_weights``): at that value a key
-#: is left out of :attr:`RunSpec.config` (so of the config hash, the record and the MLflow
-#: params).
-TRAINING_KEYS_ABSENT: dict[str, Any] = {"schedule": "plateau", "loss_weights": "none"}
+#: The same for the training settings (``schedule``, ``loss_weights``,
+#: ``optimizer_state``): at that value a key is left out of :attr:`RunSpec.config` (so of
+#: the config hash, the record and the MLflow params).
+TRAINING_KEYS_ABSENT: dict[str, Any] = {"schedule": "plateau", "loss_weights": "none",
+                                        "optimizer_state": "reset"}
 #: How a task trains: ``plateau`` (BeGin: ReduceLROnPlateau on the validation loss, the
 #: task stops at the lr floor, the best-validation weights are restored) or ``fixed``
 #: (CGLB: a constant lr for exactly ``epochs`` epochs, the last weights are kept).
@@ -54,6 +55,14 @@ SCHEDULES = ("plateau", "fixed")
 #: cross-entropy) or ``class_balanced`` (CGLB's ``cls_balance``: each node weighs 1 / the
 #: number of the batch's nodes of its class, so every class counts the same).
 LOSS_WEIGHTS = ("none", "class_balanced")
+#: What the optimizer carries from one task to the next: ``reset`` (BeGin: its state, e.g.
+#: Adam's moment estimates, is cleared before every task) or ``keep`` (CGLB: one optimizer
+#: for the whole stream, created once). Either way each task starts at the initial
+#: learning rate with a new scheduler. It matters beyond speed: under ``reset``, the
+#: coordinates a task's loss does not reach (Task-IL: the earlier tasks' classifier rows)
+#: see only the weight decay, and Adam scales that gradient to a full learning-rate step;
+#: under ``keep`` their second-moment estimate still holds their own task's gradients.
+OPTIMIZER_STATES = ("reset", "keep")
 #: Where the train/val/test split comes from: ``dataset`` (the official split of a
 #: dataset that has one, else a stratified 60/20/20 split drawn from ``split_seed``) or
 #: ``random`` (the stratified 60/20/20 split on every dataset, as CGLB does).
@@ -76,6 +85,7 @@ class Protocol:
     min_lr_ratio: float = 0.002  # a task stops when lr reaches lr * min_lr_ratio
     schedule: str = "plateau"    # plateau (BeGin) | fixed (CGLB: exactly `epochs`, last weights)
     loss_weights: str = "none"   # none (BeGin) | class_balanced (CGLB: 1 / class count)
+    optimizer_state: str = "reset"  # reset (BeGin: cleared per task) | keep (CGLB: one optimizer)
     num_tasks: int | None = None         # None: from the dataset card
     classes_per_task: int | None = None  # None: from the dataset card
     class_order: tuple[int, ...] | None = None  # None: drawn from the run seed

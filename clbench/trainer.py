@@ -250,6 +250,10 @@ class NCTrainer(TrainerEvaluation):
     def reset_optimizer(self, optimizer: Optimizer) -> None:
         """Forget the optimizer's state and restore its initial learning rates."""
         optimizer.state.clear()
+        self.restore_lrs(optimizer)
+
+    def restore_lrs(self, optimizer: Optimizer) -> None:
+        """Put the optimizer's initial learning rates back (a scheduler may have cut them)."""
         for group, lr in zip(optimizer.param_groups, self._initial_lrs, strict=False):
             group["lr"] = lr
 
@@ -299,9 +303,13 @@ class NCTrainer(TrainerEvaluation):
     def processBeforeTraining(self, task_id: int, curr_dataset: TaskDataset,
                               curr_model: nn.Module, curr_optimizer: Optimizer,
                               curr_training_states: dict) -> None:
-        """Before a task: reset the optimizer, then start the loop's :class:`TaskState`
-        (a fresh scheduler, no best weights yet). An override calls it."""
-        self.reset_optimizer(curr_optimizer)
+        """Before a task: reset the optimizer (``optimizer_state="keep"``: only its
+        learning rates), then start the loop's :class:`TaskState` (a fresh scheduler, no
+        best weights yet). An override calls it."""
+        if self.protocol.optimizer_state == "keep":  # CGLB: one optimizer for the stream
+            self.restore_lrs(curr_optimizer)
+        else:
+            self.reset_optimizer(curr_optimizer)
         self.task_state = TaskState(task_id, self.scheduler_fn(curr_optimizer))
 
     def beforeInference(self, model: nn.Module, optimizer: Optimizer, _curr_batch: NodeBatch,

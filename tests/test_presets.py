@@ -17,12 +17,13 @@ from clbench.spec import Protocol, task_shape
 #: What the presets' docstring (clbench/presets.py) documents, written out here.
 BEGIN = {"model": "gcn", "hidden": 256, "layers": 3, "dropout": 0.0, "batch_norm": True,
          "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "epochs": 1000, "patience": 20,
-         "min_lr_ratio": 0.002, "schedule": "plateau", "loss_weights": "none", "num_tasks": None,
-         "classes_per_task": None, "class_order": None, "split_seed": 0, "graph": "full",
-         "metric": "accuracy", "setting": "task", "split": "dataset"}
+         "min_lr_ratio": 0.002, "schedule": "plateau", "loss_weights": "none",
+         "optimizer_state": "reset", "num_tasks": None, "classes_per_task": None,
+         "class_order": None, "split_seed": 0, "graph": "full", "metric": "accuracy",
+         "setting": "task", "split": "dataset"}
 CGLB = {**BEGIN, "layers": 2, "batch_norm": False, "lr": 0.005, "weight_decay": 5e-4,
         "epochs": 200, "schedule": "fixed", "loss_weights": "class_balanced",
-        "classes_per_task": 2, "graph": "task",
+        "optimizer_state": "keep", "classes_per_task": 2, "graph": "task",
         "metric": "balanced_accuracy", "split": "random"}
 
 
@@ -50,7 +51,7 @@ def test_a_run_without_a_preset_keeps_todays_hashes():
         spec = resolve_run(*args, **tasks)
         assert (spec.config_hash, spec.protocol_hash) == (config_hash, protocol_hash), args
         assert "schedule" not in spec.config and "split" not in spec.record()
-        assert "loss_weights" not in spec.config
+        assert "loss_weights" not in spec.config and "optimizer_state" not in spec.config
 
 
 def test_cglb_resolves_to_cglbs_values_and_task_counts():
@@ -69,6 +70,7 @@ def test_cglb_resolves_to_cglbs_values_and_task_counts():
     # the values make the hashes: away from BeGin, schedule and split are hashed
     assert spec.config["schedule"] == "fixed" and spec.record()["split"] == "random"
     assert spec.config["loss_weights"] == "class_balanced"
+    assert spec.config["optimizer_state"] == "keep"
     assert spec.config_hash != resolve_run("finetune", "corafull", 0).config_hash
 
 
@@ -202,3 +204,46 @@ def test_a_sweep_file_takes_a_preset(tmp_path: Path):
     path.write_text(path.read_text().replace('"cglb"', '"nope"'))
     with pytest.raises(ClbenchError, match="unknown preset 'nope'; known presets"):
         load_sweep(path)
+
+
+def test_optimizer_state_keep_carries_adams_moments_across_tasks():
+    """CGLB creates one Adam for the whole stream; BeGin clears its state before every
+    task. Under ``keep`` the state at the start of task t is the one task t-1 ended with
+    (step counts go on), under ``reset`` it starts empty; the learning rate starts at its
+    initial value either way."""
+    from clbench.experiment import run_experiment
+    from clbench.trainer import TrainerCallback
+
+    class AdamSteps(TrainerCallback):
+        def __init__(self):
+            self.steps, self.lrs = [], []
+
+        def on_epoch_end(self, trainer, task_id, epoch, results):
+            if epoch == 0:  # one step into the task
+                state = trainer.optimizer.state
+                self.steps.append(max(int(st["step"]) for st in state.values()))
+                self.lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    params = {"epochs": 5, "hidden": 16}
+    runs = {}
+    for value in ("keep", "reset"):
+        cb = AdamSteps()
+        result = run_experiment(resolve_run("finetune", "synthetic", 0, preset="cglb",
+                                            params={**params, "optimizer_state": value}),
+                                callbacks=[cb])
+        runs[value] = (cb, result)
+    keep, reset = runs["keep"][0], runs["reset"][0]
+    assert reset.steps == [1] * 5
+    assert keep.steps == [1, 6, 11, 16, 21]
+    assert keep.lrs == reset.lrs == [0.005] * 5
+    # the same first task, then different numbers
+    R_keep, R_reset = runs["keep"][1]["R_test"], runs["reset"][1]["R_test"]
+    assert R_keep[0] == R_reset[0] and R_keep != R_reset
+    assert runs["keep"][1]["config"]["optimizer_state"] == "keep"
+    assert "optimizer_state" not in runs["reset"][1]["config"]  # BeGin's: left out, as before
+    assert runs["reset"][1]["protocol_sources"]["optimizer_state"] == "flag"
+
+
+def test_optimizer_state_is_a_checked_choice():
+    with pytest.raises(ClbenchError, match="optimizer_state"):
+        resolve_run("finetune", "synthetic", 0, params={"optimizer_state": "sometimes"})
