@@ -82,11 +82,11 @@ def test_memory_holds_no_real_node(trained) -> None:
 def test_condensation_lowers_the_matching_loss() -> None:
     """Scored with 20 random encoders that the optimisation never saw, the condensed
     features match the real class means better than the real rows they started from.
-    (lr 0.05: the synthetic features are Gaussians of scale 4, which Adam at the default
-    1e-3 moves by at most 0.2 in 200 steps.)"""
+    (condense_lr 0.05: the synthetic features are Gaussians of scale 4, which Adam at
+    the default 1e-3 moves by at most 0.2 in 200 steps.)"""
     scenario = synthetic_scenario(1)
     trainer, _ = make_trainer("cat", scenario, 1, num_memories=50,
-                              **{**FAST, "condense_steps": 200, "lr": 0.05})
+                              **{**FAST, "condense_steps": 200, "condense_lr": 0.05})
     train = scenario.get_task(0).train
     x0, y = trainer.initial_synthetic(train)
     x1, losses = trainer.condense(train, x0, y)
@@ -228,3 +228,34 @@ def test_real_nodes_are_embedded_on_their_receptive_field_only(cora_graph, backb
     view, _ = cat.real_view(one, batch)
     neighbours = torch.isin(g.edge_index[1], rows)
     assert view.num_nodes == torch.cat([rows, g.edge_index[0, neighbours]]).unique().numel()
+
+
+def test_condensation_optimizer_is_cats_own_or_the_runs() -> None:
+    """``condense_lr > 0``: Adam at that lr without weight decay (the CaT authors'),
+    whatever the run's optimizer; ``0``: the run's optimizer, lr and weight decay (BeGin),
+    which is what a record made before the key existed means."""
+    scenario = synthetic_scenario(1)
+    own, _ = make_trainer("cat", scenario, 1, **FAST, lr=0.005, weight_decay=5e-4,
+                          optimizer="sgd", condense_lr=0.002)
+    runs, _ = make_trainer("cat", scenario, 1, **FAST, lr=0.005, weight_decay=5e-4,
+                           optimizer="sgd", condense_lr=0.0)
+    x = torch.nn.Parameter(torch.zeros(3, 4))
+    a, b = own.condense_optimizer(x), runs.condense_optimizer(x)
+    assert isinstance(a, torch.optim.Adam) and isinstance(b, torch.optim.SGD)
+    assert (a.defaults["lr"], a.defaults["weight_decay"]) == (0.002, 0)
+    assert (b.defaults["lr"], b.defaults["weight_decay"]) == (0.005, 5e-4)
+    from clbench.cards import read_card
+
+    assert read_card("cat").absent == {"condense_lr": 0.0}
+    assert read_card("cat").defaults()["condense_lr"] == 0.001
+
+
+def test_default_condensation_is_begins_at_the_protocols_defaults() -> None:
+    """At Adam, lr 1e-3 and weight decay 0 (the protocol's defaults) CaT's own
+    condensation optimizer is BeGin's: the same run, bit for bit."""
+    params = {**FAST, "num_memories": 60}
+    own = run_experiment(method="cat", dataset="synthetic", seed=1, params=params)
+    begin = run_experiment(method="cat", dataset="synthetic", seed=1,
+                           params={**params, "condense_lr": 0.0})
+    assert own["R_test"] == begin["R_test"] and own["R_val"] == begin["R_val"]
+    assert own["config"]["condense_lr"] == 0.001 and "condense_lr" not in begin["config"]

@@ -14,7 +14,9 @@ is minimised over the synthetic features ``s``, where ``e`` is the backbone with
 classifier followed by L2 normalisation, the real nodes embedded on the task's graph
 and the synthetic ones on a graph of their own without edges (each node aggregates
 only itself: BeGin's ``forward_without_classifier(None, x)``). ``condense_steps`` steps
-of the run's optimizer (BeGin: ``max_num_epochs`` steps of ``optimizer_fn``).
+of Adam at ``condense_lr`` without weight decay (the authors' ``feat_lr``), or with
+``condense_lr = 0`` of the run's optimizer, lr and weight decay (BeGin:
+``max_num_epochs`` steps of ``optimizer_fn``; the same at the protocol's defaults).
 
 The memory keeps the synthetic nodes only (features, label, task and replay weight):
 no real node, no node id. **Train in Memory**: every training step of a task is a step
@@ -123,7 +125,8 @@ class NCTaskILCaTTrainer(NCTrainer):
     """CaT for node classification, Task-IL or Class-IL.
 
     Hyperparameters (see ``methods/cat.toml``): ``num_memories`` (the whole memory,
-    ``num_memories // num_tasks`` synthetic nodes per task) and ``condense_steps``.
+    ``num_memories // num_tasks`` synthetic nodes per task), ``condense_steps`` and
+    ``condense_lr``.
 
     Training states (lists with one entry per condensed task): ``memory_x`` (synthetic
     features), ``memory_y`` (their classes), ``memory_task`` and ``memory_weight``
@@ -136,6 +139,13 @@ class NCTaskILCaTTrainer(NCTrainer):
         self.per_task = int(self.hparams["num_memories"]) // scenario.num_tasks
         self.condense_steps = int(self.hparams["condense_steps"])
         self.memory_bn = str(self.hparams["memory_bn"])
+        self.condense_lr = float(self.hparams["condense_lr"])
+
+    def condense_optimizer(self, syn_x: nn.Parameter) -> Optimizer:
+        """Adam at ``condense_lr`` (CaT's own), or the run's optimizer (``0``: BeGin's)."""
+        if self.condense_lr > 0:
+            return torch.optim.Adam([syn_x], lr=self.condense_lr)
+        return self.optimizer_fn([syn_x])
 
     # ------------------------------------------------------------------ condensation
     def initial_synthetic(self, train: NodeBatch) -> tuple[Tensor, Tensor]:
@@ -156,7 +166,7 @@ class NCTaskILCaTTrainer(NCTrainer):
         classes, counts = train.labels.unique(return_counts=True)
         weights = counts.to(syn_x.dtype) / counts.sum()
         syn_x = nn.Parameter(syn_x.clone())
-        optimizer = self.optimizer_fn([syn_x])
+        optimizer = self.condense_optimizer(syn_x)
         encoder = copy.deepcopy(self.model).eval()  # no dropout; BatchNorm: reset statistics
         encoder.requires_grad_(False)
         graph, rows = real_view(encoder, train)
