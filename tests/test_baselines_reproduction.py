@@ -2,11 +2,11 @@
 
 The five baselines that BeGin and CGLB share (LwF, MAS, TWP, GEM, ER-GNN) are re-run on
 the real Cora under CGLB's protocol (``preset = "cglb"``: 2-layer GCN, 200 epochs per
-task, no early stop, each task on its own subgraph), at their cards' defaults, seed 0,
-and must give the committed run record of ``sweeps/cglb-preset.toml``
-(``results/sweeps/runs/cglb-preset-*/``, the source of ``results/compare-cglb-preset.md``)
-bit for bit: the same accuracy matrices (and confusion matrices, where the record has
-them).
+task, no early stop, one optimizer for the stream, each task on its own subgraph), at
+their cards' defaults, seed 0, and must give the committed run record of
+``sweeps/cglb-preset.toml`` (``results/sweeps/runs/cglb-preset-*/``, the source of
+``results/compare-cglb-preset.md``) bit for bit: the same accuracy matrices (and
+confusion matrices, where the record has them).
 
 A run's numbers are a pure function of its spec at one torch thread, so any difference is
 a change to the method, the shared loop, the scenario or the data split, and such a change
@@ -42,6 +42,7 @@ def test_committed_record_is_the_cards_default_under_the_cglb_preset(method):
     assert (spec["method"], spec["dataset"], spec["seed"]) == (method, "cora", 0)
     assert record["preset"] == "cglb" and spec["graph"] == "task" and spec["threads"] == 1
     assert record["config"]["layers"] == 2 and record["config"]["epochs"] == 200
+    assert record["config"]["optimizer_state"] == "keep"  # CGLB's one optimizer
     own = {k: v for k, v in read_card(method).defaults(dataset="cora").items()
            if k not in record["protocol"]}  # the method's own, not the preset's
     assert own, method
