@@ -60,6 +60,9 @@ def same_run(a: dict, b: dict) -> None:
     ("cgnn", {"memory_size": 20, "new_nodes_size": 10, "ewc_lambda": 80.0}),
     ("pignn", {"lr": 0.01, "num_memories": 40, "retrain": 1.0}),  # blocks re-grown first
     ("cat", {"num_memories": 50, "condense_steps": 10}),  # synthetic memory, random encoders
+    # CGLB's one optimizer for the stream: Adam's moments must come back with the point
+    ("finetune", {"optimizer_state": "keep", "weight_decay": 5e-4}),
+    ("ewc", {"optimizer_state": "keep", "lamb": 1000.0}),
 ])
 def test_interrupted_run_continues_bit_identically(tmp_path, method, extra):
     params = {**PARAMS, **extra}
