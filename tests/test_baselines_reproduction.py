@@ -4,9 +4,9 @@ The five baselines that BeGin and CGLB share (LwF, MAS, TWP, GEM, ER-GNN) are re
 the real Cora under CGLB's protocol (``preset = "cglb"``: 2-layer GCN, 200 epochs per
 task, no early stop, one optimizer for the stream, each task on its own subgraph), at
 their cards' defaults, seed 0, and must give the committed run record of
-``sweeps/cglb-preset.toml`` (``results/sweeps/runs/cglb-preset-*/``, the source of
-``results/compare-cglb-preset.md``) bit for bit: the same accuracy matrices (and
-confusion matrices, where the record has them).
+``sweeps/cglb-preset.toml`` (``results/sweeps/runs/cglb-preset-*/``, from which
+``results/compare-cglb-preset.md`` is written when the sweep is done) bit for bit: the
+same accuracy matrices (and confusion matrices, where the record has them).
 
 A run's numbers are a pure function of its spec at one torch thread, so any difference is
 a change to the method, the shared loop, the scenario or the data split, and such a change
