@@ -12,6 +12,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 from mlflow_server import cli, shared_server, unique
 
@@ -217,3 +219,21 @@ def test_a_task_that_learned_at_its_majority_rate_is_not_flagged(tmp_path):
     assert result["learned_confusion_test"][2] == [[67, 10], [67, 93]]
     assert degenerate_tasks(learned_scores(R), result["majority_test"], [1 / 237] * 3) == [2]
     assert result["degenerate_tasks"] == []
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(1, 400), st.integers(1, 400), st.data())
+def test_two_class_tasks_the_first_form_passes_also_pass_the_balanced_check(n_a, n_b, data):
+    """What lets a table keep records checked by the first form only (a Task-IL run
+    scored by accuracy, tasks of 2 classes, e.g. amazon-computers and coauthor-cs): a task
+    more than one test node above its majority-class rate has at least two more correct
+    nodes than the majority count, so its balanced accuracy is at least 1/2 + 1/n_min,
+    above the balanced check's threshold 1/2 + 1/(2 n_min)."""
+    c_a = data.draw(st.integers(0, n_a))
+    c_b = data.draw(st.integers(0, n_b))
+    matrix = [[c_a, n_a - c_a], [n_b - c_b, c_b]]
+    n = n_a + n_b
+    accuracy = (c_a + c_b) / n
+    first_form = degenerate_tasks([accuracy], [max(n_a, n_b) / n], [1 / n])
+    if not first_form:
+        assert degenerate_from_confusion([matrix]) == []
