@@ -247,3 +247,28 @@ def test_optimizer_state_keep_carries_adams_moments_across_tasks():
 def test_optimizer_state_is_a_checked_choice():
     with pytest.raises(ClbenchError, match="optimizer_state"):
         resolve_run("finetune", "synthetic", 0, params={"optimizer_state": "sometimes"})
+
+
+def test_optimizer_state_keep_restarts_each_task_at_the_initial_lr():
+    """Under the plateau schedule a task ends with its lr cut; under ``keep`` the next
+    task still starts from the initial lr (only Adam's moments carry over)."""
+    from clbench.experiment import run_experiment
+    from clbench.trainer import TrainerCallback
+
+    class Lrs(TrainerCallback):
+        def __init__(self):
+            self.before, self.first = [], []
+
+        def on_task_start(self, trainer, task_id):  # before processBeforeTraining
+            self.before.append(trainer.optimizer.param_groups[0]["lr"])
+
+        def on_epoch_end(self, trainer, task_id, epoch, results):
+            if epoch == 0:
+                self.first.append(trainer.optimizer.param_groups[0]["lr"])
+
+    cb = Lrs()
+    run_experiment(resolve_run("finetune", "synthetic", 0, params={
+        "optimizer_state": "keep", "epochs": 60, "hidden": 16, "lr": 0.05, "patience": 1,
+        "min_lr_ratio": 0.01}), callbacks=[cb])
+    assert min(cb.before[1:]) < 0.05  # an earlier task ended with its lr cut
+    assert cb.first == [0.05] * 5
