@@ -134,25 +134,36 @@ def mean_stats(stats: Iterable[dict]) -> dict:
     return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
 
 
+def class_balance_weights(labels: Tensor, dtype: torch.dtype) -> Tensor:
+    """Each node's weight under ``class_balanced``: 1 / the number of nodes of its class."""
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse].to(dtype)
+
+
 def task_loss(loss_fn: Callable[[Tensor, Tensor], Tensor], preds: Tensor, batch: Any,
               weighting: str = "none") -> Tensor:
     """The loss of ``preds`` (a batch's restricted logits) against its labels.
 
-    ``none``: ``loss_fn(preds, batch.local_labels)``. ``class_balanced`` (CGLB's
+    ``batch``: one batch, or a sequence of batches whose restricted logits are
+    concatenated in ``preds`` (a replay buffer or memory stored as one batch per task).
+
+    ``none``: ``loss_fn(preds, local labels)``. ``class_balanced`` (CGLB's
     ``cls_balance``): the cross-entropy of each node weighted by 1 / the number of the
     batch's nodes of its (global) class, normalised by the sum of the weights, which is
     ``F.cross_entropy(..., weight=1 / counts)`` on a one-task batch; by global class, so
-    a batch of several tasks (joint training) balances every class, not the positions
-    within a task.
+    a batch of several tasks (joint training, a replay buffer) balances every class, not
+    the positions within a task. CGLB weights its replay and memory losses the same way.
     """
+    batches = batch if isinstance(batch, list | tuple) else [batch]
+    local = torch.cat([b.local_labels for b in batches]) if len(batches) > 1 \
+        else batches[0].local_labels
     if weighting == "none":
-        return loss_fn(preds, batch.local_labels)
+        return loss_fn(preds, local)
     if weighting != "class_balanced":
         raise ValueError(f"unknown loss weighting {weighting!r}")
-    labels = batch.labels
-    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    w = 1.0 / counts[inverse].to(preds.dtype)
-    per_node = F.cross_entropy(preds, batch.local_labels, reduction="none")
+    labels = torch.cat([b.labels for b in batches]) if len(batches) > 1 else batches[0].labels
+    w = class_balance_weights(labels, preds.dtype)
+    per_node = F.cross_entropy(preds, local, reduction="none")
     return (w * per_node).sum() / w.sum()
 
 

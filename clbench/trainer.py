@@ -352,8 +352,16 @@ class NCTrainer(TrainerEvaluation):
         weights = self.forward_weights(model, _curr_batch, training_states)
         logits = self.forward(model, _curr_batch, weights)
         preds = _curr_batch.restrict(logits)
-        loss = task_loss(self.loss_fn, preds, _curr_batch, self.protocol.loss_weights)
-        return {"preds": preds, "loss": loss, "logits": logits, "weights": weights}
+        return {"preds": preds, "loss": self.batch_loss(preds, _curr_batch), "logits": logits,
+                "weights": weights}
+
+    def batch_loss(self, preds: Tensor, batch: NodeBatch | Sequence[NodeBatch]) -> Tensor:
+        """The loss of restricted logits ``preds`` against ``batch``'s labels (or those of
+        several batches, their logits concatenated in order), weighted as the protocol's
+        ``loss_weights`` says (:func:`~clbench.loopstate.task_loss`). Every training loss a
+        method adds (a replay buffer's, a memory's) goes through here, so that a protocol
+        setting such as the cglb preset's class-balanced loss reaches all of them."""
+        return task_loss(self.loss_fn, preds, batch, self.protocol.loss_weights)
 
     def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,
                        _curr_batch: NodeBatch, training_states: dict) -> dict:

@@ -72,3 +72,66 @@ def test_the_setting_is_validated_hashed_only_when_used_and_changes_training(cor
     b = run_experiment(method="finetune", dataset="cora", seed=0, data_dir=str(cora_root),
                        params={**fast, "loss_weights": "class_balanced"})
     assert a["R_val"] != b["R_val"]
+
+
+# ------------------------------------------------------------------ every method's losses
+def _refuse(*_args, **_kwargs):
+    raise AssertionError("a training loss bypassed the protocol's loss_weights")
+
+
+def _methods_and_settings():
+    from clbench.cards import read_card
+    from clbench.methods import METHODS
+
+    out = []
+    for name in sorted(METHODS.names()):
+        for setting in read_card(name, METHODS.get(name)).settings:
+            out.append((name, setting))
+    return out
+
+
+@pytest.mark.parametrize(("method", "setting"), _methods_and_settings())
+def test_every_training_loss_follows_loss_weights(method, setting):
+    """Under ``class_balanced`` the trainer's plain ``loss_fn`` is never the right loss,
+    so a trainer whose ``loss_fn`` refuses to run must still train: every loss a method
+    adds (the current task's, a replay buffer's, a memory's, an importance's) goes through
+    :meth:`NCTrainer.batch_loss`. GEM, HAT, ER-GNN, PI-GNN and ContinualGNN called
+    ``loss_fn`` directly, so the cglb preset trained them on unweighted losses."""
+    from clbench.experiment import (
+        build_backbone,
+        build_scenario,
+        make_optimizer_fn,
+        seed_everything,
+    )
+    from clbench.methods import METHODS
+
+    params = {"epochs": 3, "hidden": 16, "loss_weights": "class_balanced"}
+    if method == "cat":
+        params["condense_steps"] = 3
+    variants = [{}, {"fisher": "empirical"}] if method == "ewc" else [{}]
+    for extra in variants:
+        spec = resolve_run(method, "synthetic", 0, setting=setting, num_tasks=3,
+                           classes_per_task=2, params={**params, **extra})
+        seed_everything(0)
+        scenario = build_scenario(spec)
+        trainer = METHODS.get(method)(build_backbone(spec.protocol, scenario), scenario,
+                                      make_optimizer_fn(spec.protocol), _refuse, spec.device,
+                                      protocol=spec.protocol, **spec.params)
+        out = trainer.run(spec.protocol.epochs)
+        assert len(out.R_test) == 3
+
+
+def test_no_method_computes_a_label_loss_of_its_own():
+    """The static side of the test above: outside the trainer, only CaT (its memory loss
+    is its own weighted sum, see its card) and EWC's per-node Fisher (weighted by hand)
+    call the cross-entropy themselves."""
+    from pathlib import Path
+
+    import clbench.methods as pkg
+
+    allowed = {"cat.py", "ewc.py"}
+    for path in sorted(Path(pkg.__file__).parent.glob("*.py")):
+        text = path.read_text()
+        if path.name not in allowed:
+            assert "cross_entropy" not in text and "CrossEntropy" not in text, path.name
+        assert "self.loss_fn(" not in text or path.name == "ewc.py", path.name

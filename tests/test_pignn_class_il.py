@@ -225,7 +225,8 @@ class FrozenPIGNN(NCTaskILPIGNNTrainer):
         batch = _curr_batch
         x = model.inputs(batch.graph)
         return eval_by_view(batch, batch.task_ids.clamp(max=len(model.blocks) - 1),
-                            lambda j: model(x, batch.graph, upto=j), self.loss_fn)
+                            lambda j: model(x, batch.graph, upto=j),
+                            lambda logits, b: self.loss_fn(logits, b.local_labels))
 
 
 @pytest.mark.parametrize("graph", ["full", "task"])

@@ -165,7 +165,7 @@ class NCTaskILCGNNTrainer(NCTrainer):
         batches = stored_batches(self.scenario, nodes, seen=seen)
         with torch.enable_grad():  # one batch on the whole graph, or one per task
             logits = torch.cat([b.restrict(self.forward(model, b)) for b in batches])
-            loss = self.loss_fn(logits, torch.cat([b.local_labels for b in batches]))
+            loss = self.batch_loss(logits, batches)
             params = self._params()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
@@ -301,8 +301,7 @@ class NCTaskILCGNNTrainer(NCTrainer):
             batches = self.replay_batches(training_states)
             parts = [stored_logits(b, _curr_batch, logits,
                                    lambda b: self.forward(model, b, weights)) for b in batches]
-            replay_loss = self.loss_fn(torch.cat(parts),
-                                       torch.cat([b.local_labels for b in batches]))
+            replay_loss = self.batch_loss(torch.cat(parts), batches)
             beta = replay.numel() / (replay.numel() + len(_curr_batch))
             results["loss"] = (1 - beta) * results["loss"] + beta * replay_loss
         reg = self.penalty(training_states)

@@ -139,8 +139,7 @@ class NCTaskILERGNNTrainer(NCTrainer):
         batches = self.replay_batches(training_states)
         parts = [stored_logits(b, _curr_batch, logits,
                                lambda b: self.forward(model, b, weights)) for b in batches]
-        replay_loss = self.loss_fn(torch.cat(parts),
-                                   torch.cat([b.local_labels for b in batches]))
+        replay_loss = self.batch_loss(torch.cat(parts), batches)
         size = sum(len(b) for b in batches)
         beta = size / (size + len(_curr_batch))
         task_loss = results["loss"]

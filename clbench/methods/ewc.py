@@ -31,9 +31,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from clbench.loopstate import class_balance_weights
 from clbench.methods.anchored import AnchoredTrainer, normalise_importance
 from clbench.methods.base import register_method
 from clbench.scenario import NCScenarioLoader, NodeBatch, TaskDataset
@@ -96,12 +98,19 @@ class NCTaskILEWCTrainer(AnchoredTrainer):
                 labels = batch.local_labels
                 acc = torch.zeros(sum(p.numel() for p in params), device=self.device)
                 n = logits.size(0)
+                # weighted as the task loss is (the cglb preset's class-balanced loss)
+                w = (class_balance_weights(batch.labels, logits.dtype)
+                     if self.protocol.loss_weights == "class_balanced" else None)
+                loss_fn = self.loss_fn if w is None else F.cross_entropy
                 for i in range(n):
-                    loss_i = self.loss_fn(logits[i:i + 1], labels[i:i + 1])
+                    loss_i = loss_fn(logits[i:i + 1], labels[i:i + 1])
                     grads = torch.autograd.grad(loss_i, params, retain_graph=i < n - 1)
                     flat = torch.cat([g.reshape(-1) for g in grads])
-                    acc.addcmul_(flat, flat)
-                return acc / max(n, 1)
+                    if w is None:
+                        acc.addcmul_(flat, flat)
+                    else:
+                        acc.addcmul_(flat, flat, value=float(w[i]))
+                return acc / max(n, 1) if w is None else acc / w.sum()
         finally:
             model.train(was_training)
 

@@ -142,8 +142,8 @@ class NCTaskILGEMTrainer(NCTrainer):
         losses = []
         for mem in self.memory_batches(training_states):
             mem_logits = stored_logits(mem, _curr_batch, logits, forward)
-            losses.append(self.loss_fn(mem_logits, mem.local_labels))
-        return {"preds": preds, "loss": self.loss_fn(preds, _curr_batch.local_labels),
+            losses.append(self.batch_loss(mem_logits, mem))
+        return {"preds": preds, "loss": self.batch_loss(preds, _curr_batch),
                 "memory_losses": losses}
 
     def afterInference(self, results: dict, model: nn.Module, optimizer: Optimizer,

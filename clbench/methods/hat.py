@@ -203,7 +203,7 @@ class NCTaskILHATTrainer(NCTrainer):
             gates, buffers = self.eval_view(t, states)
         logits = self.gated_forward(model, _curr_batch, gates, buffers)
         preds = _curr_batch.restrict(logits)
-        return {"preds": preds, "loss": self.loss_fn(preds, _curr_batch.local_labels),
+        return {"preds": preds, "loss": self.batch_loss(preds, _curr_batch),
                 "logits": logits, "weights": None, "gates": gates, "s": s}
 
     def penalty(self, gates: Sequence[Tensor], used: Sequence[Tensor]) -> Tensor:
@@ -286,7 +286,7 @@ class NCTaskILHATTrainer(NCTrainer):
         return eval_by_subset(
             _curr_batch, _curr_batch.task_ids.clamp(max=self.curr_task),
             lambda j, sub: sub.restrict(self.gated_forward(model, sub, *self.eval_view(j, states))),
-            self.loss_fn)
+            self.batch_loss)
 
     def extraStorageBytes(self, training_states: dict) -> int:
         """The embeddings, the stored masks (one bool per unit per finished task), their

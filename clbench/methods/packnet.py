@@ -260,7 +260,7 @@ class NCTaskILPackNetTrainer(NCTrainer):
         return eval_by_view(
             batch, batch.task_ids.clamp(max=t),
             lambda j: self.forward(model, batch, self.task_weights(j, training_states)
-                                   if j < t else None), self.loss_fn)
+                                   if j < t else None), self.batch_loss)
 
     def extraStorageBytes(self, training_states: dict) -> int:
         """The owner ids: one ``int8`` per masked weight (``int16`` beyond 126 tasks)."""

@@ -281,7 +281,7 @@ class NCTaskILPiggybackTrainer(NCTrainer):
             _curr_batch, _curr_batch.task_ids.clamp(max=max(self.curr_task, 0)),
             lambda key, sub: sub.restrict(self.forward(
                 model, sub, self._eval_weights(model, key, states) if states else None)),
-            self.loss_fn)
+            self.batch_loss)
 
     def extraStorageBytes(self, training_states) -> int:
         """Bytes of the stored bit-packed masks (1 bit per masked weight per task, 2 for

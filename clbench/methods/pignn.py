@@ -254,8 +254,7 @@ class NCTaskILPIGNNTrainer(NCTrainer):
             batches = self.memory_batches(training_states)
             parts = [stored_logits(b, _curr_batch, logits,
                                    lambda b: self.forward(model, b)) for b in batches]
-            memory_loss = self.loss_fn(torch.cat(parts),
-                                       torch.cat([b.local_labels for b in batches]))
+            memory_loss = self.batch_loss(torch.cat(parts), batches)
             results["loss"] = results["loss"] + self.retrain * memory_loss
         return super().afterInference(results, model, optimizer, _curr_batch, training_states)
 
@@ -284,7 +283,7 @@ class NCTaskILPIGNNTrainer(NCTrainer):
         batch = _curr_batch
         x = model.inputs(batch.graph)
         return eval_by_view(batch, batch.task_ids.clamp(max=len(model.blocks) - 1),
-                            lambda j: model(x, batch.graph, upto=j), self.loss_fn)
+                            lambda j: model(x, batch.graph, upto=j), self.batch_loss)
 
     def extraStorageBytes(self, training_states: dict) -> int:
         """Bytes beyond the plain backbone: the grown network's parameters and buffers

@@ -17,11 +17,13 @@ from torch import Tensor
 
 from clbench.scenario import NodeBatch
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+#: the loss of restricted logits against a batch's labels (a trainer's ``batch_loss``:
+#: weighted as the protocol's ``loss_weights`` says)
+LossOf = Callable[[Tensor, NodeBatch], Tensor]
 
 
 def eval_by_view(batch: NodeBatch, views: Tensor, forward_view: Callable[[int], Tensor],
-                 loss_fn: LossFn) -> tuple[Tensor, dict]:
+                 loss_of: LossOf) -> tuple[Tensor, dict]:
     """Global predictions and ``{"loss"}`` of ``batch``; a node of view ``j`` takes its
     logits from ``forward_view(j)`` (logits of every row of ``batch.graph``)."""
     logits: Tensor | None = None
@@ -31,13 +33,13 @@ def eval_by_view(batch: NodeBatch, views: Tensor, forward_view: Callable[[int], 
         if logits is None:
             logits = out.new_empty(batch.candidates.shape)
         logits[sel] = out[batch.rows[sel]].gather(1, batch.candidates[sel])
-    loss = loss_fn(logits, batch.local_labels)
+    loss = loss_of(logits, batch)
     return batch.to_global(logits.argmax(-1)), {"loss": loss.item()}
 
 
 def eval_by_subset(batch: NodeBatch, views: Tensor,
                    logits_of: Callable[[int, NodeBatch], Tensor],
-                   loss_fn: LossFn) -> tuple[Tensor, dict]:
+                   loss_of: LossOf) -> tuple[Tensor, dict]:
     """Global predictions and ``{"loss"}`` of ``batch``; the sub-batch of view ``j``
     takes its restricted logits from ``logits_of(j, sub_batch)``."""
     preds = torch.empty_like(batch.labels)
@@ -47,5 +49,5 @@ def eval_by_subset(batch: NodeBatch, views: Tensor,
         sub = batch.subset(select)
         logits = logits_of(j, sub)
         preds[select] = sub.to_global(logits.argmax(-1))
-        loss_sum += loss_fn(logits, sub.local_labels).item() * len(sub)
+        loss_sum += loss_of(logits, sub).item() * len(sub)
     return preds, {"loss": loss_sum / max(len(batch), 1)}
