@@ -274,8 +274,7 @@ def test_a_card_can_set_other_defaults_for_class_il(synthetic):
     from clbench.tracking.mlflow_ui import config_label
 
     for method, key, task_il, class_il in (("ewc", "lamb", 100.0, 1.0),
-                                           ("twp", "lambda_l", 10.0, 0.1),
-                                           ("gem", "memory_strength", 0.0, 0.5)):
+                                           ("twp", "lambda_l", 10.0, 0.1)):
         assert resolve_run(method, "cora", 0).params[key] == task_il
         assert resolve_run(method, "cora", 0, setting="class").params[key] == class_il
         assert resolve_run(method, "cora", 0, setting="class",
@@ -287,7 +286,6 @@ def test_a_card_can_set_other_defaults_for_class_il(synthetic):
         assert config_label(resolve_run(method, "cora", 0, setting="class")) == "setting=class"
     out = CliRunner().invoke(app, ["list", "methods"], env={"COLUMNS": "400"}).output
     assert "in Class-IL: lamb=1" in out and "in Class-IL: lambda_l=0.1" in out
-    assert "in Class-IL: memory_strength=0.5" in out
 
 
 def test_a_card_with_a_bad_setting_table_is_refused():

@@ -9,9 +9,10 @@ replaced by ``g~ = g + G^T v`` where ``v`` solves GEM's dual quadratic program::
 
     min_v  1/2 v^T (G G^T) v + (G g)^T v    subject to  v >= memory_strength
 
-(``G``: the memory gradients as rows; ``memory_strength = 0``, the Task-IL default, is
-the paper's exact projection; BeGin uses 0.5 as in the authors' code, and so does
-clbench's Class-IL default, ``methods/gem.toml`` says why). The QP is solved
+(``G``: the memory gradients as rows; ``memory_strength = 0`` is the paper's exact
+projection; the default 0.5 is BeGin's, CGLB's and the authors' code's: under weight
+decay, which the optimizer adds after the projection, 0 lets the decay erase what the
+memories protect, ``methods/gem.toml`` has the measurements). The QP is solved
 by quadprog through qpsolvers. When no memory is violated the gradient is left untouched.
 
 ``scope = "touched"`` (the default) solves it within the coordinates the current
