@@ -223,6 +223,19 @@ def test_a_mean_that_rounds_to_zero_is_printed_without_a_sign():
     assert row.cell("AF") == "-1.2 ± 0.3"
 
 
+def test_notes_that_start_with_their_own_heading_are_headed_once():
+    """A notes file may begin with "## Notes" (so that it reads on its own); the table
+    adds that heading itself and must not print it twice. Other headings stay."""
+    row = Row("joint", "cora", "h", "joint", [0],
+              stats={"AP": {"mean": 0.95, "std": 0.0}, "AF": {"mean": 0.0, "std": 0.0}})
+    for notes in ("## Notes\n\nBody.", "  ## notes  \nBody.", "Body."):
+        table = markdown_table([row], "exp", notes=notes)
+        assert table.count("## Notes") == 1 and table.endswith("## Notes\n\nBody.\n")
+    table = markdown_table([row], "exp", notes="### Protocol\n\nBody.")
+    assert table.endswith("## Notes\n\n### Protocol\n\nBody.\n")
+    assert markdown_table([row], "exp", notes="## Notes\n").count("## Notes") == 0
+
+
 def test_bar_chart_is_readable():
     """Axes labelled in %, one colour per method in both panels, a mean of 0 marked (a
     zero-height bar is invisible), the legend outside the panels."""

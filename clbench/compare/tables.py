@@ -176,9 +176,20 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
         if p.versions:
             lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in p.versions.items())
                          + ".")
-    if notes.strip():
-        lines += ["", "## Notes", "", notes.strip()]
+    body = _notes_body(notes)
+    if body:
+        lines += ["", "## Notes", "", body]
     return "\n".join(lines) + "\n"
+
+
+def _notes_body(notes: str) -> str:
+    """The notes without a leading ``## Notes`` heading of their own (the table adds
+    one), so a notes file that starts with it is not headed twice."""
+    body = notes.strip()
+    first, _, rest = body.partition("\n")
+    if first.strip().lstrip("#").strip().lower() == "notes" and first.lstrip().startswith("#"):
+        body = rest.strip()
+    return body
 
 
 def write_csv(rows: Sequence[Row], path: Path, tolerance: float = DEFAULT_TOLERANCE) -> Path:
