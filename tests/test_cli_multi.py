@@ -301,10 +301,61 @@ def test_a_method_can_run_its_own_final_seeds(tmp_path):
 
     for bad, message in (('[method.nope]\nfinal_seeds = [1]\n', "unknown method"),
                          ('[method.ewc]\nfinal_seeds = "x"\n', "final_seeds expects"),
-                         ('[method.ewc]\nseeds = [1]\n', "may only hold")):
+                         ('[method.ewc]\nseeds = [1]\n', "may only hold"),
+                         ('[method.nope]\ngrid_seeds = [1]\n', "unknown method")):
         path.write_text(PER_METHOD_SEEDS.split("[method.ewc]")[0] + bad)
         with pytest.raises(ClbenchError, match=message):
             grid_jobs(load_sweep(path))
+
+
+PER_METHOD_GRID = """
+methods = ["finetune", "ewc"]
+datasets = ["synthetic"]
+grid_seeds = [0, 1, 2]
+final_seeds = "0-4"
+
+[grid]
+lr = [0.001, 0.01]
+
+[method.ewc]
+grid_seeds = [3]
+"""
+
+
+def test_a_method_can_run_its_grid_on_its_own_seeds(tmp_path):
+    """``[method.<name>] grid_seeds`` replaces the file's grid seeds for that method only:
+    its grid runs on them, its selection needs (and averages) exactly them, its final
+    jobs start from them, and the plan counts the seeds left after them."""
+    from clbench.orchestrate.sweep import final_jobs_of, grid_jobs, plan_sweep, select
+    from clbench.orchestrate.sweepfile import load_sweep
+
+    path = tmp_path / "s.toml"
+    path.write_text(PER_METHOD_GRID)
+    spec = load_sweep(path)
+    jobs, labels, order = grid_jobs(spec)
+    seeds = {m: sorted({j.seed for j in jobs if j.method == m}) for m in ("finetune", "ewc")}
+    assert seeds == {"finetune": [0, 1, 2], "ewc": [3]}
+    assert sum(j.method == "ewc" for j in jobs) == 2  # lr x one seed
+
+    # EWC: one seed is a complete configuration; finetune: one of three is not
+    groups = {m: sorted({j.group for j in jobs if j.method == m}) for m in ("finetune", "ewc")}
+    ewc_a, ewc_b = groups["ewc"]
+    ft_a, ft_b = groups["finetune"]
+    val_aps = {ewc_a: {3: 0.5}, ewc_b: {3: 0.9},
+               ft_a: {0: 0.99}, ft_b: {0: 0.6, 1: 0.6, 2: 0.6}}
+    picked = {s.method: s for s in select(val_aps, labels, order, spec.grid_seeds_of)}
+    assert picked["ewc"].config_hash == ewc_b[2] and picked["ewc"].n_seeds == 1
+    assert picked["finetune"].config_hash == ft_b[2]  # complete beats a higher partial mean
+
+    finals = final_jobs_of(jobs, {ewc_b, ft_b}, spec)
+    assert sorted(j.seed for j in finals if j.method == "ewc") == [0, 1, 2, 3, 4]
+    assert sorted(j.seed for j in finals if j.method == "finetune") == [0, 1, 2, 3, 4]
+    plan = plan_sweep(spec, None, results_dir=tmp_path / "results")
+    assert plan.final_after_grid == {("finetune", "synthetic"): 2, ("ewc", "synthetic"): 4}
+
+    path.write_text(PER_METHOD_GRID.replace("grid_seeds = [3]", 'grid_seeds = "x"'))
+    with pytest.raises(ClbenchError, match="grid_seeds expects"):
+        load_sweep(path)
 
 
 def test_ui_command_and_server_uri(workdir, capsys):

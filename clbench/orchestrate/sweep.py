@@ -1,6 +1,7 @@
 """``clbench sweep FILE.toml``: grid search on a few seeds, then the selected config on the rest.
 
-1. every configuration of the grid runs on ``grid_seeds``;
+1. every configuration of the grid runs on ``grid_seeds`` (a method's own, where its
+   ``[method.<name>]`` table gives them);
 2. for each (method, dataset) the configuration with the best mean *validation*
    AP over those seeds is selected (complete configurations first; ties keep the
    first in grid order);
@@ -16,7 +17,7 @@ The sweep file's format and its checks are in :mod:`clbench.orchestrate.sweepfil
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,8 @@ def grid_jobs(spec: SweepSpec) -> tuple[list[RunSpec], dict[tuple, str], dict[tu
     labels: dict[tuple, str] = {}
     order: dict[tuple, int] = {}
     unknown = [m for m in set(spec.method_params) | set(spec.method_grid)
-               | set(spec.method_final_seeds) if m not in METHODS]
+               | set(spec.method_final_seeds) | set(spec.method_grid_seeds)
+               if m not in METHODS]
     if unknown:
         raise ClbenchError(f"sweep file {clip(spec.path)}: [method.{clip(unknown[0])}] "
                            "names an unknown method")
@@ -69,7 +71,7 @@ def grid_jobs(spec: SweepSpec) -> tuple[list[RunSpec], dict[tuple, str], dict[tu
         points, varying = spec.grid_points(canon)
         for i, point in enumerate(points):
             new = [replace(j, note=_label(point, varying))
-                   for j in resolve_grid([canon], spec.datasets, spec.grid_seeds,
+                   for j in resolve_grid([canon], spec.datasets, spec.grid_seeds_of(canon),
                                          params=point, plugins=spec.plugins, **kwargs)]
             for j in new:
                 labels.setdefault(j.group, _label(point, varying))
@@ -102,33 +104,37 @@ class SweepResult:
         return self.grid.ok and (self.final is None or self.final.ok)
 
 
+#: A method's grid seeds (:meth:`SweepSpec.grid_seeds_of`).
+SeedsOf = Callable[[str], Sequence[int]]
+
+
 def logged_val_aps(groups: Mapping[tuple, str], children: Sequence[Any],
-                   grid_seeds: Sequence[int]) -> dict[tuple, dict[int, float]]:
-    """Validation AP per grid seed of each group's latest finished child run, for the
-    groups' parent run ids ``groups[group]``."""
+                   grid_seeds: SeedsOf) -> dict[tuple, dict[int, float]]:
+    """Validation AP per grid seed (``grid_seeds(method)``) of each group's latest finished
+    child run, for the groups' parent run ids ``groups[group]``."""
     from clbench import tracking as tr
 
     out: dict[tuple, dict[int, float]] = {}
     for group, parent_id in groups.items():
         mine = [c for c in children if c.parent_id == parent_id]
-        chosen = tr.select_seed_runs(mine, set(grid_seeds))
+        chosen = tr.select_seed_runs(mine, set(grid_seeds(group[0])))
         out[group] = {s: c.metrics["val_AP"] for s, c in chosen.items() if "val_AP" in c.metrics}
     return out
 
 
 def select(val_aps: Mapping[tuple, Mapping[int, float]], labels: Mapping[tuple, str],
-           order: Mapping[tuple, int], grid_seeds: Sequence[int],
+           order: Mapping[tuple, int], grid_seeds: SeedsOf,
            parents: Mapping[tuple, str] | None = None) -> list[Selection]:
-    """Pick each (method, dataset)'s configuration by mean validation AP on the grid seeds
-    (``val_aps[group][seed]``): configurations with every grid seed first, then the higher
-    mean, then the earlier in grid order."""
-    n_seeds = len(set(grid_seeds))
+    """Pick each (method, dataset)'s configuration by mean validation AP on its method's
+    grid seeds (``val_aps[group][seed]``; ``grid_seeds(method)``): configurations with every
+    grid seed first, then the higher mean, then the earlier in grid order."""
     by_pd: dict[tuple[str, str], list[tuple]] = {}
     for group, per_seed in val_aps.items():
         vals = list(per_seed.values())
         if not vals:
             continue
         mean = sum(vals) / len(vals)
+        n_seeds = len(set(grid_seeds(group[0])))
         by_pd.setdefault(group[:2], []).append(
             ((len(vals) == n_seeds, mean, -order.get(group, 0)), group, mean, len(vals)))
     out = []
@@ -153,19 +159,20 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     grid_groups = {j.group for j in jobs}
     grid = run_jobs(jobs, tracker, backend, results_dir=results_dir, force=force,
                     reporter=reporter, parent_labels=labels,
-                    report_seeds={g: spec.grid_seeds for g in grid_groups})
+                    report_seeds={g: spec.grid_seeds_of(g[0]) for g in grid_groups})
     result = SweepResult(tracker.experiment_name, grid, [])
     if grid.interrupted:
         return result
-    val_aps = logged_val_aps(grid.parents, tracker.children(), spec.grid_seeds)
-    result.selections = select(val_aps, labels, order, spec.grid_seeds, grid.parents)
+    val_aps = logged_val_aps(grid.parents, tracker.children(), spec.grid_seeds_of)
+    result.selections = select(val_aps, labels, order, spec.grid_seeds_of, grid.parents)
     selected = {(s.method, s.dataset, s.config_hash) for s in result.selections}
     for group, parent_id in grid.parents.items():
         tracker.set_tags(parent_id, {tr.TAG_SELECTED: "true" if group in selected else "false"})
     for s in result.selections:
         tracker.set_tags(s.parent_id, {tr.TAG_SELECTION: (
             f"best mean val AP {s.mean_val_ap:.4f} over grid seeds "
-            f"{tr.seeds_text(spec.grid_seeds)} among {s.candidates} configuration(s)")})
+            f"{tr.seeds_text(spec.grid_seeds_of(s.method))} among {s.candidates} "
+            "configuration(s)")})
         tracker.set_experiment_tags({
             f"{tr.TAG_SELECTED_PREFIX}{s.method}.{slug(s.dataset)}":
             f"{s.config_hash} ({s.label})" if s.label else s.config_hash})
@@ -185,7 +192,7 @@ def final_jobs_of(grid: Sequence[RunSpec], selected: set[tuple], spec: SweepSpec
                   ) -> list[RunSpec]:
     """The selected groups' jobs on their methods' final seeds."""
     return [replace(j, seed=seed) for j in grid
-            if j.group in selected and j.seed == spec.grid_seeds[0]
+            if j.group in selected and j.seed == spec.grid_seeds_of(j.method)[0]
             for seed in spec.final_seeds_of(j.method)]
 
 
@@ -214,13 +221,13 @@ def plan_sweep(spec: SweepSpec, tracker: Any | None, *, results_dir: str | Path 
     found = tracker.find_parents() if tracker is not None else {}
     groups = dict.fromkeys(j.group for j in jobs)
     val_aps = {g: {} for g in groups} | logged_val_aps(
-        {g: found[g].run_id for g in groups if g in found}, children, spec.grid_seeds)
+        {g: found[g].run_id for g in groups if g in found}, children, spec.grid_seeds_of)
     for job, result in grid.saved:
         if "AP" in result.get("val_metrics", {}):
             val_aps[job.group][job.seed] = result["val_metrics"]["AP"]
     waiting = {(j.method, j.dataset) for j in grid.todo}
     plan.selections = select({g: v for g, v in val_aps.items() if g[:2] not in waiting},
-                             labels, order, spec.grid_seeds)
+                             labels, order, spec.grid_seeds_of)
     selected = {(s.method, s.dataset, s.config_hash) for s in plan.selections}
     plan.final = plan_jobs(final_jobs_of(jobs, selected, spec), children, results_dir,
                            spec.experiment, force=force)
@@ -228,7 +235,7 @@ def plan_sweep(spec: SweepSpec, tracker: Any | None, *, results_dir: str | Path 
     plan.final.done += [j for j, _ in plan.final.saved if j.key in logged_by_grid]
     plan.final.saved = [(j, r) for j, r in plan.final.saved if j.key not in logged_by_grid]
     plan.final_after_grid = {
-        pd: len(set(spec.final_seeds_of(pd[0])) - set(spec.grid_seeds))
+        pd: len(set(spec.final_seeds_of(pd[0])) - set(spec.grid_seeds_of(pd[0])))
         for pd in dict.fromkeys((j.method, j.dataset) for j in jobs) if pd in waiting}
     return plan
 

@@ -25,8 +25,9 @@ A sweep file::
     [method.ewc.grid]                  # a method's own grid (and [method.ewc.params])
     lam = [100.0, 1000.0]
 
-    [method.cat]                       # a method's own final seeds (a stated reduction)
-    final_seeds = "0-2"
+    [method.cat]                       # a method's own grid and final seeds (a
+    grid_seeds = [0]                   #   reduction for a costly method, which the
+    final_seeds = "0-2"                #   file should state)
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class SweepSpec:
     method_grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     #: Final seeds of the methods that name their own (``[method.<name>] final_seeds``).
     method_final_seeds: dict[str, list[int]] = field(default_factory=dict)
+    #: Grid seeds of the methods that name their own (``[method.<name>] grid_seeds``).
+    method_grid_seeds: dict[str, list[int]] = field(default_factory=dict)
     #: Whether :func:`restrict` left some of the file's methods or datasets out.
     restricted: bool = False
 
@@ -85,7 +88,8 @@ class SweepSpec:
         from clbench.registry import normalize_name
 
         canon = normalize_name(METHODS.canonical(method))
-        names = set(self.method_params) | set(self.method_grid) | set(self.method_final_seeds)
+        names = (set(self.method_params) | set(self.method_grid)
+                 | set(self.method_final_seeds) | set(self.method_grid_seeds))
         return [n for n in sorted(names)
                 if n in METHODS and normalize_name(METHODS.canonical(n)) == canon]
 
@@ -105,6 +109,14 @@ class SweepSpec:
             if name in self.method_final_seeds:
                 return self.method_final_seeds[name]
         return self.final_seeds
+
+    def grid_seeds_of(self, method: str) -> list[int]:
+        """The seeds ``method``'s grid runs on: its own ``grid_seeds`` if its
+        ``[method.<name>]`` table gives them, else the file's."""
+        for name in self._tables_of(method):
+            if name in self.method_grid_seeds:
+                return self.method_grid_seeds[name]
+        return self.grid_seeds
 
     def grid_points(self, method: str) -> tuple[list[dict[str, Any]], list[str]]:
         """Every combination of the shared and the method's grid (with the fixed params),
@@ -251,15 +263,18 @@ def load_sweep(path: str | Path) -> SweepSpec:
     method_params: dict[str, dict[str, Any]] = {}
     method_grid: dict[str, dict[str, list[Any]]] = {}
     method_final_seeds: dict[str, list[int]] = {}
+    method_grid_seeds: dict[str, list[int]] = {}
+    table_keys = {"params", "grid", "grid_seeds", "final_seeds"}
     for name, table in _table(raw.get("method", {}), path, "[method]").items():
-        if not isinstance(table, dict) or set(table) - {"params", "grid", "final_seeds"}:
+        if not isinstance(table, dict) or set(table) - table_keys:
             raise ClbenchError(f"{_where(path)}: [method.{clip(name)}] may only hold params, "
-                               "grid and final_seeds")
+                               "grid, grid_seeds and final_seeds")
         method_params[name] = _params(table.get("params", {}), path, f"method.{name}.params")
         method_grid[name] = _grid(table.get("grid", {}), path, f"method.{name}.grid")
-        if "final_seeds" in table:
-            method_final_seeds[name] = _seeds(table["final_seeds"], path,
-                                              f"[method.{clip(name)}] final_seeds")
+        for key, into in (("final_seeds", method_final_seeds),
+                          ("grid_seeds", method_grid_seeds)):
+            if key in table:
+                into[name] = _seeds(table[key], path, f"[method.{clip(name)}] {key}")
     plugins = _strings(raw.get("plugins", []), path, "plugins", empty_ok=True)
     preset = raw.get("preset")
     if preset is not None:
@@ -286,6 +301,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         method_params=method_params,
         method_grid=method_grid,
         method_final_seeds=method_final_seeds,
+        method_grid_seeds=method_grid_seeds,
     )
 
 
