@@ -68,6 +68,17 @@ def balanced_check(matrix: Sequence[Sequence[int]]) -> tuple[float, float, float
     return float(recall.mean()), 1.0 / k, 1.0 / (k * float(counts[present].min()))
 
 
+def learned_balanced_accuracies(matrices: Sequence[Sequence[Sequence[int]]]) -> list[float]:
+    """Each task's balanced accuracy among its own classes right after it was learned
+    (``matrices``: the run's ``learned_confusion_test``); ``nan`` for a task with no
+    test node. The diagonal of R, read so that a task stuck at one class scores chance."""
+    out = []
+    for m in matrices:
+        score, chance, _ = balanced_check(m)
+        out.append(score if chance > 0 else float("nan"))
+    return out
+
+
 def degenerate_from_confusion(matrices: Sequence[Sequence[Sequence[int]]]) -> list[int]:
     """The tasks whose balanced accuracy, right after they were learned (``matrices``:
     the run's ``learned_confusion_test``), is at most one test node above chance."""

@@ -24,12 +24,19 @@ from clbench.degenerate import (
     confusion,
     degenerate_from_confusion,
     degenerate_tasks,
+    learned_balanced_accuracies,
     learned_scores,
     majority_baseline,
 )
 from clbench.experiment import build_scenario, run_experiment
 from clbench.resolve import resolve_run
-from clbench.tracking import TAG_DEGENERATE, TAG_DEGENERATE_CHECK, result_tags
+from clbench.tracking import (
+    TAG_DEGENERATE,
+    TAG_DEGENERATE_CHECK,
+    TAG_WEAKEST_TASK,
+    result_metrics,
+    result_tags,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,10 +108,33 @@ def test_records_tag_how_they_were_checked():
     tag at all for a record from before the check."""
     balanced = {"learned_confusion_test": [[[67, 10], [67, 93]], [[0, 5], [0, 9]]],
                 "degenerate_tasks": [0, 1]}
-    assert result_tags(balanced) == {TAG_DEGENERATE: "1", TAG_DEGENERATE_CHECK: "balanced"}
+    assert result_tags(balanced) == {TAG_DEGENERATE: "1", TAG_DEGENERATE_CHECK: "balanced",
+                                     TAG_WEAKEST_TASK: "1"}
     assert result_tags({"degenerate_tasks": [2]}) == {TAG_DEGENERATE: "2",
                                                       TAG_DEGENERATE_CHECK: "majority"}
     assert result_tags({"R_test": [[1.0]]}) == {}
+
+
+def test_the_learned_diagonal_is_logged_per_task_with_its_weakest_task():
+    """Each task's balanced accuracy right after it was learned, per task (step = task)
+    and its minimum as a final metric, the task in a tag; a task without test nodes has
+    none, and a record without the matrices logs none of it."""
+    matrices = [[[4, 1], [1, 4]], [[0, 0], [0, 0]], [[9, 0], [3, 0]], [[2, 0], [1, 3]]]
+    scores = learned_balanced_accuracies(matrices)
+    assert scores[0] == pytest.approx(0.8) and np.isnan(scores[1])
+    assert scores[2] == pytest.approx(0.5)  # one class for every node: chance
+    assert scores[3] == pytest.approx((1 + 0.75) / 2)
+    record = {"R_test": np.eye(4).tolist(), "R_val": np.eye(4).tolist(),
+              "ap_curve": [1.0] * 4, "metrics": {"AP": 0.25}, "learned_confusion_test": matrices}
+    logged = result_metrics(record)
+    per_task = [(step, v) for k, v, step in logged if k == "learned/balanced_accuracy"]
+    assert [step for step, _ in per_task] == [0, 2, 3]  # nan (no test node) is not logged
+    assert [k for k, *_ in logged].count("learned_bacc_min") == 1
+    assert dict((k, v) for k, v, _ in logged)["learned_bacc_min"] == pytest.approx(0.5)
+    assert result_tags(record)[TAG_WEAKEST_TASK] == "2"
+    del record["learned_confusion_test"]
+    assert not {k for k, *_ in result_metrics(record)} & {"learned_bacc_min",
+                                                           "learned/balanced_accuracy"}
 
 
 def test_compare_notes_say_which_seeds_were_checked_how():
@@ -172,8 +202,21 @@ def test_flagged_on_the_console_in_mlflow_and_in_compare(tmp_path, workdir, caps
     assert md.count("⚠") == 2  # the marked cell and its note
     assert "finetune/" in md and "seed 0: task 0, 1" in md
     with open(workdir / "results" / f"compare-{exp}.csv", newline="") as fh:
-        rows = {r["dataset"]: r["degenerate_tasks"] for r in csv.DictReader(fh)}
+        table = list(csv.DictReader(fh))
+    rows = {r["dataset"]: r["degenerate_tasks"] for r in table}
     assert rows == {graph: "seed 0: task 0, 1", "synthetic": ""}
+
+    # R's diagonal per task, in MLflow and in the table: the stuck graph's weakest task
+    # is at chance (its first, on a tie), synthetic's is well above it
+    weakest = {r.data.tags["clbench.dataset"]: (r.data.tags[TAG_WEAKEST_TASK],
+                                                r.data.metrics["learned_bacc_min"])
+               for r in client.search_runs([eid], "tags.`clbench.role` = 'child'")}
+    assert weakest[graph] == ("0", 0.5) and weakest["synthetic"][1] > 0.8
+    assert "## Each task right after it was learned" in md
+    assert f"| finetune | {graph} | 0.500 (seed 0, task 0) | 0.500 | 1 |" in md
+    by_dataset = {r["dataset"]: r for r in table}
+    assert by_dataset[graph]["weakest_learned_task"] == "0.500 (seed 0, task 0)"
+    assert float(by_dataset[graph]["learned_bacc_min_mean"]) == 0.5
 
 
 def test_class_il_checks_the_score_among_the_tasks_own_classes(tmp_path, cora_root):

@@ -101,9 +101,20 @@ def collect(tracker: tr.Tracker, all_configs: bool = False,
                         degenerate={s: c.tags[tr.TAG_DEGENERATE] for s, c in chosen.items()
                                     if c.tags.get(tr.TAG_DEGENERATE, "none") != "none"},
                         degenerate_check={s: _check_kind(c.tags) for s, c in chosen.items()},
-                        setting=setting))
+                        setting=setting, weakest=_weakest(chosen)))
     label_rows(rows)
     return rows
+
+
+def _weakest(chosen: dict[int, tr.RunRecord]) -> dict[int, tuple[float, int]]:
+    """Per seed, the run's ``learned_bacc_min`` and the task it was on (runs logged with
+    both)."""
+    out = {}
+    for s, c in chosen.items():
+        value, task = c.metrics.get("learned_bacc_min"), c.tags.get(tr.TAG_WEAKEST_TASK, "")
+        if value is not None and task.isdigit():
+            out[s] = (float(value), int(task))
+    return out
 
 
 def _check_kind(tags: dict[str, str]) -> str:

@@ -11,7 +11,7 @@ from clbench.compare.stats import ColumnTests, Ranking, VsBest
 
 TABLE_METRICS = ("AP", "AF")
 CSV_METRICS = ("AP", "AF", "BWT", "FWT", "INT", "val_AP", "time_total_seconds", "peak_rss_mb",
-               "extra_storage_bytes")
+               "extra_storage_bytes", "learned_bacc_min")
 #: How the incremental settings (the ``setting`` param; runs logged before it existed
 #: lack it and were Task-IL) are named in tables.
 SETTING_NAMES = {"task": "Task-IL", "class": "Class-IL"}
@@ -68,6 +68,9 @@ class Row:
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: this row against its dataset column's best (a paired test over seeds), if computed
     vs_best: VsBest | None = None
+    #: per seed, the run's weakest task right after it was learned: (its balanced accuracy
+    #: among its own classes, the task), for runs whose records have the confusion matrices
+    weakest: dict[int, tuple[float, int]] = field(default_factory=dict)
 
     @property
     def setting_name(self) -> str:
@@ -94,6 +97,14 @@ class Row:
         """``"seed 4000: task 5; ..."``, or ``""``."""
         return "; ".join(f"seed {s}: task {t.replace(',', ', ')}"
                          for s, t in self.degenerate.items())
+
+    def weakest_text(self) -> str:
+        """``"0.534 (seed 2000, task 2)"``: the lowest over seeds of :attr:`weakest`, or
+        ``""``."""
+        if not self.weakest:
+            return ""
+        seed, (value, task) = min(self.weakest.items(), key=lambda kv: (kv[1][0], kv[0]))
+        return f"{value:.3f} (seed {seed}, task {task})"
 
     def cell(self, metric: str, percent: bool = True) -> str:
         s = self.stats.get(metric)

@@ -184,6 +184,8 @@ def to_json(report: Report) -> dict[str, Any]:
                 "note": v.note or None},
             "reference": r.reference or None, "hyperparameters": r.hparams,
             "degenerate": {str(k): t for k, t in r.degenerate.items()},
+            "weakest_learned": {str(k): {"balanced_accuracy": _num(v), "task": t}
+                                for k, (v, t) in r.weakest.items()},
         })
     rk = report.ranking
     return {

@@ -137,6 +137,7 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
                 f"{'-' if ref_af is None else signless_zero(ref_af, 3)} | {len(r.seeds)} |")
     if statistics:
         lines += ["", statistics]
+    lines += weakest_section(rows)
     lines += [
         "",
         "## Configurations",
@@ -202,7 +203,8 @@ def write_csv(rows: Sequence[Row], path: Path, tolerance: float = DEFAULT_TOLERA
                     "selected_config", "hyperparameters", "cell_runs", "cell_run_seconds",
                     "AP_per_seed", "config", "degenerate_tasks", "setting", "AP_ci_low",
                     "AP_ci_high", "AF_ci_low", "AF_ci_high", "AF_per_seed", "best_in_dataset",
-                    "vs_best_test", "vs_best_p", "vs_best_p_holm", "tie_with_best", "vs_best_note"])
+                    "vs_best_test", "vs_best_p", "vs_best_p_holm", "tie_with_best", "vs_best_note",
+                    "weakest_learned_task"])
         for r in rows:
             vals = []
             for m in CSV_METRICS:
@@ -218,7 +220,7 @@ def write_csv(rows: Sequence[Row], path: Path, tolerance: float = DEFAULT_TOLERA
                         r.cell_runs, r.cell_seconds,
                         " ".join(f"{k}:{v!r}" for k, v in r.per_seed_ap.items()),
                         " ".join(f"{k}={v}" for k, v in r.config.items()),
-                        r.degenerate_text(), r.setting, *_csv_stats(r)])
+                        r.degenerate_text(), r.setting, *_csv_stats(r), r.weakest_text()])
     return path
 
 
@@ -275,6 +277,28 @@ def degenerate_notes(rows: Sequence[Row]) -> list[str]:
         if found:
             cells = "; ".join(f"{r.label}/{r.dataset} ({_seeds(s)})" for r, s in found)
             lines += ["", f"{text}: {cells}."]
+    return lines
+
+
+def weakest_section(rows: Sequence[Row]) -> list[str]:
+    """The section on R's diagonal: per cell, its weakest task right after it was learned
+    (none when no row's runs have the confusion matrices)."""
+    shown = [r for r in rows if r.weakest]
+    if not shown:
+        return []
+    lines = ["", "## Each task right after it was learned", "",
+             "R's diagonal, read per task: each task's balanced accuracy (the mean recall over "
+             "its classes, predicted among its own classes) on its test nodes right after it "
+             "was learned. Per cell: the lowest over the tasks of every seed, where it was, and "
+             "the mean over seeds of each run's lowest. Chance is 1/K for K classes (0.5 with "
+             "two classes per task); a task near chance learned little, which AP and AF "
+             "average away.", "",
+             "| method | dataset | lowest (seed, task) | mean of each seed's lowest | n |",
+             "|---|---|---|---|---|"]
+    for r in shown:
+        values = [v for v, _ in r.weakest.values()]
+        lines.append(f"| {r.label} | {r.dataset} | {r.weakest_text()} | "
+                     f"{sum(values) / len(values):.3f} | {len(values)} |")
     return lines
 
 

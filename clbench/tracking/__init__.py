@@ -18,8 +18,11 @@ A child run logs every resolved hyperparameter and the protocol settings as
 params, the dataset card and package versions, per-task metrics with
 ``step = task index`` (``test/task_<j>``, ``val/task_<j>``, ``test/AP_so_far``, times
 per task; ``train/penalty_ratio``, a regulariser's penalty / task loss at the end of
-each task), the tags ``clbench.degenerate_tasks`` (tasks that learned nothing, or
-``none``) and ``clbench.degenerate_check`` (how that was checked), the final
+each task; ``learned/balanced_accuracy``, each task's balanced accuracy among its own
+classes right after it was learned), the tags ``clbench.degenerate_tasks`` (tasks that
+learned nothing, or ``none``), ``clbench.degenerate_check`` (how that was checked) and
+``clbench.weakest_learned_task`` (the task of the final ``learned_bacc_min``, the lowest
+of those balanced accuracies), the final
 ``AP``/``AF``/``BWT``/``FWT`` (and ``INT`` once a joint run of
 the same dataset, seed and protocol exists in the experiment), time, peak memory
 and the method's extra storage, plus artifacts (``R_test.csv``, ``R_val.csv``,

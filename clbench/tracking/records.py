@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clbench import metrics as clmetrics
-from clbench.degenerate import degenerate_from_confusion
+from clbench.degenerate import degenerate_from_confusion, learned_balanced_accuracies
 from clbench.errors import ClbenchError
 from clbench.parsing import is_graph_file
 
@@ -59,6 +59,9 @@ TAG_DEGENERATE = "clbench.degenerate_tasks"
 #: classes against chance, from the run's confusion matrices) or ``majority`` (the first
 #: form: ``R[i][i]`` against the majority-class rate, for records without the matrices).
 TAG_DEGENERATE_CHECK = "clbench.degenerate_check"
+#: The task whose balanced accuracy right after it was learned was the run's lowest (the
+#: metric ``learned_bacc_min``), for runs whose record has the confusion matrices.
+TAG_WEAKEST_TASK = "clbench.weakest_learned_task"
 #: Code identity (:data:`clbench.provenance.CODE_TAGS`), one tag per key.
 TAG_GIT_COMMIT = "clbench.git_commit"
 TAG_GIT_DIRTY = "clbench.git_dirty"
@@ -86,6 +89,7 @@ def code_tag(key: str) -> str:
 FINAL_METRICS = (
     "AP", "AF", "BWT", "FWT", "INT", "val_AP", "val_AF", "val_BWT", "val_FWT",
     "time_total_seconds", "time_per_task_seconds", "peak_rss_mb", "extra_storage_bytes",
+    "learned_bacc_min",
 )
 #: Metrics drawn in a parent's per-seed spread figure.
 SPREAD_METRICS = ("AP", "AF", "BWT", "FWT", "INT")
@@ -263,6 +267,11 @@ def result_metrics(result: Mapping[str, Any]) -> list[tuple[str, float, int]]:
             values = timing.get(key) or []
             if i < len(values):
                 out.append((name, values[i], i))
+    learned = learned_balanced_accuracies(result.get("learned_confusion_test") or [])
+    for i, v in enumerate(learned):
+        out.append(("learned/balanced_accuracy", v, i))
+    if any(map(finite, learned)):
+        out.append(("learned_bacc_min", float(np.nanmin(learned)), 0))
     for j, v in enumerate(result.get("init_test") or []):
         out.append((f"untrained/test_task_{j}", v, 0))
     for k, v in result["metrics"].items():
@@ -292,8 +301,12 @@ def result_tags(result: Mapping[str, Any]) -> dict[str, str]:
     the check), or none when the run was never checked."""
     matrices = result.get("learned_confusion_test")
     if matrices is not None:
-        return {TAG_DEGENERATE: degenerate_text(degenerate_from_confusion(matrices)),
+        tags = {TAG_DEGENERATE: degenerate_text(degenerate_from_confusion(matrices)),
                 TAG_DEGENERATE_CHECK: "balanced"}
+        learned = learned_balanced_accuracies(matrices)
+        if any(map(finite, learned)):
+            tags[TAG_WEAKEST_TASK] = str(int(np.nanargmin(learned)))
+        return tags
     tasks = result.get("degenerate_tasks")
     if tasks is None:
         return {}
@@ -390,6 +403,7 @@ __all__ = [
     "TAG_SOURCE",
     "TAG_SOURCE_DIGEST",
     "TAG_SWEEP_FILE",
+    "TAG_WEAKEST_TASK",
     "RunRecord",
     "aggregate",
     "code_tag",
