@@ -16,8 +16,9 @@ JavaScript bundle), and what clbench does with it:
   ``mlflow.sharedViewState.<key>`` holding a view's columns, order, sort and filter,
   listed under the page's "Views" menu and opened directly by a link with
   ``viewStateShareKey=<key>``. clbench saves one (:data:`VIEW_KEY`): the parent runs
-  (one per method, dataset and configuration) with AP and AF (mean and std over seeds)
-  and the number of seeds, best AP first.
+  (one per method, dataset and configuration) with AP and AF (mean and std over seeds),
+  the number of seeds and the mean of each seed's weakest task right after it was
+  learned (``learned_bacc_min``: R's diagonal, as balanced accuracy), best AP first.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ VIEW_KEY = "clbench-methods"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 VIEW_NAME = "clbench: methods by AP and AF"
 #: The parent runs' metrics the view shows, in this order.
-VIEW_METRICS = ("AP_mean", "AP_std", "AF_mean", "AF_std", "n_seeds")
+VIEW_METRICS = ("AP_mean", "AP_std", "AF_mean", "AF_std", "n_seeds", "learned_bacc_min_mean")
 
 
 def metric_column(name: str) -> str:
