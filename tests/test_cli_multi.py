@@ -177,6 +177,52 @@ def test_dry_run_of_a_new_sweep_or_grid_counts_every_job_and_creates_nothing(wor
     assert not (workdir / "mlflow.db").exists() and not (workdir / "results").exists()
 
 
+def test_dry_run_estimates_a_method_without_runs_from_its_cost_elsewhere(workdir, capsys):
+    """A method with no run yet in the experiment is estimated as finetune's runs here
+    times its cost relative to finetune in the other experiments' saved results, counting
+    only those of the same schedule and epoch budget when there are any; not the dataset's
+    median over other methods, which put a condensing method at a seventh of its cost."""
+    from clbench.cli.views import hours
+
+    exp = unique("cost")
+    args = ("--epochs", "1", "--tasks", "2", "--experiment", exp)
+    assert cli("run", "--method", "finetune", "--seeds", "0", *args, "-q") == 0
+    (mine,) = results_folder(workdir / "results", exp).glob("finetune__*.json")
+    here = json.loads(mine.read_text())
+    finetune_s = here["timing"]["total_seconds"]
+
+    def forge(folder: str, method: str, seconds: float, epochs: int = 1, seed: int = 0):
+        record = json.loads(mine.read_text())
+        record["method"], record["seed"] = method, seed
+        record["timing"]["total_seconds"] = seconds
+        record["protocol"]["epochs"] = epochs
+        path = workdir / "results" / "runs" / folder / f"{method}__synthetic__x__seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+
+    forge("same-protocol", "finetune", 2.0)
+    forge("same-protocol", "finetune", 4.0, seed=1)  # median 3 s
+    forge("same-protocol", "ewc", 180.0)  # 60x finetune under the same protocol
+    forge("other-protocol", "finetune", 1.0, epochs=200)
+    forge("other-protocol", "ewc", 1000.0, epochs=200)  # ignored: a same-protocol ratio exists
+    forge("other-protocol", "lwf", 10.0, epochs=200)  # lwf's only ratio: used
+    forge(mine.parent.name, "ewc", 1e6, seed=7)  # the experiment's own folder: ignored
+    (workdir / "results" / "runs" / "same-protocol" / "broken__seed3.json").write_text("{")
+
+    capsys.readouterr()
+    assert cli("run", "--method", "finetune,ewc,lwf,mas", "--seeds", "0-1", *args,
+               "--dry-run") == 0
+    out = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[6:8]]
+            for line in out.splitlines() if line.startswith("│")}
+    assert rows["finetune"][0] == hours(finetune_s), out
+    assert rows["ewc"] == [hours(60 * finetune_s) + "†", hours(120 * finetune_s) + "†"], out
+    assert rows["lwf"][0] == hours(10 * finetune_s) + "†", out
+    assert rows["mas"][0] == hours(finetune_s) + "*", out  # no cost anywhere: the median here
+    assert "cost relative to finetune's in the other experiments' saved results" in \
+        " ".join(out.split()), out
+
+
 def test_sweep_data_dir_option_reads_that_root(workdir, tmp_path_factory, monkeypatch):
     """`clbench sweep --data-dir` loads the real Cora from the given root, not $CLBENCH_DATA
     (pointed at an empty folder) or ./datasets, and the jobs record that root."""

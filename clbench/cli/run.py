@@ -224,6 +224,7 @@ def run_grid(specs: list[RunSpec], opts: GridOptions, shape: tuple[int, int, int
         make_backend,
         plan_jobs,
         prepare_datasets,
+        relative_run_costs,
         run_jobs,
         typical_run_seconds,
     )
@@ -239,7 +240,8 @@ def run_grid(specs: list[RunSpec], opts: GridOptions, shape: tuple[int, int, int
                       "(dry run: nothing runs or is logged)", markup=False, highlight=False,
                       soft_wrap=True)
         seconds = typical_run_seconds(children, plan.saved)
-        print_estimate([render_plan("jobs", plan, seconds)], runner)
+        relative = relative_run_costs(opts.results_dir, experiment, plan.todo)
+        print_estimate([render_plan("jobs", plan, seconds, relative=relative)], runner)
         return
     sqlite_store(resolve_uri(opts.tracking_uri))  # a refused path, before anything is made
     check_results_dir(opts.results_dir, experiment, create=False)  # before anything starts

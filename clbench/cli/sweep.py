@@ -19,7 +19,7 @@ from clbench.cli.views import RichReporter, finish, print_estimate, render_plan
 def _plan_sweep(spec, tracking_uri: str | None, runner, results_dir: Path, force: bool
                 ) -> None:
     """``clbench sweep --dry-run``: each stage's jobs and the time left."""
-    from clbench.orchestrate import typical_run_seconds
+    from clbench.orchestrate import relative_run_costs, typical_run_seconds
     from clbench.orchestrate.sweep import plan_sweep
 
     uri, tracker = existing_tracker(tracking_uri, spec.experiment)
@@ -29,7 +29,10 @@ def _plan_sweep(spec, tracking_uri: str | None, runner, results_dir: Path, force
                   soft_wrap=True)
     saved = [*plan.grid.saved, *plan.final.saved]
     seconds = typical_run_seconds(plan.children, saved)
-    stages = [render_plan("grid: every configuration on the grid seeds", plan.grid, seconds)]
+    relative = relative_run_costs(results_dir, spec.experiment,
+                                  [*plan.grid.todo, *plan.final.todo])
+    stages = [render_plan("grid: every configuration on the grid seeds", plan.grid, seconds,
+                          relative=relative)]
     if plan.selections:
         table = Table(title="selected (by mean validation AP on the grid seeds)")
         for col in ("method", "dataset", "config", "grid val AP"):
@@ -40,7 +43,8 @@ def _plan_sweep(spec, tracking_uri: str | None, runner, results_dir: Path, force
         console.print(table)
     stages.append(render_plan(
         "final: the selected configurations on the final seeds", plan.final, seconds,
-        after_grid=plan.final_after_grid, order=[(j.method, j.dataset) for j in plan.grid.jobs]))
+        after_grid=plan.final_after_grid, order=[(j.method, j.dataset) for j in plan.grid.jobs],
+        relative=relative))
     print_estimate(stages, runner)
 
 

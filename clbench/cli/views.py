@@ -3,7 +3,7 @@ plans with time estimates, and the closing summary (with the command's exit stat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import typer
@@ -144,10 +144,15 @@ def hours(seconds: float) -> str:
 
 
 def render_plan(title: str, plan, seconds: dict, after_grid: dict | None = None,
-                 order: Sequence[tuple[str, str]] = ()) -> tuple[int, float, int, int]:
+                 order: Sequence[tuple[str, str]] = (),
+                 relative: Mapping[str, float] | None = None) -> tuple[int, float, int, int]:
     """Print a stage's jobs per (method, dataset) (rows in ``order``, then in the plan's);
     return (jobs to train, their estimated seconds, how many of them have no estimate,
-    saved results)."""
+    saved results). ``seconds``: :func:`~clbench.orchestrate.typical_run_seconds`;
+    ``relative``: :func:`~clbench.orchestrate.relative_run_costs`, which estimates a
+    (method, dataset) without runs from the reference method's runs on the dataset."""
+    from clbench.orchestrate.plan import COST_REFERENCE
+
     keys = dict.fromkeys([*order, *((j.method, j.dataset) for j in plan.jobs),
                           *(after_grid or {})])
     rows = {k: [0, 0, 0] for k in keys}
@@ -162,12 +167,15 @@ def render_plan(title: str, plan, seconds: dict, after_grid: dict | None = None,
                          no_wrap=True)
     todo = unknown = 0
     total = 0.0
-    borrowed = False
+    borrowed = scaled = False
     for (method, dataset), (done, saved, left) in rows.items():
         if not done + saved + left:
             continue
         typical = seconds.get((method, dataset))
         mark = ""
+        reference = seconds.get((COST_REFERENCE, dataset))
+        if typical is None and reference is not None and method in (relative or {}):
+            typical, mark, scaled = reference * relative[method], "†", True
         if typical is None and (dataset, None) in seconds:
             typical, mark, borrowed = seconds[(dataset, None)], "*", True
         todo += left
@@ -181,6 +189,9 @@ def render_plan(title: str, plan, seconds: dict, after_grid: dict | None = None,
     if rows:
         table.caption = ("saved: result JSON written, not yet logged (logged without "
                          "training); per run: median of the finished runs"
+                         + (f"; †: {COST_REFERENCE}'s here x the method's cost relative "
+                            f"to {COST_REFERENCE}'s in the other experiments' saved results"
+                            if scaled else "")
                          + ("; *: of other methods on the dataset" if borrowed else "")
                          + ("; a grid still running: the final seeds not among the grid "
                             "seeds" if after_grid else ""))

@@ -33,7 +33,12 @@ from clbench.orchestrate.backends import (
     stop_loky_pool,
 )
 from clbench.orchestrate.loop import Reporter, Summary, run_jobs
-from clbench.orchestrate.plan import Plan, plan_jobs, typical_run_seconds
+from clbench.orchestrate.plan import (
+    Plan,
+    plan_jobs,
+    relative_run_costs,
+    typical_run_seconds,
+)
 from clbench.orchestrate.results import (
     check_results_dir,
     prepare_datasets,
@@ -75,6 +80,7 @@ __all__ = [
     "plan_jobs",
     "prepare_datasets",
     "read_saved_result",
+    "relative_run_costs",
     "result_path",
     "results_folder",
     "resume_path",

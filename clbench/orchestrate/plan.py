@@ -1,6 +1,7 @@
 """Where each job of a command stands before it runs: done (a FINISHED MLflow run),
 saved (a result JSON written but not logged) or to run (:func:`plan_jobs`; what
-``--dry-run`` prints), and how long a run typically takes (:func:`typical_run_seconds`).
+``--dry-run`` prints), and how long a run typically takes (:func:`typical_run_seconds`,
+and for a method with no run yet, :func:`relative_run_costs`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clbench.orchestrate.results import read_saved_result, result_path
+from clbench.orchestrate.results import read_saved_result, result_path, results_folder
 from clbench.spec import RunSpec
+
+#: The method every other one's cost is measured against (every sweep file runs it).
+COST_REFERENCE = "finetune"
 
 
 @dataclass
@@ -69,3 +73,56 @@ def typical_run_seconds(children: Iterable[Any],
         add(job.method, job.dataset, result.get("timing", {}).get("total_seconds"))
     return {k: statistics.median(v) for k, v in seen.items()}
 
+
+
+#: The protocol values that set how long a run takes, beyond the method and dataset:
+#: costs are compared between runs that agree on them when there are such runs.
+COST_PROTOCOL_KEYS = ("schedule", "epochs")
+
+
+def cost_protocol(protocol: Mapping[str, Any]) -> tuple:
+    """The values of :data:`COST_PROTOCOL_KEYS` in a resolved protocol."""
+    return tuple(protocol.get(k) for k in COST_PROTOCOL_KEYS)
+
+
+def relative_run_costs(results_dir: str | Path, experiment: str,
+                       jobs: Iterable[RunSpec] = (),
+                       reference: str = COST_REFERENCE) -> dict[str, float]:
+    """Each method's run time as a multiple of ``reference``'s, from the saved results of
+    the *other* experiments under ``results_dir``: per (experiment, dataset) where both
+    ran, the ratio of their median run times; per method, the median of those ratios.
+
+    For estimates of a method with no run yet in ``experiment``: its cost can be several
+    times another method's (a condensation, or a quadratic program per step), and how
+    many times depends on the protocol (a plateau stop or a fixed number of epochs).
+    So when some of those results share ``jobs``' schedule and epoch budget
+    (:data:`COST_PROTOCOL_KEYS`), only they count. Files that do not parse as results
+    are skipped."""
+    import json
+    import statistics
+
+    wanted = {cost_protocol(job.protocol.resolved()) for job in jobs}
+    own = results_folder(results_dir, experiment)
+    # (protocol matches, folder, method, dataset) -> run seconds
+    seen: dict[tuple[bool, str, str, str], list[float]] = {}
+    for folder in sorted(own.parent.glob("*")) if own.parent.is_dir() else ():
+        if folder == own or not folder.is_dir():
+            continue
+        for path in folder.glob("*__seed*.json"):
+            try:
+                data = json.loads(path.read_text())
+                seconds = float(data["timing"]["total_seconds"])
+                match = cost_protocol(data["protocol"]) in wanted
+                key = (match, folder.name, str(data["method"]), str(data["dataset"]))
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                continue
+            if seconds > 0:
+                seen.setdefault(key, []).append(seconds)
+    ratios: dict[bool, dict[str, list[float]]] = {True: {}, False: {}}
+    for (match, folder, method, dataset), times in seen.items():
+        base = seen.get((match, folder, reference, dataset))
+        if base:
+            ratios[match].setdefault(method, []).append(
+                statistics.median(times) / statistics.median(base))
+    alike, other = ratios[True], ratios[False]
+    return {m: statistics.median(alike.get(m) or other[m]) for m in {*alike, *other}}
