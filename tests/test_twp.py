@@ -38,6 +38,26 @@ def test_zero_lambdas_are_finetune_bit_for_bit(model: str) -> None:
     assert twp["timing"]["task_epochs"] == bare["timing"]["task_epochs"]
 
 
+@pytest.mark.parametrize("setting", ["task", "class"])
+def test_loss_term_alone_is_ewc_with_the_batch_fisher_bit_for_bit(setting: str) -> None:
+    """TWP without its topology term (lambda_t = 0) is EWC: its loss importance is the
+    squared gradient of the whole batch's task loss, EWC's ``fisher = "batch"``, with the
+    same normalisation and the same quadratic penalty. So the topology term is the whole
+    difference between the two methods (the Class-IL table's notes measure what it does)."""
+    common = {**FAST, "dropout": 0.5}
+    twp = run_experiment(method="twp", dataset="synthetic", seed=3, num_tasks=3,
+                         setting=setting,
+                         params={**common, "lambda_l": 5.0, "lambda_t": 0.0})
+    ewc = run_experiment(method="ewc", dataset="synthetic", seed=3, num_tasks=3,
+                         setting=setting,
+                         params={**common, "lamb": 5.0, "fisher": "batch",
+                                 "fisher_norm": "mean", "online": False})
+    assert twp["R_test"] == ewc["R_test"] and twp["R_val"] == ewc["R_val"]
+    bare = run_experiment(method="finetune", dataset="synthetic", seed=3, num_tasks=3,
+                          setting=setting, params=common)
+    assert twp["R_test"] != bare["R_test"]  # the penalty acts
+
+
 def flat(grads, params) -> torch.Tensor:
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
                       for g, p in zip(grads, params, strict=True)])
