@@ -74,7 +74,6 @@ def typical_run_seconds(children: Iterable[Any],
     return {k: statistics.median(v) for k, v in seen.items()}
 
 
-
 #: The protocol values that set how long a run takes, beyond the method and dataset:
 #: costs are compared between runs that agree on them when there are such runs.
 COST_PROTOCOL_KEYS = ("schedule", "epochs")
