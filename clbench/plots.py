@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.markers import MarkerStyle
 
 #: One colour per method, the same in every panel (matplotlib's tab10).
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -197,30 +198,51 @@ def grouped_bars_figure(
 
 
 def cd_diagram(ranks: Mapping[str, float], pvalues: Mapping[str, Mapping[str, float]],
-               path: str | Path, title: str = "", alpha: float = 0.05) -> Path:
+               path: str | Path, title: str = "", alpha: float = 0.05,
+               order: Sequence[str] | None = None) -> Path:
     """A critical-difference diagram (scikit-posthocs): each method at its average rank
     (1 = best, on the left), methods that the post-hoc test does not separate at ``alpha``
-    joined by a bar. ``pvalues[a][b]`` are the pairwise post-hoc p-values."""
-    return _save(cd_diagram_figure(ranks, pvalues, title, alpha), path)
+    joined by a bar. ``pvalues[a][b]`` are the pairwise post-hoc p-values. ``order``: the
+    methods in the order that gives their styles (:func:`method_style`), e.g. the bar
+    chart's, so that a method looks the same in both figures; default, ``ranks``' order."""
+    return _save(cd_diagram_figure(ranks, pvalues, title, alpha, order), path)
 
 
 def cd_diagram_figure(ranks: Mapping[str, float],
                       pvalues: Mapping[str, Mapping[str, float]], title: str = "",
-                      alpha: float = 0.05) -> Figure:
-    """The figure :func:`cd_diagram` saves."""
+                      alpha: float = 0.05, order: Sequence[str] | None = None) -> Figure:
+    """The figure :func:`cd_diagram` saves. A method whose colour repeats an earlier
+    one's (the 11th on, hatched in the bar chart) gets a dashed line and a hollow square
+    marker, so that no two methods look alike."""
     import pandas as pd
     import scikit_posthocs as sp
 
     names = list(ranks)
+    index = {m: k for k, m in enumerate(order or ())}
+    for m in names:
+        index.setdefault(m, len(index))
+    styles = {m: method_style(index[m]) for m in names}
     matrix = pd.DataFrame([[pvalues[a][b] for b in names] for a in names], index=names,
                           columns=names)
     fig = Figure(figsize=(7.0, 1.6 + 0.32 * len(names)), layout="constrained")
     ax = fig.add_subplot()
-    sp.critical_difference_diagram(
+    drawn = sp.critical_difference_diagram(
         dict(ranks), matrix, ax=ax, alpha=alpha,
         label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}",
         label_props={"fontsize": 9}, crossbar_props={"color": "black", "linewidth": 2.5},
-        color_palette={m: _COLOURS[k % len(_COLOURS)] for k, m in enumerate(names)})
+        color_palette={m: styles[m][0] for m in names})
+    texts = {text: m for m in names
+             for text in (f"{m} ({ranks[m]:.2f})", f"({ranks[m]:.2f}) {m}")}
+    for elbow, marker, label in zip(drawn["elbows"], drawn["markers"], drawn["labels"],
+                                    strict=True):
+        method = texts.get(label.get_text())
+        if method is not None and styles[method][1]:
+            elbow.set_linestyle((0, (4, 2)))
+            marker.set_paths([MarkerStyle("s").get_path().transformed(
+                MarkerStyle("s").get_transform())])
+            marker.set_facecolor("white")
+            marker.set_edgecolor(styles[method][0])
+            marker.set_linewidth(1.5)
     k = max(len(names), 2)
     ax.set_xlim(0.9, k + 0.1)  # the whole range of ranks, best on the left; whole dots
     ax.set_xticks(range(1, k + 1))

@@ -26,7 +26,7 @@ from clbench.compare.stats import (
     t_interval,
     versus_best,
 )
-from clbench.plots import cd_diagram, cd_diagram_figure
+from clbench.plots import cd_diagram, cd_diagram_figure, method_style
 
 AP10 = np.array([0.91, 0.87, 0.95, 0.89, 0.93, 0.90, 0.86, 0.94, 0.92, 0.88])
 OTHER10 = np.array([0.90, 0.88, 0.93, 0.86, 0.93, 0.91, 0.84, 0.90, 0.89, 0.87])
@@ -271,3 +271,26 @@ def test_compare_json_must_be_a_writable_file(workdir, capsys):
     (workdir / "adir").mkdir()
     assert cli("compare", "--json", "adir") == 2
     assert "--json adir is a directory" in capsys.readouterr().err
+
+
+def test_critical_difference_diagram_tells_apart_methods_that_share_a_colour():
+    """Past ten methods the colours repeat: the bar chart hatches the repeats, the CD
+    diagram dashes their line and draws a hollow square, in the bar chart's order."""
+    from matplotlib.colors import to_hex
+
+    order = [f"m{k:02d}" for k in range(12)]
+    rk = rank_methods({m: {d: k + 0.1 * j for j, d in enumerate("wxyz")}
+                       for k, m in enumerate(order)})  # distinct ranks 12, 11, ..., 1
+    fig = cd_diagram_figure(rk.ranks, rk.nemenyi, "exp", order=order[::-1])
+    ax = fig.axes[0]
+    by_label = {}
+    for line in ax.lines:
+        if len(line.get_xdata()) == 3:  # an elbow: label -> rank -> axis
+            by_label[round(float(line.get_xdata()[1]), 6)] = line
+    for k, m in enumerate(order[::-1]):
+        colour, hatch = method_style(k)
+        elbow = by_label[round(rk.ranks[m], 6)]
+        assert to_hex(elbow.get_color()) == colour
+        assert (elbow.get_linestyle() == "-") == (hatch == ""), m
+    hollow = [c for c in ax.collections if to_hex(c.get_facecolor()[0]) == "#ffffff"]
+    assert len(hollow) == 2  # m01 and m00: 11th and 12th in the given order

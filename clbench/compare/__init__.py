@@ -124,7 +124,8 @@ def compare(tracker: tr.Tracker, out_dir: str | Path = "results",
             rk.ranks, rk.nemenyi, out / f"{stem}-cd.png",
             f"{tracker.experiment_name}: average rank of the mean AP over "
             f"{len(rk.datasets)} datasets (Friedman p = {rk.friedman_p:.3g})"
-            if rk.friedman_p is not None else tracker.experiment_name)
+            if rk.friedman_p is not None else tracker.experiment_name,
+            order=list(dict.fromkeys(r.label for r in rows)))  # the bar chart's styles
     report.markdown = out / f"{stem}.md"
     report.markdown.write_text(markdown_table(
         rows, tracker.experiment_name, provenance=report.provenance,
