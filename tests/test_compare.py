@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 from mlflow.tracking import MlflowClient
-from mlflow_server import cli, parent_runs, shared_server, unique
+from mlflow_server import child_runs, cli, parent_runs, shared_server, unique
 
 from clbench.compare import Row, _counted, busy_intervals, markdown_table
 from clbench.compare.stats import t_interval
@@ -138,6 +138,17 @@ def test_compare_reference_selection_and_provenance(workdir, capsys):
     assert "piggyback" not in md  # reference rows without runs are not shown
     assert "## Configurations" in md and "| lr=" in md and "lamb=" in md
     assert "best mean val AP" in md  # how the sweep selected
+    # selected on grid seed 0, reported on 0 and 1: seed 1's validation AP, from MLflow
+    selected = {p.info.run_id: p.data.tags["clbench.method"]
+                for p in parent_runs(client, eid) if p.data.tags.get("clbench.selected") == "true"}
+    seed1 = {selected[c.data.tags["mlflow.parentRunId"]]: c.data.metrics["val_AP"]
+             for c in child_runs(client, eid)
+             if c.data.tags.get("mlflow.parentRunId") in selected
+             and c.data.tags.get("clbench.seed") == "1"}
+    assert set(seed1) == {"finetune", "ewc"}
+    for method, val in seed1.items():
+        assert (f"{method}/synthetic: best mean val AP" in md
+                and f"its mean val AP over the 1 other reported seed: {val:.4f}" in md)
     # every run recorded its code: the commit of this checkout and clbench's source digest
     rev, dirty = git_commit()
     if rev:

@@ -294,3 +294,19 @@ def test_critical_difference_diagram_tells_apart_methods_that_share_a_colour():
         assert (elbow.get_linestyle() == "-") == (hatch == ""), m
     hollow = [c for c in ax.collections if to_hex(c.get_facecolor()[0]) == "#ffffff"]
     assert len(hollow) == 2  # m01 and m00: 11th and 12th in the given order
+
+
+def test_validation_ap_outside_the_grid_seeds():
+    """A row selected on a few grid seeds reports the selected configuration's mean val AP
+    on its other seeds; none when every reported seed was a grid seed or no sweep chose."""
+    row = _row("m", "d", np.array([0.9, 0.8, 0.7, 0.6]), seeds=[0, 1000, 2000, 3000])
+    row.per_seed_val_ap = {0: 0.9, 1000: 0.8, 2000: 0.5, 3000: 0.4}
+    row.selection = "best mean val AP 0.8500 over grid seeds 0,1000 among 6 configuration(s)"
+    assert row.val_ap_outside_grid() == ([2000, 3000], pytest.approx(0.45))
+    assert row.selection_text() == (row.selection + "; its mean val AP over the 2 other "
+                                    "reported seeds: 0.4500")
+    row.selection = ("best mean val AP 0.6500 over grid seeds 0,1000,2000,3000 among 6 "
+                     "configuration(s)")
+    assert row.val_ap_outside_grid() is None and row.selection_text() == row.selection
+    row.selection = ""
+    assert row.val_ap_outside_grid() is None and row.selection_text() == ""

@@ -101,7 +101,9 @@ def collect(tracker: tr.Tracker, all_configs: bool = False,
                         degenerate={s: c.tags[tr.TAG_DEGENERATE] for s, c in chosen.items()
                                     if c.tags.get(tr.TAG_DEGENERATE, "none") != "none"},
                         degenerate_check={s: _check_kind(c.tags) for s, c in chosen.items()},
-                        setting=setting, weakest=_weakest(chosen)))
+                        setting=setting, weakest=_weakest(chosen),
+                        per_seed_val_ap={s: c.metrics["val_AP"] for s, c in chosen.items()
+                                         if "val_AP" in c.metrics}))
     label_rows(rows)
     return rows
 

@@ -4,6 +4,7 @@ settings the table and figure share."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,8 @@ class Row:
     #: per seed, the run's weakest task right after it was learned: (its balanced accuracy
     #: among its own classes, the task), for runs whose records have the confusion matrices
     weakest: dict[int, tuple[float, int]] = field(default_factory=dict)
+    #: each seed's validation AP
+    per_seed_val_ap: dict[int, float] = field(default_factory=dict)
 
     @property
     def setting_name(self) -> str:
@@ -97,6 +100,29 @@ class Row:
         """``"seed 4000: task 5; ..."``, or ``""``."""
         return "; ".join(f"seed {s}: task {t.replace(',', ', ')}"
                          for s, t in self.degenerate.items())
+
+    def val_ap_outside_grid(self) -> tuple[list[int], float] | None:
+        """The reported seeds that were not grid seeds of the selection, and the selected
+        configuration's mean validation AP over them; None when every reported seed was
+        a grid seed (or the row was not selected by a sweep). Set beside the selection's
+        grid mean it shows how lucky the selection was on its few seeds."""
+        found = re.search(r"over grid seeds ([0-9,]+)", self.selection)
+        if found is None:
+            return None
+        grid = {int(x) for x in found.group(1).split(",") if x}
+        other = sorted(s for s in self.per_seed_val_ap if s not in grid)
+        if not other:
+            return None
+        return other, sum(self.per_seed_val_ap[s] for s in other) / len(other)
+
+    def selection_text(self) -> str:
+        """How the row was selected, with :meth:`val_ap_outside_grid` when there is one."""
+        outside = self.val_ap_outside_grid()
+        if outside is None:
+            return self.selection
+        seeds, mean = outside
+        return (f"{self.selection}; its mean val AP over the {len(seeds)} other reported "
+                f"seed{'s' if len(seeds) != 1 else ''}: {mean:.4f}")
 
     def weakest_text(self) -> str:
         """``"0.534 (seed 2000, task 2)"``: the lowest over seeds of :attr:`weakest`, or

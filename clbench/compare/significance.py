@@ -172,6 +172,7 @@ def to_json(report: Report) -> dict[str, Any]:
                           "ci": [_num(ci[0]), _num(ci[1])] if ci else None,
                           "per_seed": {str(k): _num(v) for k, v in r.per_seed(m).items()}}
         v = r.vs_best
+        outside = r.val_ap_outside_grid()
         rows.append({
             "method": r.method, "dataset": r.dataset, "label": r.label,
             "config_hash": r.config_hash, "seeds": r.seeds, "metrics": metrics,
@@ -186,6 +187,9 @@ def to_json(report: Report) -> dict[str, Any]:
             "degenerate": {str(k): t for k, t in r.degenerate.items()},
             "weakest_learned": {str(k): {"balanced_accuracy": _num(v), "task": t}
                                 for k, (v, t) in r.weakest.items()},
+            "selection": r.selection or None,
+            "val_AP_outside_grid": None if outside is None else {
+                "seeds": outside[0], "mean": _num(outside[1])},
         })
     rk = report.ranking
     return {

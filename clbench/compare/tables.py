@@ -158,7 +158,7 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
     selections = [r for r in rows if r.selection]
     if selections:
         lines += ["", "Selection: " + "; ".join(
-            f"{r.label}/{r.dataset}: {r.selection}" for r in selections) + "."]
+            f"{r.label}/{r.dataset}: {r.selection_text()}" for r in selections) + "."]
     if provenance is not None:
         p = provenance
         lines += ["", "## Provenance", ""]
