@@ -10,8 +10,8 @@ a table. Each record is checked against the invariants that hold whatever the da
 * every score is a fraction in [0, 1];
 * in Class-IL, a task not seen yet scores exactly 0 (it is not among the candidates);
 * the methods that cannot forget by construction in Task-IL (PackNet's and HAT's masks,
-  Piggyback's frozen backbone, PI-GNN's frozen blocks up to each task's own) score a finished task the same, bit for bit, after every
-  later task, and their AF is exactly 0;
+  Piggyback's frozen backbone, PI-GNN's frozen blocks up to each task's own) score a
+  finished task the same, bit for bit, after every later task, and their AF is exactly 0;
 * the confusion matrices of the degenerate-task check (records that have them) agree
   with the record: each task's own-class score (the run's metric) is ``R_test[i][i]``
   (Task-IL) or ``own_class_test[i]`` (Class-IL), and its flags are the check's;
