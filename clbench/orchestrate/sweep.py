@@ -169,6 +169,8 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     for group, parent_id in grid.parents.items():
         tracker.set_tags(parent_id, {tr.TAG_SELECTED: "true" if group in selected else "false"})
     for s in result.selections:
+        # clbench compare reads the grid seeds back from this text
+        # (Row.val_ap_outside_grid): keep "over grid seeds <seeds_text>"
         tracker.set_tags(s.parent_id, {tr.TAG_SELECTION: (
             f"best mean val AP {s.mean_val_ap:.4f} over grid seeds "
             f"{tr.seeds_text(spec.grid_seeds_of(s.method))} among {s.candidates} "
