@@ -5,7 +5,7 @@ and ER-GNN on Cora: validation and test AP of the selected configuration (lr 1e-
 lr 1e-3, dropout 0.5 on the 3 grid seeds and on all 10, and the paired comparison with
 finetune at lr 1e-3, dropout 0.5. Run from the repository root:
 
-    python analysis/cora-citeseer-selection/summary.py
+    python analysis/cora-citeseer-task-il/summary.py
 """
 
 from __future__ import annotations
