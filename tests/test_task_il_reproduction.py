@@ -20,24 +20,16 @@ with re-run records. The spec is read from the record, never copied here.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
+from reproduction import rerun
+from reproduction import selected_record as committed
 
-RUNS = Path(__file__).resolve().parents[1] / "results" / "sweeps" / "runs"
-LAST_FINAL_SEED = 9000  # only the selected configuration runs on the final seeds
 METHODS = ["hat", "cat", "lwf"]
 
 
 def selected_record(method: str, dataset: str = "cora", seed: int = 0) -> dict:
     """The committed Task-IL record of ``method``'s selected configuration."""
-    finals = sorted(RUNS.glob(f"cora-citeseer-????????/{method}__{dataset}__*"
-                              f"__seed{LAST_FINAL_SEED}.json"))
-    assert len(finals) == 1, f"expected one selected configuration, found {finals}"
-    config_hash = finals[0].name.split("__")[2]
-    path = finals[0].with_name(f"{method}__{dataset}__{config_hash}__seed{seed}.json")
-    return json.loads(path.read_text())
+    return committed("cora-citeseer-????????", method, dataset, seed)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -55,15 +47,8 @@ def test_selected_record_is_a_task_il_run_at_begins_protocol(method):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_task_il_run_reruns_its_committed_record_bit_for_bit(method, cora_root):
-    from clbench.experiment import run_experiment
-    from clbench.resolve import resolve_record
-
     record = selected_record(method)
-    result = run_experiment(resolve_record(record["spec"], data_dir=str(cora_root)))
-    assert result["config"] == record["config"]
-    assert result["R_test"] == record["R_test"], (
-        f"{method} on Cora (Task-IL, seed 0) no longer reproduces its committed record: "
-        f"AP {result['metrics']['AP']:.6f} vs {record['metrics']['AP']:.6f}")
+    result = rerun(record, cora_root, "Task-IL")
     assert result["R_val"] == record["R_val"]
     assert result["timing"]["task_epochs"] == record["timing"]["task_epochs"]
     assert result["learned_confusion_test"] == record["learned_confusion_test"]
