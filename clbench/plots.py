@@ -238,8 +238,8 @@ def cd_diagram_figure(ranks: Mapping[str, float],
         method = texts.get(label.get_text())
         if method is not None and styles[method][1]:
             elbow.set_linestyle((0, (4, 2)))
-            marker.set_paths([MarkerStyle("s").get_path().transformed(
-                MarkerStyle("s").get_transform())])
+            square = MarkerStyle("s")
+            marker.set_paths([square.get_path().transformed(square.get_transform())])
             marker.set_facecolor("white")
             marker.set_edgecolor(styles[method][0])
             marker.set_linewidth(1.5)
