@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections import Counter
 
 import pytest
@@ -54,6 +55,36 @@ def test_compare_writes_table_csv_and_figure(workdir, capsys):
         for key in ("AP", "AF"):
             assert float(row[f"{key}_mean"]) == pytest.approx(parent.data.metrics[f"{key}_mean"])
             assert float(row[f"{key}_std"]) == pytest.approx(parent.data.metrics[f"{key}_std"])
+
+    # --seeds: the same rows on some of their seeds, in files of their own
+    table = {p: p.read_bytes() for p in (workdir / "results").glob("compare-*")}
+    assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri,
+               "--seeds", "1,5", "--json", "one.json") == 0
+    out = capsys.readouterr().out
+    assert "only seeds" in out and "(n=1)" in out and "(n=2)" not in out
+    assert {p: p.read_bytes() for p in table} == table  # the every-seed table is untouched
+    stem = workdir / "results" / f"compare-{exp}-seeds-1-5"
+    md = stem.with_suffix(".md").read_text()
+    assert ("Seeds: only 1, 5 of each row (`--seeds`): every mean, interval, test and rank "
+            "is over them. Rows that ran fewer of them: finetune/synthetic (1); "
+            "joint/synthetic (1).") in md
+    with open(stem.with_suffix(".csv"), newline="") as fh:
+        one = {r["method"]: r for r in csv.DictReader(fh)}
+    for method, r in one.items():
+        assert r["n_seeds"] == "1" and r["seeds"] == "1"
+        assert r["AP_per_seed"] == rows[method]["AP_per_seed"].split()[1]
+    doc = json.loads((workdir / "one.json").read_text())
+    assert doc["seeds_only"] == [1, 5] and {r["seeds"][0] for r in doc["rows"]} == {1}
+    assert (workdir / "results" / f"compare-{exp}-seeds-1-5.png").exists()
+
+    # bad or empty seed lists exit 2 and write nothing
+    for bad, says in (("x", "--seeds expects"), ("7", "no finished runs among seeds 7")):
+        before = sorted((workdir / "results").rglob("*"))
+        assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri,
+                   "--seeds", bad) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert sorted((workdir / "results").rglob("*")) == before
 
 
 def test_compare_unknown_experiment(workdir, capsys):

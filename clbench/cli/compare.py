@@ -20,6 +20,7 @@ from clbench.cli.options import (
 )
 from clbench.cli.stores import open_tracking
 from clbench.errors import ClbenchError
+from clbench.parsing import parse_seeds, seeds_text
 
 if TYPE_CHECKING:
     from clbench.compare.rows import Row
@@ -54,6 +55,10 @@ def compare(
                        "and per-seed values of AP and AF and the test against its "
                        "dataset's best; per dataset the tests; the ranking across datasets.")]
         = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Only these seeds of each row, e.g. 0,1000,2000 or 0-4: means, intervals, "
+             "tests and ranks over them (to compare rows on the seeds they share). Files "
+             "are named compare-<experiment>-seeds-<seeds>.*")] = None,
 ) -> None:
     """Table of AP and AF per method x dataset from MLflow (Markdown, CSV, bar chart).
 
@@ -75,15 +80,20 @@ def compare(
     check_given(tracking_uri=tracking_uri, experiment=experiment)
     check_output_dir(out, "--out")
     check_output_file(json_out, "--json")
+    only = None if seeds is None else parse_seeds(seeds)
     uri, _ = open_tracking(tracking_uri, experiment, must_exist=True)
     command = shlex.join(["clbench", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"] else ""
     report = do_compare(Tracker(uri, experiment, create=False), out, all_configs,
                         reference=reference, tolerance=tolerance, notes=notes, commit=commit,
-                        run_command=run_command, compare_command=command)
+                        run_command=run_command, compare_command=command, seeds=only)
     if not report.rows:
-        raise ClbenchError(f"experiment {experiment!r} at {uri} has no finished runs to compare")
+        among = "" if only is None else f" among seeds {seeds_text(only)}"
+        raise ClbenchError(f"experiment {experiment!r} at {uri} has no finished runs"
+                           f"{among} to compare")
     datasets = list(dict.fromkeys(r.dataset for r in report.rows))
-    table = Table(title=escape(f"{experiment}: AP / AF in % (mean ± std [95% CI], n seeds)"),
+    restricted = "" if only is None else f", only seeds {seeds_text(only)}"
+    table = Table(title=escape(f"{experiment}: AP / AF in % (mean ± std [95% CI], n seeds"
+                               f"{restricted})"),
                   caption="bold AP: the dataset's best, or not significantly worse than it "
                           "(paired over seeds, Holm-adjusted, alpha = 0.05)")
     table.add_column("method")

@@ -42,6 +42,7 @@ bar chart); :func:`compare` here puts them together.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from clbench import plots
@@ -94,12 +95,15 @@ def compare(tracker: tr.Tracker, out_dir: str | Path = "results",
             all_configs: bool = False, *, reference: str | Path | None = None,
             tolerance: float = DEFAULT_TOLERANCE, notes: str | Path | None = None,
             commit: str | None = None, run_command: str | None = None,
-            compare_command: str = "") -> Report:
+            compare_command: str = "", seeds: Sequence[int] | None = None) -> Report:
     """Collect the experiment's table and write its Markdown, CSV and PNG into ``out_dir``.
 
     ``reference``: a CSV (``method,dataset,AP[,AF]``) shown beside each cell; ``notes``: a
     Markdown file appended to the table; ``commit``/``run_command``: recorded instead of
-    ``git rev-parse HEAD`` / the command reconstructed from the experiment's tags.
+    ``git rev-parse HEAD`` / the command reconstructed from the experiment's tags;
+    ``seeds``: only these seeds of each row (means, tests and ranks over them), in files
+    named ``compare-<experiment>-seeds-<seeds>.*`` so that they sit beside the table of
+    every seed.
     """
     ref = load_reference(reference) if reference is not None else None
     note_text = ""
@@ -108,8 +112,9 @@ def compare(tracker: tr.Tracker, out_dir: str | Path = "results",
             note_text = Path(notes).read_text()
         except FileNotFoundError:
             raise ClbenchError(f"notes file not found: {notes}") from None
-    rows = collect(tracker, all_configs, ref)
-    report = Report(tracker.experiment_name, rows)
+    only = None if seeds is None else sorted(set(seeds))
+    rows = collect(tracker, all_configs, ref, only)
+    report = Report(tracker.experiment_name, rows, seeds=only)
     if not rows:
         return report
     report.provenance = provenance(tracker, rows, commit=commit, run_command=run_command,
@@ -117,22 +122,26 @@ def compare(tracker: tr.Tracker, out_dir: str | Path = "results",
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"compare-{slug(tracker.experiment_name)}"
+    title = tracker.experiment_name
+    if only is not None:
+        stem += f"-seeds-{'-'.join(map(str, only))}"
+        title += f" (seeds {', '.join(map(str, only))})"
     report.columns, report.ranking = analyse(rows)
     rk = report.ranking
     if not rk.note:
         report.cd_figure = plots.cd_diagram(
             rk.ranks, rk.nemenyi, out / f"{stem}-cd.png",
-            f"{tracker.experiment_name}: average rank of the mean AP over "
+            f"{title}: average rank of the mean AP over "
             f"{len(rk.datasets)} datasets (Friedman p = {rk.friedman_p:.3g})"
-            if rk.friedman_p is not None else tracker.experiment_name,
+            if rk.friedman_p is not None else title,
             order=list(dict.fromkeys(r.label for r in rows)))  # the bar chart's styles
     report.markdown = out / f"{stem}.md"
     report.markdown.write_text(markdown_table(
-        rows, tracker.experiment_name, provenance=report.provenance,
+        rows, tracker.experiment_name, provenance=report.provenance, seeds=only,
         reference_name=f"the reference `{reference}`" if reference is not None else "",
         tolerance=tolerance, notes=note_text,
         statistics=markdown_section(rows, report.columns, rk,
                                     report.cd_figure.name if report.cd_figure else "")))
     report.csv = write_csv(rows, out / f"{stem}.csv", tolerance)
-    report.figure = bar_chart(rows, out / f"{stem}.png", tracker.experiment_name)
+    report.figure = bar_chart(rows, out / f"{stem}.png", title)
     return report

@@ -56,9 +56,11 @@ def _selection_labels(tracker: tr.Tracker) -> dict[tuple[str, str], str]:
 
 
 def collect(tracker: tr.Tracker, all_configs: bool = False,
-            reference: Mapping[tuple[str, ...], Mapping[str, float]] | None = None
-            ) -> list[Row]:
-    """Aggregate the experiment's finished seeds per parent run."""
+            reference: Mapping[tuple[str, ...], Mapping[str, float]] | None = None,
+            seeds: Iterable[int] | None = None) -> list[Row]:
+    """Aggregate the experiment's finished seeds per parent run (only ``seeds`` of them
+    when given: a row then has those of its seeds it ran)."""
+    only = None if seeds is None else set(seeds)
     parents = tracker.parents()
     children = tracker.children()
     selected = [p for p in parents if p.tags.get(tr.TAG_SELECTED) == "true"]
@@ -75,8 +77,10 @@ def collect(tracker: tr.Tracker, all_configs: bool = False,
     labels = _selection_labels(tracker)
     rows: list[Row] = []
     for p in sorted(parents, key=lambda r: (r.method, r.dataset, r.start_time)):
-        chosen = tr.select_seed_runs(by_parent.get(p.run_id, []),
-                                     parse_seed_list(p.tags.get(tr.TAG_REPORT_SEEDS)))
+        wanted = parse_seed_list(p.tags.get(tr.TAG_REPORT_SEEDS))
+        if only is not None:
+            wanted = only if wanted is None else wanted & only
+        chosen = tr.select_seed_runs(by_parent.get(p.run_id, []), wanted)
         if not chosen:
             continue
         is_selected = p.tags.get(tr.TAG_SELECTED) == "true"

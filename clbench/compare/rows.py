@@ -182,6 +182,8 @@ class Report:
     columns: dict[str, ColumnTests] = field(default_factory=dict)
     ranking: Ranking | None = None
     cd_figure: Path | None = None  # the critical-difference diagram, if drawn
+    #: the seeds the table was restricted to (``clbench compare --seeds``), if it was
+    seeds: list[int] | None = None
 
 
 def signless_zero(value: float, digits: int) -> str:

@@ -194,6 +194,7 @@ def to_json(report: Report) -> dict[str, Any]:
     rk = report.ranking
     return {
         "experiment": report.experiment,
+        "seeds_only": report.seeds,
         "alpha": ALPHA, "confidence": CONFIDENCE, "methods": METHODS_TEXT,
         "rows": rows,
         "columns": {d: {"best": c.best, "tested": c.tested, "seeds": c.seeds,

@@ -62,6 +62,19 @@ def _settings_line(rows: Sequence[Row]) -> str:
             "so no cell mixes them.")
 
 
+def _seeds_lines(rows: Sequence[Row], seeds: Sequence[int] | None) -> list[str]:
+    """The restriction to some seeds, stated with the rows it left with fewer."""
+    if seeds is None:
+        return []
+    text = (f"Seeds: only {', '.join(map(str, seeds))} of each row (`--seeds`): every mean, "
+            f"interval, test and rank is over them.")
+    short = [f"{r.label}/{r.dataset} ({len(r.seeds)})" for r in rows
+             if len(r.seeds) < len(seeds)]
+    if short:
+        text += " Rows that ran fewer of them: " + "; ".join(short) + "."
+    return [text, ""]
+
+
 def _untested(r: Row) -> bool:
     v = r.vs_best
     return v is not None and not v.best and v.tie is None and bool(v.note)
@@ -78,10 +91,10 @@ def _ap_text(r: Row) -> str:
 def markdown_table(rows: Sequence[Row], experiment: str, *,
                    provenance: Provenance | None = None, reference_name: str = "",
                    tolerance: float = DEFAULT_TOLERANCE, notes: str = "",
-                   statistics: str = "") -> str:
+                   statistics: str = "", seeds: Sequence[int] | None = None) -> str:
     """The table in Markdown; ``statistics`` (the Markdown section of
     :func:`~clbench.compare.significance.markdown_section`) goes before the
-    configurations."""
+    configurations; ``seeds``: the seeds the rows were restricted to, if they were."""
     labels, datasets = _axes(rows)
     cells = {(r.label, r.dataset): r for r in rows}
     lines = [
@@ -92,6 +105,7 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
         "",
         _settings_line(rows),
         "",
+        *_seeds_lines(rows, seeds),
         "| method | " + " | ".join(datasets) + " |",
         "|---|" + "---|" * len(datasets),
     ]
