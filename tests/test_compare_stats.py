@@ -205,12 +205,18 @@ def test_the_table_marks_ties_in_bold_and_says_what_was_not_tested():
     assert "| finetune | AP 85.5 ± 2.9 · AF" in md  # worse on every seed
     assert "| ewc | AP 89.8 ± 2.9 † · AF" in md
     assert "† = not tested against the dataset's best: ewc/cora: seeds not shared" in md
+    assert ("Seeds differ between rows, so their means are over different seeds (a seed "
+            "fixes the class order and the split): seeds 0 1000 2000 3000 4000 5000 6000 "
+            "7000 8000 9000: joint/cora, packnet/cora, finetune/cora; seeds 0 1000 2000 3000 "
+            "4000 5000 6000 7000 8000: ewc/cora. `clbench compare --seeds "
+            "0,1000,2000,3000,4000,5000,6000,7000,8000` writes the table on the seeds every "
+            "row shares.") in md
     assert "## Statistics" in md and "| finetune | cora | 85.5 [83.3, 87.7] |" in md
     assert "| worse | Wilcoxon signed-rank | 0.00195 | 0.00391 |" in md
     assert "Not computed: 1 dataset; ranks need at least 2." in md
     # a table built without statistics has neither marks nor section
     plain = markdown_table([_row("joint", "cora", AP10)], "exp")
-    assert "**" not in plain and "Statistics" not in plain
+    assert "**" not in plain and "Statistics" not in plain and "Seeds" not in plain
 
 
 @pytest.mark.slow  # 12 runs: about 35 s of CPU, minutes on a busy machine

@@ -63,9 +63,23 @@ def _settings_line(rows: Sequence[Row]) -> str:
 
 
 def _seeds_lines(rows: Sequence[Row], seeds: Sequence[int] | None) -> list[str]:
-    """The restriction to some seeds, stated with the rows it left with fewer."""
+    """The restriction to some seeds, stated with the rows it left with fewer; without
+    one, a warning when the rows ran different seeds (their means are over different
+    seeds, and a seed fixes the class order and the split)."""
     if seeds is None:
-        return []
+        sets = {tuple(sorted(r.seeds)) for r in rows}
+        if len(sets) < 2:
+            return []
+        shared = sorted(set.intersection(*(set(s) for s in sets)))
+        def named(s: tuple[int, ...]) -> str:
+            cells = ", ".join(f"{r.label}/{r.dataset}" for r in rows
+                              if tuple(sorted(r.seeds)) == s)
+            return f"seeds {' '.join(map(str, s))}: {cells}"
+        groups = "; ".join(named(s) for s in sorted(sets, key=lambda s: (-len(s), s)))
+        hint = (f" `clbench compare --seeds {','.join(map(str, shared))}` writes the table "
+                f"on the seeds every row shares." if len(shared) > 1 else "")
+        return [f"Seeds differ between rows, so their means are over different seeds "
+                f"(a seed fixes the class order and the split): {groups}.{hint}", ""]
     text = (f"Seeds: only {', '.join(map(str, seeds))} of each row (`--seeds`): every mean, "
             f"interval, test and rank is over them.")
     short = [f"{r.label}/{r.dataset} ({len(r.seeds)})" for r in rows
