@@ -151,7 +151,7 @@ def render_plan(title: str, plan, seconds: dict, after_grid: dict | None = None,
     saved results). ``seconds``: :func:`~clbench.orchestrate.typical_run_seconds`;
     ``relative``: :func:`~clbench.orchestrate.relative_run_costs`, which estimates a
     (method, dataset) without runs from the reference method's runs on the dataset."""
-    from clbench.orchestrate.plan import COST_REFERENCE
+    from clbench.orchestrate.plan import COST_REFERENCE, estimated_run_seconds
 
     keys = dict.fromkeys([*order, *((j.method, j.dataset) for j in plan.jobs),
                           *(after_grid or {})])
@@ -171,13 +171,8 @@ def render_plan(title: str, plan, seconds: dict, after_grid: dict | None = None,
     for (method, dataset), (done, saved, left) in rows.items():
         if not done + saved + left:
             continue
-        typical = seconds.get((method, dataset))
-        mark = ""
-        reference = seconds.get((COST_REFERENCE, dataset))
-        if typical is None and reference is not None and method in (relative or {}):
-            typical, mark, scaled = reference * relative[method], "†", True
-        if typical is None and (dataset, None) in seconds:
-            typical, mark, borrowed = seconds[(dataset, None)], "*", True
+        typical, mark = estimated_run_seconds(method, dataset, seconds, relative)
+        scaled, borrowed = scaled or mark == "†", borrowed or mark == "*"
         todo += left
         if typical is not None:
             total += left * typical

@@ -1,7 +1,8 @@
 """The loop in the orchestrating process: :func:`run_jobs`.
 
 It skips jobs that already have a FINISHED MLflow run (same method, dataset, seed and
-config hash), writes each finished job's result JSON atomically under ``results/runs/``
+config hash), dispatches the others longest expected first (from the run times of the
+experiment's finished runs; :func:`~clbench.orchestrate.plan.longest_first`), writes each finished job's result JSON atomically under ``results/runs/``
 *before* logging it, logs it to MLflow (only this process writes to the store) as a
 child run with the job's own start and end times, records jobs that raised or whose
 worker died as FAILED runs, and the running ones as KILLED on Ctrl-C or SIGTERM (a
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from clbench.errors import ClbenchError
 from clbench.orchestrate.backends import Backend
-from clbench.orchestrate.plan import plan_jobs
+from clbench.orchestrate.plan import longest_first, plan_jobs, relative_run_costs
 from clbench.orchestrate.results import (
     check_results_dir,
     result_path,
@@ -130,10 +131,12 @@ def run_jobs(
         jobs = list({j.uid: j for j in jobs}.values())
 
     summary.abandoned = tracker.close_abandoned()
-    plan = plan_jobs(jobs, tracker.children(), results_dir, tracker.experiment_name,
-                     force=force)
+    children = tracker.children()
+    plan = plan_jobs(jobs, children, results_dir, tracker.experiment_name, force=force)
     summary.skipped.extend(plan.done)
-    to_run, to_recover = plan.todo, plan.saved
+    to_recover = plan.saved
+    to_run = longest_first(plan.todo, children, to_recover, relative=lambda: relative_run_costs(
+        results_dir, tracker.experiment_name, plan.todo))
 
     parents = tracker.ensure_parents(jobs, parent_labels)
     summary.parents = parents

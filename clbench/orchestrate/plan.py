@@ -6,7 +6,7 @@ and for a method with no run yet, :func:`relative_run_costs`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,3 +125,41 @@ def relative_run_costs(results_dir: str | Path, experiment: str,
                 statistics.median(times) / statistics.median(base))
     alike, other = ratios[True], ratios[False]
     return {m: statistics.median(alike.get(m) or other[m]) for m in {*alike, *other}}
+
+
+def estimated_run_seconds(method: str, dataset: str,
+                          seconds: Mapping[tuple[str, str | None], float],
+                          relative: Mapping[str, float] | None = None
+                          ) -> tuple[float | None, str]:
+    """How long one run of ``method`` on ``dataset`` is expected to take, and how that was
+    estimated: ``""`` (the median of its own runs, :func:`typical_run_seconds`), ``"†"``
+    (:data:`COST_REFERENCE`'s median on the dataset times the method's relative cost,
+    :func:`relative_run_costs`), ``"*"`` (the median of every method on the dataset) or
+    no estimate (``None``)."""
+    typical = seconds.get((method, dataset))
+    if typical is not None:
+        return typical, ""
+    reference = seconds.get((COST_REFERENCE, dataset))
+    if reference is not None and method in (relative or {}):
+        return reference * relative[method], "†"  # type: ignore[index]
+    if (dataset, None) in seconds:
+        return seconds[(dataset, None)], "*"
+    return None, ""
+
+
+def longest_first(jobs: Sequence[RunSpec], children: Iterable[Any],
+                  saved: Iterable[tuple[RunSpec, Mapping[str, Any]]] = (),
+                  relative: Callable[[], Mapping[str, float]] | None = None
+                  ) -> list[RunSpec]:
+    """``jobs`` in the order to dispatch them: the longest expected first (a stable sort,
+    so jobs with the same estimate keep the command's order; jobs without an estimate
+    come first, as they may be long). A pool that starts its longest jobs first ends
+    with short ones, so fewer workers wait idle at the end for the last long job.
+    ``relative`` is called only when some job has no run of its own to estimate from."""
+    seconds = typical_run_seconds(children, saved)
+    costs: Mapping[str, float] = {}
+    if relative is not None and any((j.method, j.dataset) not in seconds for j in jobs):
+        costs = relative()
+    expected = {(j.method, j.dataset): estimated_run_seconds(j.method, j.dataset, seconds,
+                                                             costs)[0] for j in jobs}
+    return sorted(jobs, key=lambda j: -(expected[(j.method, j.dataset)] or float("inf")))
