@@ -71,6 +71,7 @@ def _seeds_lines(rows: Sequence[Row], seeds: Sequence[int] | None) -> list[str]:
         if len(sets) < 2:
             return []
         shared = sorted(set.intersection(*(set(s) for s in sets)))
+
         def named(s: tuple[int, ...]) -> str:
             cells = ", ".join(f"{r.label}/{r.dataset}" for r in rows
                               if tuple(sorted(r.seeds)) == s)

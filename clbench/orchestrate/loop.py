@@ -1,13 +1,14 @@
 """The loop in the orchestrating process: :func:`run_jobs`.
 
 It skips jobs that already have a FINISHED MLflow run (same method, dataset, seed and
-config hash), dispatches the others longest expected first (from the run times of the
-experiment's finished runs; :func:`~clbench.orchestrate.plan.longest_first`), writes each finished job's result JSON atomically under ``results/runs/``
-*before* logging it, logs it to MLflow (only this process writes to the store) as a
-child run with the job's own start and end times, records jobs that raised or whose
-worker died as FAILED runs, and the running ones as KILLED on Ctrl-C or SIGTERM (a
-queued job gets no run until it has run). A signal that arrives while a job's outcome
-is logged takes effect right after it, so a job is never logged half.
+config hash), dispatches the others longest expected first
+(:func:`~clbench.orchestrate.plan.longest_first`), writes each finished job's result JSON
+atomically under ``results/runs/`` *before* logging it, logs it to MLflow (only this
+process writes to the store) as a child run with the job's own start and end times,
+records jobs that raised or whose worker died as FAILED runs, and the running ones as
+KILLED on Ctrl-C or SIGTERM (a queued job gets no run until it has run). A signal that
+arrives while a job's outcome is logged takes effect right after it, so a job is never
+logged half.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Where each job of a command stands before it runs: done (a FINISHED MLflow run),
 saved (a result JSON written but not logged) or to run (:func:`plan_jobs`; what
 ``--dry-run`` prints), and how long a run typically takes (:func:`typical_run_seconds`,
-and for a method with no run yet, :func:`relative_run_costs`).
+and for a method with no run yet, :func:`relative_run_costs`; together
+:func:`estimated_run_seconds`), which sets the order jobs are dispatched in
+(:func:`longest_first`).
 """
 
 from __future__ import annotations
@@ -140,8 +142,8 @@ def estimated_run_seconds(method: str, dataset: str,
     if typical is not None:
         return typical, ""
     reference = seconds.get((COST_REFERENCE, dataset))
-    if reference is not None and method in (relative or {}):
-        return reference * relative[method], "†"  # type: ignore[index]
+    if reference is not None and relative and method in relative:
+        return reference * relative[method], "†"
     if (dataset, None) in seconds:
         return seconds[(dataset, None)], "*"
     return None, ""
@@ -160,6 +162,8 @@ def longest_first(jobs: Sequence[RunSpec], children: Iterable[Any],
     costs: Mapping[str, float] = {}
     if relative is not None and any((j.method, j.dataset) not in seconds for j in jobs):
         costs = relative()
-    expected = {(j.method, j.dataset): estimated_run_seconds(j.method, j.dataset, seconds,
-                                                             costs)[0] for j in jobs}
-    return sorted(jobs, key=lambda j: -(expected[(j.method, j.dataset)] or float("inf")))
+    expected = {}
+    for j in jobs:
+        estimate = estimated_run_seconds(j.method, j.dataset, seconds, costs)[0]
+        expected[(j.method, j.dataset)] = float("inf") if estimate is None else estimate
+    return sorted(jobs, key=lambda j: -expected[(j.method, j.dataset)])
