@@ -6,6 +6,7 @@ Matplotlib state, so they are safe to call from any thread or process.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,10 @@ def cd_diagram(ranks: Mapping[str, float], pvalues: Mapping[str, Mapping[str, fl
     return _save(cd_diagram_figure(ranks, pvalues, title, alpha, order), path)
 
 
+#: Characters per line of a critical-difference diagram's title (9 pt on 7 inches).
+CD_TITLE_CHARS = 90
+
+
 def cd_diagram_figure(ranks: Mapping[str, float],
                       pvalues: Mapping[str, Mapping[str, float]], title: str = "",
                       alpha: float = 0.05, order: Sequence[str] | None = None) -> Figure:
@@ -250,5 +255,7 @@ def cd_diagram_figure(ranks: Mapping[str, float],
     ax.xaxis.set_label_position("top")
     caption = (f"methods joined by a bar are not significantly different "
                f"(Nemenyi, alpha = {alpha:g})")
+    # a long title (an experiment's name, --seeds) wrapped to the figure's 7 inches
+    title = textwrap.fill(title, CD_TITLE_CHARS)
     fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=9)
     return fig

@@ -183,6 +183,21 @@ def test_critical_difference_diagram_names_the_methods(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_a_long_diagram_title_is_wrapped_inside_the_figure():
+    """compare's title with --seeds (an experiment name, seeds and the Friedman p) is
+    longer than the figure is wide: it wraps instead of running off both edges."""
+    rk = rank_methods({"finetune": {"x": 0.7, "y": 0.6}, "packnet": {"x": 0.9, "y": 0.95},
+                       "joint": {"x": 0.95, "y": 0.96}})
+    title = ("amazon-coauthor-all (seeds 0, 1000, 2000): average rank of the mean AP over 2 "
+             "datasets (Friedman p = 0.107)")
+    fig = cd_diagram_figure(rk.ranks, rk.nemenyi, title)
+    fig.canvas.draw()
+    suptitle = fig.get_suptitle()
+    assert suptitle.replace("\n", " ").startswith(title)  # all of it, wrapped
+    box = fig._suptitle.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1
+
+
 def _row(method: str, dataset: str, ap: np.ndarray, seeds: list[int] = SEEDS10) -> Row:
     af = 1.0 - ap
     return Row(method, dataset, "h", method, list(seeds),
