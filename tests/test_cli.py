@@ -153,3 +153,19 @@ def test_help_shows_flags_without_a_type(monkeypatch, capsys, command):
         assert "<int>" in out  # options that take a value keep their type
         flag_lines = [line for line in out.splitlines() if "--force" in line or "--quiet" in line]
         assert flag_lines and all("<" not in line for line in flag_lines)
+
+
+def test_the_command_list_gives_each_summary_as_one_sentence(monkeypatch, capsys):
+    """``clbench --help`` lists each command by its docstring's first paragraph, joined:
+    Typer's Rich list would keep the docstring's line breaks, mid-sentence."""
+    import inspect
+
+    import typer
+
+    monkeypatch.setenv("COLUMNS", "300")
+    code, out, _ = invoke(monkeypatch, capsys, "--help")
+    assert code == 0
+    group = typer.main.get_command(cli.app)
+    for name, command in group.commands.items():
+        summary = " ".join(inspect.cleandoc(command.help).split("\n\n")[0].split())
+        assert f"{name} " in out and summary in out, (name, summary)

@@ -3,6 +3,7 @@ on stderr and exit status 2."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import typer
@@ -36,7 +37,14 @@ def plain_flags(params: list[Any]) -> list[Any]:
 
 
 class ClbenchCommand(TyperCommand):
-    """A command whose help shows flags without a type."""
+    """A command whose help shows flags without a type, listed in ``clbench --help`` by
+    the first paragraph of its docstring as one line (Typer's Rich list keeps the
+    docstring's line breaks, which then fall mid-sentence)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.short_help is None and self.help:
+            self.short_help = " ".join(inspect.cleandoc(self.help).split("\n\n")[0].split())
 
     def get_params(self, ctx: Any) -> list[Any]:
         return plain_flags(super().get_params(ctx))
