@@ -100,7 +100,7 @@ def resolve_run(
     card = load_card(method)
     check_setting(method, task["setting"], card.settings, card.settings_note)
     check_backbone(method, resolved["model"], card.backbones, card.backbones_note)
-    check_device(device, available=device_here)  # last: parsing a device imports torch
+    check_device(device, available=device_here)  # last: parsing a GPU device imports torch
     protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, **task)
     from_card = card.defaults(task["setting"], card_data)
     sources = {k: "flag" if k in given or k in tasks else
@@ -200,7 +200,11 @@ def resolve_grid(
 def check_device(device: object, available: bool = True) -> Any:
     """``device`` parsed as a torch device clbench can run on (cpu, cuda, mps); with
     ``available``, one this machine has (a Dask cluster's workers may have devices the
-    machine that submits the jobs lacks)."""
+    machine that submits the jobs lacks). ``"cpu"``, the default, is answered without
+    importing torch: a single run sets OpenMP's wait policy after these checks, and it
+    only takes effect if torch has not loaded yet (:func:`clbench.threads.configure_openmp`)."""
+    if device == "cpu":
+        return device
     import torch
 
     try:

@@ -4,6 +4,7 @@ depend on how it ran; the OpenMP wait policy follows the load at start-up."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -98,6 +99,41 @@ def test_configure_openmp_goes_passive_beside_busy_processes(monkeypatch):
     import os
 
     assert os.environ[th.WAIT_ENV] == "PASSIVE"  # monkeypatch restores it
+
+
+PROBE = """
+import json, sys
+import clbench.threads as th
+th.busy_cores = lambda interval=0.25: float(th.usable_cores())  # every core busy
+import clbench.cli.run as run
+seen = []
+real = run.configure_openmp
+def probe(threads):
+    loaded = "torch" in sys.modules
+    seen.append([loaded, threads, real(threads)])
+    return seen[-1][2]
+run.configure_openmp = probe
+from clbench.cli import main
+sys.argv = ["clbench", "run", "--method", "finetune", "--epochs", "2", "--param",
+            "hidden=16", "--tasks", "2x2", "--threads", "2", "-q"]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(json.dumps(seen))
+"""
+
+
+def test_a_single_run_sets_the_wait_policy_before_torch_loads(tmp_path):
+    """OpenMP reads ``OMP_WAIT_POLICY`` once, when torch loads: set afterwards it does
+    nothing. A single 2-thread run beside busy cores must therefore choose ``PASSIVE``
+    before anything imports torch (resolving ``--device cpu`` used to)."""
+    env = {k: v for k, v in os.environ.items() if k != th.WAIT_ENV}
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen == [[False, 2, "PASSIVE"]]
 
 
 def test_busy_cores_sees_a_spinning_process():
