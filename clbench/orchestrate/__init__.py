@@ -10,8 +10,8 @@ package, in the order a command goes through it:
 * :mod:`~clbench.orchestrate.plan`: which jobs are done (a FINISHED MLflow run), saved
   (a result JSON not logged yet) or to run (``--dry-run``).
 * :mod:`~clbench.orchestrate.backends`: a backend runs them, :class:`LocalBackend`
-  through joblib's loky process pool (each worker gets ``cores // jobs`` torch threads),
-  :class:`DaskBackend` through joblib's Dask backend on an existing
+  through joblib's loky process pool (each job with its own torch threads: 1 unless
+  ``--threads``), :class:`DaskBackend` through joblib's Dask backend on an existing
   ``dask.distributed`` scheduler; a dead worker becomes a failed job, not a hung or
   broken command.
 * :mod:`~clbench.orchestrate.worker`: what runs one job in a worker process
