@@ -177,6 +177,8 @@ def test_compare_reference_selection_and_provenance(workdir, capsys):
              if c.data.tags.get("mlflow.parentRunId") in selected
              and c.data.tags.get("clbench.seed") == "1"}
     assert set(seed1) == {"finetune", "ewc"}
+    assert {p.data.tags.get("clbench.grid_seeds") for p in parent_runs(client, eid)
+            if p.data.tags.get("clbench.selected") == "true"} == {"0"}
     for method, val in seed1.items():
         assert (f"{method}/synthetic: best mean val AP" in md
                 and f"its mean val AP over the 1 other reported seed: {val:.4f}" in md)

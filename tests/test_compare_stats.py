@@ -323,11 +323,24 @@ def test_validation_ap_outside_the_grid_seeds():
     row = _row("m", "d", np.array([0.9, 0.8, 0.7, 0.6]), seeds=[0, 1000, 2000, 3000])
     row.per_seed_val_ap = {0: 0.9, 1000: 0.8, 2000: 0.5, 3000: 0.4}
     row.selection = "best mean val AP 0.8500 over grid seeds 0,1000 among 6 configuration(s)"
+    row.grid_seeds = [0, 1000]
     assert row.val_ap_outside_grid() == ([2000, 3000], pytest.approx(0.45))
     assert row.selection_text() == (row.selection + "; its mean val AP over the 2 other "
                                     "reported seeds: 0.4500")
     row.selection = ("best mean val AP 0.6500 over grid seeds 0,1000,2000,3000 among 6 "
                      "configuration(s)")
+    row.grid_seeds = [0, 1000, 2000, 3000]
     assert row.val_ap_outside_grid() is None and row.selection_text() == row.selection
-    row.selection = ""
+    row.selection, row.grid_seeds = "", None
     assert row.val_ap_outside_grid() is None and row.selection_text() == ""
+
+
+def test_the_grid_seeds_come_from_their_tag_or_an_older_stores_selection_text():
+    from clbench.compare.collect import _grid_seeds
+
+    text = "best mean val AP 0.8500 over grid seeds 0,1000 among 6 configuration(s)"
+    assert _grid_seeds({"clbench.selection": text, "clbench.grid_seeds": "0,1000"}) == [0, 1000]
+    assert _grid_seeds({"clbench.selection": text, "clbench.grid_seeds": "2000,0"}) == [0, 2000]
+    assert _grid_seeds({"clbench.selection": text}) == [0, 1000]  # written before the tag
+    assert _grid_seeds({"clbench.selection": "chosen by hand"}) is None
+    assert _grid_seeds({}) is None

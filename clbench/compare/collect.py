@@ -4,6 +4,7 @@ seed) and the provenance of its table."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -95,6 +96,7 @@ def collect(tracker: tr.Tracker, all_configs: bool = False,
                         tr.aggregate([c.metrics for c in chosen.values()]), p.run_id,
                         is_selected, hparams=_hparams(p.method, p.params),
                         selection_label=label, selection=p.tags.get(tr.TAG_SELECTION, ""),
+                        grid_seeds=_grid_seeds(p.tags),
                         cell_runs=len(runs), cell_seconds=float(sum(runs)),
                         reference=dict((reference or {}).get(ref_key, {})),
                         config=_config(p.method, p.params),
@@ -110,6 +112,17 @@ def collect(tracker: tr.Tracker, all_configs: bool = False,
                                          if "val_AP" in c.metrics}))
     label_rows(rows)
     return rows
+
+
+def _grid_seeds(tags: Mapping[str, str]) -> list[int] | None:
+    """The grid seeds a sweep selected this configuration on, or None. Stores written
+    before the ``clbench.grid_seeds`` tag have them only in the selection's text
+    (``... over grid seeds 0,1000 among ...``)."""
+    seeds = parse_seed_list(tags.get(tr.TAG_GRID_SEEDS))
+    if seeds is None:
+        found = re.search(r"over grid seeds ([0-9,]+)", tags.get(tr.TAG_SELECTION, ""))
+        seeds = parse_seed_list(found.group(1)) if found else None
+    return None if seeds is None else sorted(seeds)
 
 
 def _weakest(chosen: dict[int, tr.RunRecord]) -> dict[int, tuple[float, int]]:

@@ -4,7 +4,6 @@ settings the table and figure share."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +44,8 @@ class Row:
     #: how it was selected (the sweep's :data:`~clbench.tracking.TAG_SELECTION` tag),
     #: if any
     selection: str = ""
+    #: the grid seeds it was selected on, if a sweep selected it
+    grid_seeds: list[int] | None = None
     #: finished runs of this (method, dataset) in the experiment (grid and final) and
     #: their summed run time in seconds
     cell_runs: int = 0
@@ -106,11 +107,9 @@ class Row:
         configuration's mean validation AP over them; None when every reported seed was
         a grid seed (or the row was not selected by a sweep). Set beside the selection's
         grid mean it shows how lucky the selection was on its few seeds."""
-        found = re.search(r"over grid seeds ([0-9,]+)", self.selection)
-        if found is None:
+        if self.grid_seeds is None:
             return None
-        grid = {int(x) for x in found.group(1).split(",") if x}
-        other = sorted(s for s in self.per_seed_val_ap if s not in grid)
+        other = sorted(s for s in self.per_seed_val_ap if s not in self.grid_seeds)
         if not other:
             return None
         return other, sum(self.per_seed_val_ap[s] for s in other) / len(other)

@@ -8,7 +8,8 @@
 3. the selected configuration runs on ``final_seeds`` (a method's own, where its
    ``[method.<name>]`` table gives them; seeds it already ran are resumed, not re-run);
 4. MLflow marks it: its parent run gets ``clbench.selected = true``, the selection
-   in ``clbench.selection`` and ``clbench.report_seeds = <final seeds>`` (its
+   in ``clbench.selection``, the grid seeds in ``clbench.grid_seeds`` and
+   ``clbench.report_seeds = <final seeds>`` (its
    aggregate metrics are over the final seeds); the others get ``false``.
 
 The sweep file's format and its checks are in :mod:`clbench.orchestrate.sweepfile`.
@@ -169,12 +170,11 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     for group, parent_id in grid.parents.items():
         tracker.set_tags(parent_id, {tr.TAG_SELECTED: "true" if group in selected else "false"})
     for s in result.selections:
-        # clbench compare reads the grid seeds back from this text
-        # (Row.val_ap_outside_grid): keep "over grid seeds <seeds_text>"
-        tracker.set_tags(s.parent_id, {tr.TAG_SELECTION: (
-            f"best mean val AP {s.mean_val_ap:.4f} over grid seeds "
-            f"{tr.seeds_text(spec.grid_seeds_of(s.method))} among {s.candidates} "
-            "configuration(s)")})
+        grid_seeds = tr.seeds_text(spec.grid_seeds_of(s.method))
+        tracker.set_tags(s.parent_id, {
+            tr.TAG_SELECTION: (f"best mean val AP {s.mean_val_ap:.4f} over grid seeds "
+                               f"{grid_seeds} among {s.candidates} configuration(s)"),
+            tr.TAG_GRID_SEEDS: grid_seeds})
         tracker.set_experiment_tags({
             f"{tr.TAG_SELECTED_PREFIX}{s.method}.{slug(s.dataset)}":
             f"{s.config_hash} ({s.label})" if s.label else s.config_hash})

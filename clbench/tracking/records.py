@@ -37,6 +37,8 @@ TAG_SEEDS = "clbench.seeds"
 TAG_REPORT_SEEDS = "clbench.report_seeds"
 TAG_SELECTED = "clbench.selected"
 TAG_SELECTION = "clbench.selection"
+#: the grid seeds a sweep selected a configuration on (``seeds_text`` form)
+TAG_GRID_SEEDS = "clbench.grid_seeds"
 TAG_SOURCE = "clbench.source"
 TAG_PARENT = "mlflow.parentRunId"
 #: ``"<host> <pid> <process start>"`` of the command that opened (or reopened) a run; a
@@ -384,6 +386,7 @@ __all__ = [
     "TAG_EXTERNAL_CODE_DIGEST",
     "TAG_GIT_COMMIT",
     "TAG_GIT_DIRTY",
+    "TAG_GRID_SEEDS",
     "TAG_HOST",
     "TAG_INT_REFERENCE",
     "TAG_METHOD",
