@@ -39,7 +39,11 @@ def test_raw_scores_give_the_numbers_recorded_before_normalisation(model: str,
                          setting=setting,
                          params={**FAST, "model": model, "lambda_l": 1e4, "lambda_t": 1e3,
                                  "importance_norm": "none"})
-    assert out["task_penalty_ratio"] == ratios
+    # the ratio's float sums differ across CPUs, its matrix did not: on an AMD EPYC the
+    # Class-IL ratio of task 2 came out 6e-8 off the recorded one (the normalised
+    # scores' ratios are 5-8x the raw ones)
+    assert out["task_penalty_ratio"][0] is None
+    assert out["task_penalty_ratio"][1:] == pytest.approx(ratios[1:], rel=1e-5)
     assert out["R_test"][-1] == last_row
     # the same run recorded without the key (runs made before it existed) is the raw one
     assert "importance_norm" not in out["config"]
