@@ -198,11 +198,12 @@ def resolve_grid(
 
 # ----------------------------------------------------------------------------- checks
 def check_device(device: object, available: bool = True) -> Any:
-    """``device`` parsed as a torch device clbench can run on (cpu, cuda, mps); with
+    """``device`` checked as a torch device clbench can run on (cpu, cuda, mps); with
     ``available``, one this machine has (a Dask cluster's workers may have devices the
-    machine that submits the jobs lacks). ``"cpu"``, the default, is answered without
-    importing torch: a single run sets OpenMP's wait policy after these checks, and it
-    only takes effect if torch has not loaded yet (:func:`clbench.threads.configure_openmp`)."""
+    machine that submits the jobs lacks). Returns it parsed, except ``"cpu"``, the
+    default, which is returned as given without importing torch: a single run sets
+    OpenMP's wait policy after these checks, and the policy only takes effect if torch
+    has not loaded yet (:func:`clbench.threads.configure_openmp`)."""
     if device == "cpu":
         return device
     import torch
