@@ -195,9 +195,13 @@ def test_compare_methods_in_the_mlflow_ui(store, tmp_path):
             # Compare two parent runs: tick them and press Compare.
             page.goto(link.group(0))
             wait_for_rows(page, 2)
-            for box in page.query_selector_all(
-                    ".ag-pinned-left-cols-container .ag-row .ag-selection-checkbox input"):
-                box.check()
+            # locators, found again at each try: the grid may re-render its rows between
+            # a lookup and the click (an element handle then fails as detached)
+            boxes = page.locator(
+                ".ag-pinned-left-cols-container .ag-row .ag-selection-checkbox input")
+            boxes.nth(1).wait_for(timeout=PAGE_TIMEOUT)
+            for i in range(2):
+                boxes.nth(i).check(timeout=PAGE_TIMEOUT)
             page.get_by_role("button", name=re.compile(r"^Compare")).click()
             page.wait_for_url(re.compile(r"#/compare-runs\?runs="))
             for name in best_first:
