@@ -9,7 +9,7 @@ input raises :class:`~clbench.errors.ClbenchError` with one line saying what is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ def resolve_run(
     plugins: Sequence[str] = (),
     device_here: bool = True,
     preset: str | None = None,
+    before_device: Callable[[], None] | None = None,
     **tasks: Any,
 ) -> RunSpec:
     """One validated run. ``params``: ``--param`` overrides of protocol and method
@@ -59,7 +60,10 @@ def resolve_run(
     ``class_order``, ``split_seed``, ``graph``, ``metric``, ``setting``, ``split``).
     ``preset``: a protocol preset (:mod:`clbench.presets`) whose values replace the
     defaults; ``params`` and ``tasks`` override it. ``device_here``: the device must
-    exist on this machine (not so for jobs sent to a Dask cluster)."""
+    exist on this machine (not so for jobs sent to a Dask cluster). ``before_device``:
+    called once every other check has passed and before the device is checked, which
+    imports torch for any device but ``cpu`` (a single run chooses OpenMP's wait policy
+    there, :func:`clbench.threads.configure_openmp`)."""
     from clbench.methods import METHODS
     from clbench.presets import ID_ORDER, get_preset, id_order
 
@@ -100,6 +104,8 @@ def resolve_run(
     card = load_card(method)
     check_setting(method, task["setting"], card.settings, card.settings_note)
     check_backbone(method, resolved["model"], card.backbones, card.backbones_note)
+    if before_device is not None:
+        before_device()
     check_device(device, available=device_here)  # last: parsing a GPU device imports torch
     protocol = Protocol(**{k: resolved[k] for k in TRAINING_KEYS}, **task)
     from_card = card.defaults(task["setting"], card_data)
@@ -201,9 +207,9 @@ def check_device(device: object, available: bool = True) -> Any:
     """``device`` checked as a torch device clbench can run on (cpu, cuda, mps); with
     ``available``, one this machine has (a Dask cluster's workers may have devices the
     machine that submits the jobs lacks). Returns it parsed, except ``"cpu"``, the
-    default, which is returned as given without importing torch: a single run sets
-    OpenMP's wait policy after these checks, and the policy only takes effect if torch
-    has not loaded yet (:func:`clbench.threads.configure_openmp`)."""
+    default, which is returned as given without importing torch (which takes seconds,
+    and after which OpenMP's wait policy can no longer be chosen:
+    :func:`clbench.threads.configure_openmp`)."""
     if device == "cpu":
         return device
     import torch

@@ -115,7 +115,7 @@ def probe(threads):
 run.configure_openmp = probe
 from clbench.cli import main
 sys.argv = ["clbench", "run", "--method", "finetune", "--epochs", "2", "--param",
-            "hidden=16", "--tasks", "2x2", "--threads", "2", "-q"]
+            "hidden=16", "--tasks", "2x2", "--threads", "2", "--device", sys.argv[1], "-q"]
 try:
     main()
 except SystemExit as exc:
@@ -124,12 +124,14 @@ print(json.dumps(seen))
 """
 
 
-def test_a_single_run_sets_the_wait_policy_before_torch_loads(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", "cpu:0"])
+def test_a_single_run_sets_the_wait_policy_before_torch_loads(tmp_path, device):
     """OpenMP reads ``OMP_WAIT_POLICY`` once, when torch loads: set afterwards it does
     nothing. A single 2-thread run beside busy cores must therefore choose ``PASSIVE``
-    before anything imports torch (resolving ``--device cpu`` used to)."""
+    before anything imports torch: resolving ``--device cpu`` used to, and parsing any
+    other device (``cpu:0`` here, ``cuda`` on a GPU machine) does."""
     env = {k: v for k, v in os.environ.items() if k != th.WAIT_ENV}
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-c", PROBE, device], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -171,11 +171,19 @@ def run(
     # ``method.key`` override means the same as in a grid (the method is the one run).
     method = METHODS.canonical(methods[0])
     shared, per = split_overrides(params, [method])
+    # one run alone takes the usable cores (orchestrated jobs: one each). OpenMP reads its
+    # wait policy when torch loads, and checking a device other than cpu loads torch: the
+    # policy is chosen after every other check and before that one.
+    cores: list[int] = []
+
+    def choose_wait_policy() -> None:
+        cores.append(threads or usable_cores())
+        configure_openmp(cores[0])
+
     spec = resolve_run(method, datasets[0], seed_list[0], params={**shared, **per[method]},
-                       data_dir=data_dir, device=device, threads=threads, **tasks_kw)
-    if threads is None:  # one run alone: the usable cores (orchestrated jobs: one each)
-        spec = replace(spec, threads=usable_cores())  # after every check
-    configure_openmp(spec.threads or 1)  # before torch loads
+                       data_dir=data_dir, device=device, threads=threads,
+                       before_device=choose_wait_policy, **tasks_kw)
+    spec = replace(spec, threads=cores[0])
     from clbench.experiment import run_experiment  # torch & co.: after every check
     from clbench.progress import RichProgress, TaskLines
 
