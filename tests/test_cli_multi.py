@@ -293,6 +293,36 @@ def test_sweep_in_parts_by_method_adds_up_to_the_whole_file(workdir, capsys):
     assert "nothing to train: every job has a finished run" in capsys.readouterr().out
 
 
+def test_a_changed_grid_replaces_the_earlier_selection(workdir):
+    """When the file's grid changes, the new selection is the only one marked: the earlier
+    grid's selected parent is unmarked, so compare reports one row per method and
+    dataset. Another method's selection in the same experiment is left alone."""
+    server = shared_server()
+    exp = unique("sweep-regrid")
+    first = SWEEP.format(exp=exp).replace('methods = ["finetune"]',
+                                          'methods = ["finetune", "joint"]')
+    (workdir / "s.toml").write_text(first)
+    assert cli("sweep", "s.toml", "--tracking-uri", server.uri, "-q") == 0
+    (workdir / "s.toml").write_text(first.replace("lr = [0.001, 0.01]", "lr = [0.005]")
+                                    .replace('"finetune", "joint"', '"finetune"'))
+    assert cli("sweep", "s.toml", "--tracking-uri", server.uri, "-q") == 0
+    client = MlflowClient(server.uri)
+    parents = parent_runs(client, client.get_experiment_by_name(exp).experiment_id)
+    chosen = {}
+    for p in parents:
+        if p.data.tags.get("clbench.selected") == "true":
+            chosen.setdefault(p.data.tags["clbench.method"], []).append(p)
+    assert {m: len(ps) for m, ps in chosen.items()} == {"finetune": 1, "joint": 1}
+    assert chosen["finetune"][0].data.params["lr"] == "0.005"
+    assert len([p for p in parents if p.data.tags["clbench.method"] == "finetune"]) == 3
+    json_out = workdir / "cmp.json"
+    assert cli("compare", "--experiment", exp, "--tracking-uri", server.uri,
+               "--json", str(json_out), "--out", str(workdir / "cmp")) == 0
+    rows = json.loads(json_out.read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert sorted(r["method"] for r in rows) == ["finetune", "joint"]
+
+
 def test_example_sweep_file_is_valid():
     from clbench.orchestrate.sweep import grid_jobs
     from clbench.orchestrate.sweepfile import load_sweep

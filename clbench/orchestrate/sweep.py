@@ -10,7 +10,10 @@
 4. MLflow marks it: its parent run gets ``clbench.selected = true``, the selection
    in ``clbench.selection``, the grid seeds in ``clbench.grid_seeds`` and
    ``clbench.report_seeds = <final seeds>`` (its
-   aggregate metrics are over the final seeds); the others get ``false``.
+   aggregate metrics are over the final seeds); the others get ``false``, and so do
+   the method and dataset's parents from an earlier grid that the file no longer has
+   (a grid changed, or a method's option added), so that only the current selection
+   is reported.
 
 The sweep file's format and its checks are in :mod:`clbench.orchestrate.sweepfile`.
 """
@@ -169,6 +172,7 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     selected = {(s.method, s.dataset, s.config_hash) for s in result.selections}
     for group, parent_id in grid.parents.items():
         tracker.set_tags(parent_id, {tr.TAG_SELECTED: "true" if group in selected else "false"})
+    unselect_earlier_grids(tracker, grid.parents)
     for s in result.selections:
         grid_seeds = tr.seeds_text(spec.grid_seeds_of(s.method))
         tracker.set_tags(s.parent_id, {
@@ -188,6 +192,20 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     write_selection(result, Path(results_dir) / f"sweep-{slug(spec.experiment)}.csv",
                     keep_others=spec.restricted)
     return result
+
+
+def unselect_earlier_grids(tracker: Any, current: Mapping[tuple, str]) -> None:
+    """Mark ``selected = false`` on every parent run of a (method, dataset) of
+    ``current`` (this grid's group -> parent run id) that is not one of them: an earlier
+    grid's selection, which would otherwise be reported beside the new one."""
+    from clbench import tracking as tr
+
+    ours = set(current.values())
+    pairs = {group[:2] for group in current}
+    for rec in tracker.parents():
+        if (rec.run_id not in ours and (rec.method, rec.dataset) in pairs
+                and rec.tags.get(tr.TAG_SELECTED) == "true"):
+            tracker.set_tags(rec.run_id, {tr.TAG_SELECTED: "false"})
 
 
 def final_jobs_of(grid: Sequence[RunSpec], selected: set[tuple], spec: SweepSpec
