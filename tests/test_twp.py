@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datahelpers import method_trainer as make_trainer
-from torch_geometric.utils import softmax
 
 import clbench.methods.twp  # noqa: F401  (registration)
 from clbench.errors import ClbenchError
@@ -63,13 +62,41 @@ def flat(grads, params) -> torch.Tensor:
                       for g, p in zip(grads, params, strict=True)])
 
 
-@pytest.mark.parametrize("model", ["gcn", "gat"])
-def test_scores(model: str) -> None:
+def begin_gcn_edge_score_norm(x: torch.Tensor, edge_index: torch.Tensor, weight: torch.Tensor,
+                              self_loops: bool) -> torch.Tensor:
+    """The norm of BeGin's TWP GCN layer's edge scores (begin/utils/models_TWP.py), written
+    densely: ``A[u, v] = 1`` for an edge ``u -> v``, with every self-loop when
+    ``self_loops`` (BeGin's scenarios add them); source side ``(D_out^-1/2 X) W``;
+    destination side ``tanh`` of the same where the layer narrows (``in > out``), else
+    ``tanh(X W)``; softmax over each destination's incoming edges. A norm, so the edges'
+    order does not matter. ``self_loops=False`` is clbench's earlier formula (the
+    normalised destination side on both branches)."""
+    n = x.size(0)
+    adj = torch.zeros(n, n)
+    adj[edge_index[0], edge_index[1]] = 1.0
+    if self_loops:
+        adj.fill_diagonal_(1.0)
+    out_deg = adj.sum(1).clamp(min=1)
+    src = (x * out_deg.pow(-0.5).unsqueeze(-1)) @ weight.t()
+    narrows = weight.size(1) > weight.size(0)
+    dst = torch.tanh(src if narrows or not self_loops else x @ weight.t())
+    logits = F.leaky_relu(src @ dst.t(), 0.2).masked_fill(adj == 0, float("-inf"))
+    alpha = torch.softmax(logits, dim=0).nan_to_num(0.0)  # over u, for each v
+    return alpha.masked_select(adj > 0).norm()
+
+
+@pytest.mark.parametrize(("model", "gcn_scores", "hidden"),
+                         [("gat", "begin", 64), ("gcn", "begin", 64), ("gcn", "begin", 16),
+                          ("gcn", "no_self_loops", 64)])
+def test_scores(model: str, gcn_scores: str, hidden: int) -> None:
     """Fl = (grad of the task loss)^2; Ft = (grad of the loss + grad of the edge-score
     norm)^2, the edge scores being GAT's first-layer attention, or BeGin's GCN
-    pseudo-attention; only the first layer's weights see the topology term."""
+    pseudo-attention on BeGin's graph (written independently above; the synthetic graph's
+    32 features are widened at hidden 64, narrowed at 16: the layer's two branches);
+    only the first layer's weights see the topology term."""
     scenario = synthetic_scenario(0)
-    trainer, _ = make_trainer("twp", scenario, 0, model=model, **FAST)
+    trainer, _ = make_trainer("twp", scenario, 0, model=model, gcn_scores=gcn_scores,
+                              **{**FAST, "hidden": hidden})
     m = trainer.model.eval()
     batch = scenario.get_task(1).train
     params = list(m.parameters())
@@ -79,17 +106,12 @@ def test_scores(model: str) -> None:
     if model == "gat":
         _, (_, alpha) = m.convs[0](graph.x, graph.edge_index, return_attention_weights=True)
         assert alpha.shape[0] >= graph.edge_index.size(1)  # GATConv adds self-loops
+        score_norm = alpha.norm()
     else:
-        src, dst = graph.edge_index
-        deg = torch.bincount(src, minlength=graph.num_nodes).float().clamp(min=1)
         x = graph.x.to_dense() if graph.x.is_sparse else graph.x
-        z = (x / deg.sqrt().unsqueeze(-1)) @ m.convs[0].lin.weight.t()
-        e = F.leaky_relu((z[src] * torch.tanh(z[dst])).sum(-1), 0.2)
-        alpha = softmax(e, dst, num_nodes=graph.num_nodes)
-        ones = torch.zeros(graph.num_nodes).index_add_(0, dst, alpha.detach())
-        assert torch.allclose(ones[torch.bincount(dst, minlength=graph.num_nodes) > 0],
-                              torch.tensor(1.0))
-    g_top = flat(torch.autograd.grad(alpha.norm(), params, allow_unused=True), params)
+        score_norm = begin_gcn_edge_score_norm(x, graph.edge_index, m.convs[0].lin.weight,
+                                               self_loops=gcn_scores == "begin")
+    g_top = flat(torch.autograd.grad(score_norm, params, allow_unused=True), params)
     fl, ft = trainer.task_scores(m, batch)
     torch.testing.assert_close(fl, g_loss ** 2)
     want = (g_loss + g_top) ** 2  # my edge scores: another summation order than clbench's
@@ -99,6 +121,17 @@ def test_scores(model: str) -> None:
     assert names[0].startswith("convs.0")
     assert (g_top[first:] == 0).all() and (g_top[:first] != 0).any()
     assert torch.equal(ft[first:], fl[first:])
+
+
+def test_gcn_scores_variants_differ() -> None:
+    """The self-loops change the topology score (the reference check above would pass
+    for both variants if the option did nothing)."""
+    scenario = synthetic_scenario(0)
+    fts = []
+    for variant in ("begin", "no_self_loops"):
+        trainer, _ = make_trainer("twp", scenario, 0, gcn_scores=variant, **FAST)
+        fts.append(trainer.task_scores(trainer.model.eval(), scenario.get_task(1).train)[1])
+    assert not torch.allclose(fts[0], fts[1], rtol=1e-2)
 
 
 class Snapshots(TrainerCallback):

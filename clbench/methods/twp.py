@@ -22,7 +22,13 @@ The aggregation scores depend on the backbone:
 * ``gcn`` (the default backbone, BeGin's variant): GCN has no attention, so BeGin scores
   each edge ``u -> v`` from the first layer's linear map ``z = D^-1/2 X W`` as
   ``softmax_v(leaky_relu(<z_u, tanh(z_v)>, 0.2))``, softmax over ``v``'s incoming edges.
-  The scores only measure; GCN's aggregation is unchanged.
+  The scores only measure; GCN's aggregation is unchanged. ``gcn_scores="begin"``
+  (default) is BeGin's layer on BeGin's graph exactly: the edges include each node's
+  self-loop (BeGin's scenarios add them; they enter the softmax and the degree ``D``),
+  and where the layer widens its input (``in <= out``, e.g. ogbn-arxiv's 128 features to
+  256) the destination side is ``tanh(X W)``, unnormalised, as in BeGin's other branch.
+  ``gcn_scores="no_self_loops"`` is the formula clbench used before: the graph's edges
+  only, ``tanh(z_v)`` on both branches (its records keep their identity).
 
 As in the official code, CGLB and BeGin, the two backward passes share the gradient
 buffers, so the raw ``Ft_k`` is the square of the loss gradient *plus* the topology gradient
@@ -46,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch_geometric.nn import GATConv, GCNConv
-from torch_geometric.utils import degree, softmax
+from torch_geometric.utils import add_remaining_self_loops, degree, softmax
 
 from clbench.errors import ClbenchError
 from clbench.methods.anchored import AnchoredTrainer, normalise_importance
@@ -60,7 +66,8 @@ class NCTaskILTWPTrainer(AnchoredTrainer):
 
     Hyperparameters (see ``methods/twp.toml``): ``lambda_l`` and ``lambda_t`` (on the
     mean-normalised scores), ``importance_norm`` (mean | none; BeGin: none, with
-    ``lambda_l`` 1e4 and ``lambda_t`` in {100, 1000}).
+    ``lambda_l`` 1e4 and ``lambda_t`` in {100, 1000}), ``gcn_scores`` (begin |
+    no_self_loops: the GCN edge scores, module docs).
 
     Training states: ``loss_scores``, ``topology_scores`` and ``params``, each ``[K, P]``
     (one row per past task), empty ``[0, P]`` before the first task ends.
@@ -75,6 +82,7 @@ class NCTaskILTWPTrainer(AnchoredTrainer):
         self.lambda_l = float(self.hparams["lambda_l"])
         self.lambda_t = float(self.hparams["lambda_t"])
         self.importance_norm = str(self.hparams["importance_norm"])
+        self.gcn_scores = str(self.hparams["gcn_scores"])
 
     # ------------------------------------------------------------------ helpers
     def penalty(self, training_states: dict) -> Tensor | None:
@@ -95,11 +103,17 @@ class NCTaskILTWPTrainer(AnchoredTrainer):
         if isinstance(conv, GATConv):
             _, (_, alpha) = conv(x, graph.edge_index, return_attention_weights=True)
             return alpha
-        src, dst = graph.edge_index
         n = graph.num_nodes
-        norm = degree(src, n).clamp(min=1).pow(-0.5)
-        z = conv.lin(x) * norm.unsqueeze(-1)  # (D^-1/2 X) W, as BeGin's layer
-        e = F.leaky_relu((z[src] * torch.tanh(z[dst])).sum(-1), 0.2)
+        edge_index = graph.edge_index
+        if self.gcn_scores == "begin":  # BeGin's graph: every node has its self-loop
+            edge_index, _ = add_remaining_self_loops(edge_index, num_nodes=n)
+        src, dst = edge_index
+        norm = degree(src, n).clamp(min=1).pow(-0.5)  # out-degree, as DGL's layer
+        xw = conv.lin(x)
+        z = xw * norm.unsqueeze(-1)  # (D^-1/2 X) W
+        widens = conv.in_channels <= conv.out_channels
+        target = xw if self.gcn_scores == "begin" and widens else z
+        e = F.leaky_relu((z[src] * torch.tanh(target[dst])).sum(-1), 0.2)
         return softmax(e, dst, num_nodes=n)
 
     def task_scores(self, model: nn.Module, batch: NodeBatch) -> tuple[Tensor, Tensor]:
