@@ -29,8 +29,10 @@ past training nodes when ``memory_size = 0``, as BeGin), computed then (BeGin ke
 only this latest pair). ``fisher_norm = "mean"`` (default) divides ``F`` by its mean
 entry, so that ``ewc_lambda`` has one meaning whatever the scale of the gradient: the
 memory is fitted almost exactly (loss ~1e-5), so its raw ``F`` is ~1e-10 per entry and
-BeGin's ``ewc_lambda = 80`` leaves the term ~1e-5 of the task loss's gradient (inert,
-as EWC's raw Fisher). ``fisher_norm = "none"`` keeps the raw ``F`` (BeGin's).
+BeGin's ``ewc_lambda = 80`` would leave the term ~1e-5 of the task loss's gradient (inert,
+as EWC's raw Fisher; BeGin's code computes the Fisher but never adds the term, and
+replays the previous task's whole training set: ``methods/cgnn.toml``).
+``fisher_norm = "none"`` keeps the raw ``F`` (BeGin's).
 ``ewc_type = "l2"`` uses BeGin's constant ``1e-5`` for ``F`` (never normalised).
 
 Class-IL (``--setting class``, as BeGin's Class-IL trainer): at task ``t`` the task's
