@@ -126,6 +126,53 @@ def test_s_is_annealed_from_one_over_smax_to_smax() -> None:
     assert trainer.anneal(5) == pytest.approx(1 / 400 + (400 - 1 / 400) / 2)
 
 
+def test_embedding_gradient_is_compensated_for_the_gate_temperature() -> None:
+    """HAT's gradient compensation (the paper's code): before the embeddings' step their
+    gradient is multiplied by ``smax / s * (cosh(clamp(s e, +-50)) + 1) / (cosh(e) + 1)``,
+    at the step's ``s``. Checked on steps of task 1 against the raw gradient that
+    backward computed (a hook on each embedding) and the embeddings before the step."""
+    scenario = synthetic_scenario(0)
+    trainer, params = make_trainer(scenario, 0, **{**FAST, "epochs": 6})
+    seen: list[tuple] = []
+    original = trainer.processTrainIteration
+
+    def step(model, optimizer, batch, states):
+        if trainer.curr_task != 1 or len(seen) >= 3:
+            return original(model, optimizer, batch, states)
+        raw: dict[int, torch.Tensor] = {}
+        before: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        embeddings = states["embeddings"]
+        handles = [e.register_hook(lambda g, i=i: raw.__setitem__(i, g.detach().clone()))
+                   for i, e in enumerate(embeddings)]
+
+        def pre_step(opt, args, kwargs):
+            for i, e in enumerate(embeddings):
+                before[i] = (e.detach().clone(), e.grad.detach().clone())
+
+        handles.append(states["emb_optimizer"].register_step_pre_hook(pre_step))
+        s = trainer.anneal(states["epoch"])
+        try:
+            out = original(model, optimizer, batch, states)
+        finally:
+            for h in handles:
+                h.remove()
+        seen.append((s, raw, before))
+        return out
+
+    trainer.processTrainIteration = step
+    trainer.run(params["epochs"])
+    assert len(seen) == 3
+    smax = trainer.smax
+    for s, raw, before in seen:
+        assert s < smax and raw and raw.keys() == before.keys()
+        for i, g in raw.items():
+            e, compensated = before[i]
+            factor = smax / s * (torch.cosh(torch.clamp(s * e, -50, 50)) + 1) / (torch.cosh(e) + 1)
+            assert (g != 0).any()
+            torch.testing.assert_close(compensated, g * factor)
+            assert not torch.allclose(compensated, g)  # the factor is not 1 here
+
+
 def units_taken(lamb: float) -> tuple[float, float, list[float]]:
     """(share of units task 0 takes, share of the units free after task 0 that task 1
     takes, the penalties of every epoch)."""
