@@ -310,3 +310,46 @@ def test_scope_all_moves_earlier_heads() -> None:
     classes = synthetic_scenario(0, num_tasks=2).task_classes[0]
     assert not torch.equal(after0["classifier.weight"][classes],
                            after1["classifier.weight"][classes])
+
+
+def test_each_memory_loss_is_scored_among_its_own_tasks_classes() -> None:
+    """Task-IL: a memory of task t is scored with task t's head (its classes), not the
+    current task's and not all classes: each memory loss equals the cross-entropy of the
+    full forward pass's logits at the memory's nodes, restricted to its task's classes."""
+    import torch.nn.functional as F
+
+    scenario = synthetic_scenario(0, num_tasks=3)
+    trainer, _ = make_trainer("gem", scenario, 0, num_memories=30, dropout=0.0, **FAST)
+    trainer.curr_task = 2
+    batch = scenario.get_task(2).train
+    mems = [scenario.get_task(t).train.nodes[:10].clone() for t in (0, 1)]
+    states = {"memories": mems}
+    model = trainer.model.train()
+    losses = trainer.inference(model, batch, states)["memory_losses"]
+    with torch.no_grad():
+        logits = model(scenario.graph.x, scenario.graph)
+    assert len(losses) == 2
+    for t, nodes, loss in zip((0, 1), mems, losses, strict=True):
+        classes = scenario.task_classes[t]
+        y = scenario.graph.y[nodes]
+        local = (classes.view(1, -1) == y.view(-1, 1)).long().argmax(1)
+        own = F.cross_entropy(logits[nodes][:, classes], local)
+        assert torch.allclose(loss.detach(), own, rtol=1e-6, atol=1e-7)
+        current = F.cross_entropy(logits[nodes][:, scenario.task_classes[2]], local)
+        every = F.cross_entropy(logits[nodes], y)
+        assert not torch.allclose(own, current) and not torch.allclose(own, every)
+
+
+def test_parameter_without_a_gradient_keeps_none_after_a_zero_projection() -> None:
+    """The projection is written into ``.grad`` only where it is non-zero or a gradient
+    existed: a parameter neither the current loss nor any memory reaches keeps
+    ``grad = None``, so the optimizer leaves it alone (as GEM's reference code does)."""
+    a = torch.nn.Parameter(torch.ones(3))
+    b = torch.nn.Parameter(torch.ones(2))
+    c = torch.nn.Parameter(torch.ones(2))
+    a.grad = torch.zeros(3)
+    flat = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 4.0, 0.0])
+    gem._unflat_into_grads(flat, [a, b, c])
+    assert torch.equal(a.grad, torch.tensor([1.0, 2.0, 3.0]))
+    assert b.grad is None
+    assert torch.equal(c.grad, torch.tensor([4.0, 0.0]))

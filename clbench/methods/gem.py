@@ -208,13 +208,15 @@ def _flat(grads, params: list[nn.Parameter]) -> Tensor:
 
 
 def _unflat_into_grads(flat: Tensor, params: list[nn.Parameter]) -> None:
-    """Write ``flat`` into the parameters' ``.grad``."""
+    """Write ``flat`` into the parameters' ``.grad``. A parameter without a gradient
+    gets one only where the projection is non-zero, so one that nothing reaches keeps
+    ``None`` and the optimizer skips it (no weight decay or momentum step)."""
     offset = 0
     for p in params:
         n = p.numel()
         chunk = flat[offset: offset + n].view_as(p)
-        if p.grad is None:
-            p.grad = chunk.clone()
-        else:
-            p.grad.copy_(chunk)
         offset += n
+        if p.grad is not None:
+            p.grad.copy_(chunk)
+        elif bool(chunk.any()):
+            p.grad = chunk.clone()
