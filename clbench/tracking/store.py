@@ -111,9 +111,19 @@ def store_lock(uri: str, timeout: float = STORE_LOCK_TIMEOUT) -> Iterator[None]:
             lock.release()
 
 
-@contextlib.contextmanager
-def quick_http(env: Mapping[str, str] = QUICK_HTTP_ENV) -> Iterator[None]:
+def quick_http(env: Mapping[str, str] = QUICK_HTTP_ENV) -> contextlib.AbstractContextManager:
     """Temporarily make MLflow's HTTP client fail in seconds instead of retrying."""
+    return temporary_env(env)
+
+
+#: MLflow draws a progress bar for every artifact it downloads, even one small file.
+NO_PROGRESS_BAR_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+@contextlib.contextmanager
+def temporary_env(env: Mapping[str, str]) -> Iterator[None]:
+    """Set the environment variables ``env`` for the block, then restore them (MLflow
+    reads its settings from the environment at each use)."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -173,6 +183,7 @@ def check_tracking_uri(uri: str) -> None:
 
 #: What ``clbench.tracking`` re-exports of this module.
 __all__ = [
+    "NO_PROGRESS_BAR_ENV",
     "QUICK_HTTP_ENV",
     "STORE_LOCK_TIMEOUT",
     "check_tracking_uri",
@@ -182,4 +193,5 @@ __all__ = [
     "sqlite_file",
     "store_lock",
     "store_lock_file",
+    "temporary_env",
 ]

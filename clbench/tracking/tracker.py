@@ -51,7 +51,7 @@ from clbench.tracking.records import (
     select_seed_runs,
     write_matrix_csv,
 )
-from clbench.tracking.store import first_line, store_lock
+from clbench.tracking.store import NO_PROGRESS_BAR_ENV, first_line, store_lock, temporary_env
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.tracking import MlflowClient
@@ -341,7 +341,8 @@ class Tracker:
         if rec.run_id in known:
             return np.asarray(known[rec.run_id], dtype=float)
         try:
-            with tempfile.TemporaryDirectory(prefix="clbench-R-") as tmp:
+            with tempfile.TemporaryDirectory(prefix="clbench-R-") as tmp, \
+                    temporary_env(NO_PROGRESS_BAR_ENV):
                 path = self.client.download_artifacts(rec.run_id, "R_test.csv", tmp)
                 return read_matrix_csv(path)
         except Exception:
