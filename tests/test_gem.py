@@ -343,7 +343,8 @@ def test_each_memory_loss_is_scored_among_its_own_tasks_classes() -> None:
 def test_parameter_without_a_gradient_keeps_none_after_a_zero_projection() -> None:
     """The projection is written into ``.grad`` only where it is non-zero or a gradient
     existed: a parameter neither the current loss nor any memory reaches keeps
-    ``grad = None``, so the optimizer leaves it alone (as GEM's reference code does)."""
+    ``grad = None``, so the optimizer leaves it alone; one whose part of the projection is
+    non-zero gets it."""
     a = torch.nn.Parameter(torch.ones(3))
     b = torch.nn.Parameter(torch.ones(2))
     c = torch.nn.Parameter(torch.ones(2))

@@ -209,8 +209,11 @@ def _flat(grads, params: list[nn.Parameter]) -> Tensor:
 
 def _unflat_into_grads(flat: Tensor, params: list[nn.Parameter]) -> None:
     """Write ``flat`` into the parameters' ``.grad``. A parameter without a gradient
-    gets one only where the projection is non-zero, so one that nothing reaches keeps
-    ``None`` and the optimizer skips it (no weight decay or momentum step)."""
+    gets one only if its part of the projection is non-zero: one that nothing reaches
+    keeps ``None``, and the optimizer skips it (no weight decay or momentum step), as
+    in GEM's reference code. (That code also drops a non-zero projection on such a
+    parameter, which only ``scope = "all"`` can produce; here it is applied, as the
+    projected gradient says.)"""
     offset = 0
     for p in params:
         n = p.numel()
