@@ -70,6 +70,7 @@ app = typer.Typer(
     cls=ClbenchGroup,
     add_completion=False,
     no_args_is_help=False,
-    help="clbench: continual-learning benchmarks on graphs (Task-IL node classification).",
+    help="clbench: continual-learning benchmarks on graphs "
+    "(Task-IL and Class-IL node classification).",
     pretty_exceptions_enable=False,
 )

@@ -45,7 +45,7 @@ FISHER_KINDS = ("batch", "empirical")
 
 @register_method("ewc")
 class NCTaskILEWCTrainer(AnchoredTrainer):
-    """EWC for Task-IL node classification.
+    """EWC for node classification, Task-IL or Class-IL.
 
     Hyperparameters (see ``methods/ewc.toml``): ``lamb``, ``fisher_norm`` (mean | none;
     BeGin: none with lamb 10000), ``fisher`` (batch | empirical), ``online`` and ``gamma``
