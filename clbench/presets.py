@@ -123,7 +123,15 @@ PRESETS: dict[str, Preset] = {
          "classes_per_task": "dataset card", "class_order": f"{_BEGIN}:181 (task_shuffle)",
          "graph": "begin/scenarios/nodes.py (whole graph, labels masked)",
          "metric": f"{_BEGIN}:18-25 (exp_settings)",
-         "split": "dataset card (official split, else stratified)"}),
+         "split": "dataset card (official split, else stratified)"},
+        gaps=(
+            "BeGin benchmarks ogbn-products in Class-IL only, with 9 tasks of 5 classes "
+            "(the last 2 classes left out) and at most 100 epochs per task "
+            f"({_BEGIN}:26), in neighbour-sampled mini-batches ({_BEGIN}:135, "
+            "MinibatchTrainer); clbench's ogbn-products card splits 23 tasks of 2 (CGLB's "
+            "Products-CL) and trains full-batch: --tasks 9x5 --epochs 100 give "
+            "BeGin's split and epoch cap",
+        )),
     "cglb": Preset(
         "cglb", "CGLB's protocol, without inter-task edges", "QueuQ/CGLB, NCGL/",
         {"model": "gcn", "hidden": 256, "layers": 2, "dropout": 0.0, "batch_norm": False,

@@ -272,3 +272,21 @@ def test_optimizer_state_keep_restarts_each_task_at_the_initial_lr():
         "min_lr_ratio": 0.01}), callbacks=[cb])
     assert min(cb.before[1:]) < 0.05  # an earlier task ended with its lr cut
     assert cb.first == [0.05] * 5
+
+
+def test_the_begin_gap_on_ogbn_products_names_flags_that_give_begins_split():
+    """The begin preset's listed gap tells how to get BeGin's ogbn-products Class-IL split
+    (9 tasks of 5 of its 47 classes) and epoch cap; the hint must resolve to exactly that."""
+    from clbench.parsing import parse_tasks
+    from clbench.presets import get_preset
+
+    (gap,) = get_preset("begin").gaps
+    assert "--tasks 9x5 --epochs 100" in gap
+    num_tasks, per_task = parse_tasks("9x5")
+    spec = resolve_run("cat", "ogbn-products", 0, preset="begin", setting="class",
+                       num_tasks=num_tasks, classes_per_task=per_task,
+                       params={"epochs": "100"})
+    p = spec.protocol
+    assert (p.num_tasks, p.classes_per_task, p.epochs) == (9, 5, 100)
+    assert task_shape(DATASETS.get("ogbn-products").stats["classes"], 9, 5,
+                      "ogbn-products") == (9, 5)
