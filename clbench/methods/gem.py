@@ -33,7 +33,9 @@ current loss has no gradient on, e.g. the rows of classes not seen yet).
 The current loss and all memory losses come from one forward pass (``graph="full"``:
 memories are nodes of the same graph); each memory gradient then costs one backward
 pass. With ``graph="task"`` each memory is scored on its own task's subgraph (one
-forward pass per memory). BeGin runs one forward pass per memory in either case.
+forward pass per memory). BeGin runs one forward pass per memory in either case, so
+at dropout > 0 its memory losses and the current loss each have their own dropout draw;
+here, with ``graph="full"``, they share one.
 """
 
 from __future__ import annotations
