@@ -323,6 +323,47 @@ def test_a_changed_grid_replaces_the_earlier_selection(workdir):
     assert sorted(r["method"] for r in rows) == ["finetune", "joint"]
 
 
+def test_a_resumed_sweep_runs_the_final_seeds_of_complete_grids_beside_the_rest(workdir, capsys):
+    """A method x dataset whose grid is complete when a sweep starts is selected then: its
+    new final seed runs in the same batch as another method's unfinished grid job, before
+    the final stage, and the selection and its report seeds are what the two-stage sweep
+    gives."""
+    server = shared_server()
+    exp = unique("sweep-ready")
+    first = SWEEP.format(exp=exp).replace('methods = ["finetune"]',
+                                          'methods = ["finetune", "joint"]')
+    (workdir / "s.toml").write_text(first)
+    assert cli("sweep", "s.toml", "--tracking-uri", server.uri, "-q") == 0
+    client = MlflowClient(server.uri)
+    eid = client.get_experiment_by_name(exp).experiment_id
+
+    def selected() -> dict[str, tuple[str, str]]:
+        return {p.data.tags["clbench.method"]: (p.data.tags["clbench.config_hash"],
+                                                p.data.tags["clbench.report_seeds"])
+                for p in parent_runs(client, eid)
+                if p.data.tags.get("clbench.selected") == "true"}
+
+    before = selected()
+    # finetune gets a third final seed; joint a third grid point, so its grid is not done
+    (workdir / "s.toml").write_text(first.replace('"0-1"', '"0-2"') +
+                                    "\n[method.joint.grid]\nlr = [0.001, 0.01, 0.005]\n")
+    capsys.readouterr()
+    assert cli("sweep", "s.toml", "--tracking-uri", server.uri, "-q") == 0
+    out = capsys.readouterr().out
+    ready = "with it, the final seeds of the grids already complete (3 job(s))"
+    assert ready in out, out
+    first_stage = out.split("final: the selected configurations")[0]
+    assert "done   finetune · synthetic · seed 2" in first_stage, out
+    assert "done   joint · synthetic · seed 0" in first_stage, out  # the new grid point
+    after = selected()
+    assert after["finetune"] == (before["finetune"][0], "0,1,2")
+    assert after["joint"][1] == "0,1,2"
+    # nothing is left: both grids are complete at the start, and nothing is trained
+    assert cli("sweep", "s.toml", "--tracking-uri", server.uri, "-q") == 0
+    out = capsys.readouterr().out
+    assert "done   " not in out and ready.replace("3 job", "6 job") in out, out
+
+
 def test_example_sweep_file_is_valid():
     from clbench.orchestrate.sweep import grid_jobs
     from clbench.orchestrate.sweepfile import load_sweep

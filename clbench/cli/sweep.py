@@ -117,9 +117,10 @@ def sweep(
     runner.warm_up()  # workers import torch & co. while the store and the datasets open
 
     def stage(name: str, n: int) -> None:
-        what = ("grid: every configuration on the grid seeds" if name == "grid" else
-                "final: the selected configurations on the final seeds")
-        console.print(f"[bold]{what}[/] ({n} job(s))", highlight=False)
+        what = {"grid": "grid: every configuration on the grid seeds",
+                "ready": "with it, the final seeds of the grids already complete",
+                "final": "final: the selected configurations on the final seeds"}[name]
+        console.print(f"[bold]{what}[/] ({n} job(s))", highlight=False, soft_wrap=True)
 
     try:
         uri, open_tracker = open_tracking(

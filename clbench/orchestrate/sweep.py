@@ -7,6 +7,10 @@
    first in grid order);
 3. the selected configuration runs on ``final_seeds`` (a method's own, where its
    ``[method.<name>]`` table gives them; seeds it already ran are resumed, not re-run);
+   A (method, dataset) whose grid jobs all have a result when the sweep starts (a
+   resumed sweep) is selected then, and its final seeds run beside the rest of the grid
+   (:func:`ready_selections`): a long grid job of another method no longer keeps them
+   waiting. The selection is made again after the grid, from the same results;
 4. MLflow marks it: its parent run gets ``clbench.selected = true``, the selection
    in ``clbench.selection``, the grid seeds in ``clbench.grid_seeds`` and
    ``clbench.report_seeds = <final seeds>`` (its
@@ -157,13 +161,18 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     from clbench import tracking as tr
 
     jobs, labels, order = grid_jobs(spec)
+    ready = set() if force else {(s.method, s.dataset, s.config_hash)
+                                 for s in ready_selections(spec, tracker, results_dir)}
+    early = final_jobs_of(jobs, ready, spec)
     if on_stage:
         on_stage("grid", len(jobs))
+        if early:
+            on_stage("ready", len(early))
     tracker.set_experiment_tags({tr.TAG_SWEEP_FILE: str(spec.path)})
-    grid_groups = {j.group for j in jobs}
-    grid = run_jobs(jobs, tracker, backend, results_dir=results_dir, force=force,
-                    reporter=reporter, parent_labels=labels,
-                    report_seeds={g: spec.grid_seeds_of(g[0]) for g in grid_groups})
+    report = {g: spec.grid_seeds_of(g[0]) for g in {j.group for j in jobs}}
+    report.update({g: spec.final_seeds_of(g[0]) for g in ready})
+    grid = run_jobs([*jobs, *early], tracker, backend, results_dir=results_dir, force=force,
+                    reporter=reporter, parent_labels=labels, report_seeds=report)
     result = SweepResult(tracker.experiment_name, grid, [])
     if grid.interrupted:
         return result
@@ -192,6 +201,13 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     write_selection(result, Path(results_dir) / f"sweep-{slug(spec.experiment)}.csv",
                     keep_others=spec.restricted)
     return result
+
+
+def ready_selections(spec: SweepSpec, tracker: Any, results_dir: str | Path) -> list[Selection]:
+    """The selections of the (method, dataset) pairs whose grid jobs all have a result
+    now (a finished run in MLflow, or a saved result), made as after the grid: the same
+    validation APs and the same rule, so the grid cannot change them."""
+    return plan_sweep(spec, tracker, results_dir=results_dir).selections
 
 
 def unselect_earlier_grids(tracker: Any, current: Mapping[tuple, str]) -> None:
