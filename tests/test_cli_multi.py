@@ -293,16 +293,23 @@ def test_sweep_in_parts_by_method_adds_up_to_the_whole_file(workdir, capsys):
     assert "nothing to train: every job has a finished run" in capsys.readouterr().out
 
 
-def test_a_changed_grid_replaces_the_earlier_selection(workdir):
-    """When the file's grid changes, the new selection is the only one marked: the earlier
-    grid's selected parent is unmarked, so compare reports one row per method and
-    dataset. Another method's selection in the same experiment is left alone."""
+def _swept_finetune_and_joint(workdir: Path, name: str) -> tuple[object, str, str]:
+    """:data:`SWEEP` for finetune and joint, swept once into the shared server: the
+    server, the experiment and the file's text."""
     server = shared_server()
-    exp = unique("sweep-regrid")
+    exp = unique(name)
     first = SWEEP.format(exp=exp).replace('methods = ["finetune"]',
                                           'methods = ["finetune", "joint"]')
     (workdir / "s.toml").write_text(first)
     assert cli("sweep", "s.toml", "--tracking-uri", server.uri, "-q") == 0
+    return server, exp, first
+
+
+def test_a_changed_grid_replaces_the_earlier_selection(workdir):
+    """When the file's grid changes, the new selection is the only one marked: the earlier
+    grid's selected parent is unmarked, so compare reports one row per method and
+    dataset. Another method's selection in the same experiment is left alone."""
+    server, exp, first = _swept_finetune_and_joint(workdir, "sweep-regrid")
     (workdir / "s.toml").write_text(first.replace("lr = [0.001, 0.01]", "lr = [0.005]")
                                     .replace('"finetune", "joint"', '"finetune"'))
     assert cli("sweep", "s.toml", "--tracking-uri", server.uri, "-q") == 0
@@ -328,12 +335,7 @@ def test_a_resumed_sweep_runs_the_final_seeds_of_complete_grids_beside_the_rest(
     new final seed runs in the same batch as another method's unfinished grid job, before
     the final stage, and the selection and its report seeds are what the two-stage sweep
     gives."""
-    server = shared_server()
-    exp = unique("sweep-ready")
-    first = SWEEP.format(exp=exp).replace('methods = ["finetune"]',
-                                          'methods = ["finetune", "joint"]')
-    (workdir / "s.toml").write_text(first)
-    assert cli("sweep", "s.toml", "--tracking-uri", server.uri, "-q") == 0
+    server, exp, first = _swept_finetune_and_joint(workdir, "sweep-ready")
     client = MlflowClient(server.uri)
     eid = client.get_experiment_by_name(exp).experiment_id
 
