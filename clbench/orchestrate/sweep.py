@@ -6,7 +6,7 @@
    AP over those seeds is selected (complete configurations first; ties keep the
    first in grid order);
 3. the selected configuration runs on ``final_seeds`` (a method's own, where its
-   ``[method.<name>]`` table gives them; seeds it already ran are resumed, not re-run);
+   ``[method.<name>]`` table gives them; seeds it already ran are resumed, not re-run).
    A (method, dataset) whose grid jobs all have a result when the sweep starts (a
    resumed sweep) is selected then, and its final seeds run beside the rest of the grid
    (:func:`ready_selections`): a long grid job of another method no longer keeps them
