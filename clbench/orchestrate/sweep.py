@@ -60,7 +60,11 @@ def _label(point: Mapping[str, Any], varying: Sequence[str]) -> str:
     return " ".join(f"{k}={point[k]}" for k in varying if k in point)
 
 
-def grid_jobs(spec: SweepSpec) -> tuple[list[RunSpec], dict[tuple, str], dict[tuple, int]]:
+#: :func:`grid_jobs`'s output: the jobs, a label per parent group, each group's grid order.
+GridJobs = tuple[list[RunSpec], dict[tuple, str], dict[tuple, int]]
+
+
+def grid_jobs(spec: SweepSpec) -> GridJobs:
     """All grid jobs; a label per parent group; each group's grid order (for ties)."""
     from clbench.methods import METHODS
 
@@ -161,8 +165,9 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     from clbench import tracking as tr
 
     jobs, labels, order = grid_jobs(spec)
-    ready = set() if force else {(s.method, s.dataset, s.config_hash)
-                                 for s in ready_selections(spec, tracker, results_dir)}
+    ready = set() if force else {
+        (s.method, s.dataset, s.config_hash)
+        for s in ready_selections(spec, tracker, (jobs, labels, order), results_dir)}
     early = final_jobs_of(jobs, ready, spec)
     if on_stage:
         on_stage("grid", len(jobs))
@@ -203,11 +208,35 @@ def run_sweep(spec: SweepSpec, tracker: Any, backend: Backend, *,
     return result
 
 
-def ready_selections(spec: SweepSpec, tracker: Any, results_dir: str | Path) -> list[Selection]:
-    """The selections of the (method, dataset) pairs whose grid jobs all have a result
-    now (a finished run in MLflow, or a saved result), made as after the grid: the same
-    validation APs and the same rule, so the grid cannot change them."""
-    return plan_sweep(spec, tracker, results_dir=results_dir).selections
+def ready_selections(spec: SweepSpec, tracker: Any,
+                     grid: GridJobs,
+                     results_dir: str | Path) -> list[Selection]:
+    """The selections of the (method, dataset) pairs whose grid jobs (``grid``:
+    :func:`grid_jobs`'s output) all have a result now (a finished run in MLflow, or a
+    saved result), made as after the grid: the same validation APs and the same rule,
+    so the grid cannot change them. What :func:`plan_sweep` selects, without planning
+    the final jobs."""
+    children = tracker.children()
+    plan = plan_jobs(grid[0], children, results_dir, spec.experiment)
+    return _complete_selections(spec, tracker, grid, plan, children)
+
+
+def _complete_selections(spec: SweepSpec, tracker: Any | None,
+                         grid: GridJobs,
+                         plan: Plan, children: Sequence[Any]) -> list[Selection]:
+    """The selection of every (method, dataset) with no grid job left in ``plan``, from
+    the logged and the saved validation APs."""
+    jobs, labels, order = grid
+    found = tracker.find_parents() if tracker is not None else {}
+    groups = dict.fromkeys(j.group for j in jobs)
+    val_aps = {g: {} for g in groups} | logged_val_aps(
+        {g: found[g].run_id for g in groups if g in found}, children, spec.grid_seeds_of)
+    for job, result in plan.saved:
+        if "AP" in result.get("val_metrics", {}):
+            val_aps[job.group][job.seed] = result["val_metrics"]["AP"]
+    waiting = {(j.method, j.dataset) for j in plan.todo}
+    return select({g: v for g, v in val_aps.items() if g[:2] not in waiting},
+                  labels, order, spec.grid_seeds_of)
 
 
 def unselect_earlier_grids(tracker: Any, current: Mapping[tuple, str]) -> None:
@@ -254,16 +283,9 @@ def plan_sweep(spec: SweepSpec, tracker: Any | None, *, results_dir: str | Path 
     children = tracker.children() if tracker is not None else []
     grid = plan_jobs(jobs, children, results_dir, spec.experiment, force=force)
     plan = SweepPlan(grid, children=children)
-    found = tracker.find_parents() if tracker is not None else {}
-    groups = dict.fromkeys(j.group for j in jobs)
-    val_aps = {g: {} for g in groups} | logged_val_aps(
-        {g: found[g].run_id for g in groups if g in found}, children, spec.grid_seeds_of)
-    for job, result in grid.saved:
-        if "AP" in result.get("val_metrics", {}):
-            val_aps[job.group][job.seed] = result["val_metrics"]["AP"]
+    plan.selections = _complete_selections(spec, tracker, (jobs, labels, order), grid,
+                                           children)
     waiting = {(j.method, j.dataset) for j in grid.todo}
-    plan.selections = select({g: v for g, v in val_aps.items() if g[:2] not in waiting},
-                             labels, order, spec.grid_seeds_of)
     selected = {(s.method, s.dataset, s.config_hash) for s in plan.selections}
     plan.final = plan_jobs(final_jobs_of(jobs, selected, spec), children, results_dir,
                            spec.experiment, force=force)
