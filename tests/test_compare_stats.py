@@ -219,7 +219,7 @@ def test_the_table_marks_ties_in_bold_and_says_what_was_not_tested():
     assert "| packnet | **AP 90.4 ± 2.8** · AF" in md  # worse on half the seeds: a tie
     assert "| finetune | AP 85.5 ± 2.9 · AF" in md  # worse on every seed
     assert "| ewc | AP 89.8 ± 2.9 † · AF" in md
-    assert "† = not tested against the dataset's best: ewc/cora: seeds not shared" in md
+    assert "† = not tested against the dataset's best: ewc on cora: seeds not shared" in md
     assert ("Seeds differ between rows, so their means are over different seeds (a seed "
             "fixes the class order and the split): seeds 0 1000 2000 3000 4000 5000 6000 "
             "7000 8000 9000: joint/cora, packnet/cora, finetune/cora; seeds 0 1000 2000 3000 "
@@ -232,6 +232,23 @@ def test_the_table_marks_ties_in_bold_and_says_what_was_not_tested():
     # a table built without statistics has neither marks nor section
     plain = markdown_table([_row("joint", "cora", AP10)], "exp")
     assert "**" not in plain and "Statistics" not in plain and "Seeds" not in plain
+
+
+def test_rows_untested_for_the_same_reason_are_named_together():
+    rows = [_row("joint", "cora", AP10), _row("ewc", "cora", AP10[:3] - 0.01, SEEDS10[:3]),
+            _row("mas", "cora", AP10[:3] - 0.02, SEEDS10[:3]),
+            _row("gem", "cora", AP10[:1] - 0.02, SEEDS10[:1]),
+            _row("joint", "citeseer", AP10),
+            _row("ewc", "citeseer", AP10[:3] - 0.05, SEEDS10[:3])]
+    columns, ranking = analyse(rows)
+    md = markdown_table(rows, "exp", statistics=markdown_section(rows, columns, ranking))
+    note = next(line for line in md.splitlines() if line.startswith("† = "))
+    shared = "seeds not shared with the best (0 1000 2000 vs 0 1000 2000 3000 4000"
+    assert note.startswith("† = not tested against the dataset's best: ewc, mas on cora: "
+                           + shared)
+    assert "; gem on cora: seeds not shared with the best (0 vs 0 1000" in note
+    assert "; ewc on citeseer: " + shared in note
+    assert note.count("seeds not shared") == 3 and note.endswith(".")
 
 
 @pytest.mark.slow  # 12 runs: about 35 s of CPU, minutes on a busy machine

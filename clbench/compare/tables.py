@@ -136,10 +136,14 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
         lines += ["", f"**Bold** AP = the dataset's best mean AP, or not significantly worse "
                   f"than it (paired two-sided test over the seeds, Holm-adjusted, alpha = "
                   f"{ALPHA:g}); the intervals, tests and p-values are under Statistics."]
-    if any(_untested(r) for r in rows):
+    untested: dict[tuple[str, str], list[str]] = {}  # (dataset, reason) -> rows
+    for r in rows:
+        if _untested(r) and r.vs_best is not None:
+            untested.setdefault((r.dataset, r.vs_best.note), []).append(r.label)
+    if untested:
         lines += ["", "† = not tested against the dataset's best: " + "; ".join(
-            f"{r.label}/{r.dataset}: {r.vs_best.note}" for r in rows
-            if _untested(r) and r.vs_best is not None) + "."]
+            f"{', '.join(names)} on {dataset}: {note}"
+            for (dataset, note), names in untested.items()) + "."]
     lines += degenerate_notes(rows)
     if any(r.reference for r in rows):
         ref = reference_name or "reference"
