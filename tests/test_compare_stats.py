@@ -249,6 +249,10 @@ def test_rows_untested_for_the_same_reason_are_named_together():
     assert "; gem on cora: seeds not shared with the best (0 vs 0 1000" in note
     assert "; ewc on citeseer: " + shared in note
     assert note.count("seeds not shared") == 3 and note.endswith(".")
+    seeds = next(line for line in md.splitlines() if line.startswith("Seeds differ"))
+    assert ("(a seed fixes the class order and the split) (a method named without a "
+            "dataset: on every dataset): seeds 0 1000 2000 3000 4000 5000 6000 7000 8000 "
+            "9000: joint; seeds 0 1000 2000: ewc, mas/cora; seeds 0: gem/cora.") in seeds
 
 
 @pytest.mark.slow  # 12 runs: about 35 s of CPU, minutes on a busy machine

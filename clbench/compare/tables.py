@@ -72,15 +72,24 @@ def _seeds_lines(rows: Sequence[Row], seeds: Sequence[int] | None) -> list[str]:
             return []
         shared = sorted(set.intersection(*(set(s) for s in sets)))
 
+        by_label: dict[str, list[Row]] = {}
+        for r in rows:
+            by_label.setdefault(r.label, []).append(r)
+        # a method whose rows on two or more datasets all ran the same seeds is named once
+        whole = {label: tuple(sorted(mine[0].seeds)) for label, mine in by_label.items()
+                 if len(mine) > 1 and len({tuple(sorted(r.seeds)) for r in mine}) == 1}
+
         def named(s: tuple[int, ...]) -> str:
-            cells = ", ".join(f"{r.label}/{r.dataset}" for r in rows
-                              if tuple(sorted(r.seeds)) == s)
-            return f"seeds {' '.join(map(str, s))}: {cells}"
+            cells = [label for label, seeds_ in whole.items() if seeds_ == s]
+            cells += [f"{r.label}/{r.dataset}" for r in rows
+                      if r.label not in whole and tuple(sorted(r.seeds)) == s]
+            return f"seeds {' '.join(map(str, s))}: {', '.join(cells)}"
         groups = "; ".join(named(s) for s in sorted(sets, key=lambda s: (-len(s), s)))
+        alone = " (a method named without a dataset: on every dataset)" if whole else ""
         hint = (f" `clbench compare --seeds {','.join(map(str, shared))}` writes the table "
                 f"on the seeds every row shares." if len(shared) > 1 else "")
         return [f"Seeds differ between rows, so their means are over different seeds "
-                f"(a seed fixes the class order and the split): {groups}.{hint}", ""]
+                f"(a seed fixes the class order and the split){alone}: {groups}.{hint}", ""]
     text = (f"Seeds: only {', '.join(map(str, seeds))} of each row (`--seeds`): every mean, "
             f"interval, test and rank is over them.")
     short = [f"{r.label}/{r.dataset} ({len(r.seeds)})" for r in rows
@@ -143,7 +152,8 @@ def markdown_table(rows: Sequence[Row], experiment: str, *,
     if untested:
         lines += ["", "† = not tested against the dataset's best: " + "; ".join(
             f"{', '.join(names)} on {dataset}: {note}"
-            for (dataset, note), names in untested.items()) + "."]
+            for (dataset, note), names in sorted(  # by dataset, as the columns
+                untested.items(), key=lambda kv: datasets.index(kv[0][0]))) + "."]
     lines += degenerate_notes(rows)
     if any(r.reference for r in rows):
         ref = reference_name or "reference"
