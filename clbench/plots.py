@@ -236,6 +236,13 @@ def cd_diagram_figure(ranks: Mapping[str, float],
         label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}",
         label_props={"fontsize": 9}, crossbar_props={"color": "black", "linewidth": 2.5},
         color_palette={m: styles[m][0] for m in names})
+    # scikit-posthocs draws each crossbar through its methods in the order of a Python
+    # set, which depends on the process's string-hash seed: the line's ends (cap or join)
+    # and so the PNG's pixels changed from one run to the next. In rank order the same
+    # table always gives the same picture.
+    for bar in drawn["crossbars"]:
+        for line in bar:
+            line.set_xdata(sorted(line.get_xdata()))
     texts = {text: m for m in names
              for text in (f"{m} ({ranks[m]:.2f})", f"({ranks[m]:.2f}) {m}")}
     for elbow, marker, label in zip(drawn["elbows"], drawn["markers"], drawn["labels"],

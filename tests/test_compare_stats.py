@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -365,3 +368,29 @@ def test_the_grid_seeds_come_from_their_tag_or_an_older_stores_selection_text():
     assert _grid_seeds({"clbench.selection": text}) == [0, 1000]  # written before the tag
     assert _grid_seeds({"clbench.selection": "chosen by hand"}) is None
     assert _grid_seeds({}) is None
+
+
+_CD_SCRIPT = """
+import sys
+from clbench.compare.stats import rank_methods
+from clbench.plots import cd_diagram
+names = ["finetune", "ewc", "lwf", "mas", "twp", "gem", "ergnn", "hat", "cgnn", "pignn",
+         "cat", "packnet", "piggyback", "joint"]
+values = {m: {"x": 0.80 + 0.01 * k, "y": 0.80 + 0.01 * ((k * 5) % 14)}
+          for k, m in enumerate(names)}
+rk = rank_methods(values)
+cd_diagram(rk.ranks, rk.nemenyi, sys.argv[1], "exp")
+"""
+
+
+def test_a_critical_difference_diagram_is_the_same_picture_in_every_process(tmp_path):
+    """A crossbar joins its methods in rank order, not in the order of a set, which
+    changes with the process's string-hash seed: the same table gives the same PNG."""
+    pngs = []
+    for seed in ("0", "1", "2"):
+        out = tmp_path / f"cd-{seed}.png"
+        subprocess.run([sys.executable, "-c", _CD_SCRIPT, str(out)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+        pngs.append(out.read_bytes())
+    assert pngs[0][:8] == b"\x89PNG\r\n\x1a\n"
+    assert pngs[0] == pngs[1] == pngs[2]
